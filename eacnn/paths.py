@@ -1,0 +1,76 @@
+"""Where eacnn keeps data, caches, runs and figures — resolved here and nowhere else.
+
+Environment overrides (all optional):
+
+========================  ==============================================  ===========================
+variable                  meaning                                         default
+========================  ==============================================  ===========================
+``EACNN_HOME``            root of every writable folder below              ``<repo>/.cache`` in a source
+                                                                          checkout, else ``~/.cache/eacnn``
+``EACNN_CACHE``           built datasets (vectors, sticks, graphs)         ``$EACNN_HOME/datasets``
+``EACNN_RUNS``            training runs (checkpoints, logs)                ``$EACNN_HOME/runs``
+``EACNN_FIGURES``         figures written by :func:`eacnn.plots.save_figure` ``$EACNN_HOME/figures``
+========================  ==============================================  ===========================
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+#: Data shipped inside the package (embedded MP-20 structures, checkpoints, fixtures).
+DATA_DIR = PACKAGE_DIR / "data"
+
+
+def repo_root() -> Path | None:
+    """The source checkout holding this package, or None when eacnn is installed from a wheel."""
+    root = PACKAGE_DIR.parent
+    return root if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir() else None
+
+
+def home() -> Path:
+    env = os.environ.get("EACNN_HOME")
+    if env:
+        return Path(env).expanduser()
+    root = repo_root()
+    return root / ".cache" if root is not None else Path.home() / ".cache" / "eacnn"
+
+
+def _sub(var: str, name: str) -> Path:
+    env = os.environ.get(var)
+    path = Path(env).expanduser() if env else home() / name
+    return path
+
+
+def cache_dir() -> Path:
+    """Built datasets. Created on first use."""
+    path = _sub("EACNN_CACHE", "datasets")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def runs_dir() -> Path:
+    """Training runs. Created on first use."""
+    path = _sub("EACNN_RUNS", "runs")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def figures_dir() -> Path:
+    """Saved figures. Created on first use."""
+    path = _sub("EACNN_FIGURES", "figures")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(payload)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
