@@ -34,7 +34,8 @@ class XRDConfig:
     eta: float = 0.5  # pseudo-Voigt Lorentzian fraction, 0 = Gaussian, 1 = Lorentzian
     fine_step: float = 0.005  # degrees; sticks are deposited on this grid before the exact bin integral
     intensity_tol: float = 1e-3  # peaks weaker than this fraction of the strongest are dropped from sticks
-    two_theta_tol: float = 1e-5  # degrees; reflections closer than this merge into one peak
+    two_theta_tol: float = 1e-3  # degrees; reflections closer than this merge into one peak (the MP-20 cells
+    # are rounded to 1e-6 Å, which splits symmetry-equivalent reflections by up to ~1e-5°)
 
     @property
     def n_bins(self) -> int:
@@ -76,6 +77,25 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """The two towers and the shared embedding (paper §2.3–2.4). Filled in by the model issue."""
+
+    kind: str = "eacnn"  # "paper" (MACE tower as published) or "eacnn" (MACE + lattice + own-pattern fusion)
+    r_max: float = 5.0  # Å; neighbour cutoff of the periodic graph (also the dataset's graph cutoff)
+    embed_dim: int = 256  # width of the shared contrastive space
+    xrd_dim: int = 384  # width of the XRD tower's output before projection (paper: 384)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run (paper §2.5). Filled in by the model issue."""
+
+    epochs: int = 30  # passes over the training split
+    batch_size: int = 256  # structures per step (also the in-batch retrieval pool)
+    lr: float = 1e-3  # AdamW peak learning rate
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything that defines a run. Extended by later sections (model, training)."""
 
@@ -83,6 +103,8 @@ class Config:
     seed: int = 0  # global seed of training and augmentation
     xrd: XRDConfig = field(default_factory=XRDConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     # ---- presets -------------------------------------------------------------------------------------------
     @classmethod
@@ -160,4 +182,9 @@ def _from_dict(cls: type, d: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
-_TYPES: dict[str, type] = {"XRDConfig": XRDConfig, "DataConfig": DataConfig}
+_TYPES: dict[str, type] = {
+    "XRDConfig": XRDConfig,
+    "DataConfig": DataConfig,
+    "ModelConfig": ModelConfig,
+    "TrainConfig": TrainConfig,
+}

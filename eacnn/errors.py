@@ -41,3 +41,7 @@ class ConfigError(EACNNError, ValueError):
 
 class MissingAPIKeyError(EACNNError, RuntimeError):
     """The Materials Project API was asked for without an API key."""
+
+
+class BookError(EACNNError, RuntimeError):
+    """The book cannot be built: a bad table of contents, a notebook that fails, or a Sphinx warning under -W."""
