@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 
 env: $(STAMP)
 
+# pytest's exit code 5 (no tests collected) is a failure: a green run must have run tests.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	@$(PY) -m pytest -q -n 2 --dist loadgroup; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 book: $(STAMP)
 	$(PY) -m eacnn book --profile cpu

@@ -1,0 +1,103 @@
+"""The ``eacnn`` command line, on the same dataclasses as the notebooks.
+
+    eacnn simulate STRUCTURE.cif [--plot out.png] [--json]   the 140-bin pattern of a structure
+    eacnn book [--profile smoke|cpu|paper]                   execute every notebook and render the book
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .errors import EACNNError
+
+__all__ = ["main"]
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .config import XRDConfig
+    from .structures import read_cif
+    from .xrd import XRDSimulator
+
+    structure = read_cif(args.structure)
+    cfg = XRDConfig(wavelength=args.wavelength, b_factor=args.b_factor)
+    sim = XRDSimulator(cfg)
+    pattern = sim.get_pattern(structure)
+    vector = sim.vector(structure)
+    if args.json:
+        print(json.dumps({
+            "two_theta_bin_centers": cfg.bin_centers().round(3).tolist(),
+            "vector": [round(float(v), 6) for v in vector],
+            "peaks": [{"two_theta": round(float(t), 4), "intensity": round(float(i), 3), "d": round(float(d), 5),
+                       "hkl": [list(f["hkl"]) for f in h]}
+                      for t, i, d, h in zip(pattern.two_theta, pattern.intensity, pattern.d_hkls, pattern.hkls)],
+        }))
+    else:
+        print(f"{structure.composition.reduced_formula}: {len(pattern)} peaks in {cfg.two_theta_min}–"
+              f"{cfg.two_theta_max}° 2θ at λ = {cfg.wavelength} Å")
+        print(f"{'2θ (°)':>9} {'d (Å)':>8} {'I (%)':>7}  hkl")
+        for t, i, d, h in zip(pattern.two_theta, pattern.intensity, pattern.d_hkls, pattern.hkls):
+            if i >= 1.0:
+                print(f"{t:9.3f} {d:8.4f} {i:7.1f}  {' '.join(''.join(map(str, f['hkl'])) for f in h)}")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from .plots import plot_sticks, plot_vector, save_figure
+
+        ax = plot_vector(vector, config=cfg, color="k", label="140-bin model input")
+        plot_sticks(pattern.two_theta, pattern.intensity / 100, ax=ax, color="C0", label="reflections",
+                    hkls=pattern.hkls, annotate=6)
+        ax.legend(fontsize=8)
+        ax.set_title(structure.composition.reduced_formula)
+        from pathlib import Path
+
+        out = Path(args.plot)
+        print(f"plot written to {save_figure(ax, out.stem, folder=out.parent or Path('.'))}", file=sys.stderr)
+    return 0
+
+
+def _cmd_book(args: argparse.Namespace) -> int:
+    from .book import build_book
+
+    result = build_book(profile=args.profile, keep_going=args.keep_going)
+    for nb, sec in result.timings.items():
+        print(f"  {nb}: {sec:.0f} s")
+    print(f"book built in {result.seconds / 60:.1f} min: {result.index_html}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eacnn", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("simulate", help="simulate the powder pattern of a CIF file")
+    p.add_argument("structure", help="a CIF file")
+    p.add_argument("--wavelength", type=float, default=1.5406, help="Å (default Cu Kα1 1.5406)")
+    p.add_argument("--b-factor", type=float, default=0.5, help="isotropic Debye–Waller B, Å² (default 0.5)")
+    p.add_argument("--plot", help="write a PNG of the pattern here")
+    p.add_argument("--json", action="store_true", help="print the vector and peaks as JSON")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("book", help="execute every notebook (papermill) and render the book (Jupyter Book 1)")
+    p.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "paper"])
+    p.add_argument("--keep-going", action="store_true", help="report every Sphinx warning, not just the first")
+    p.set_defaults(func=_cmd_book)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose or args.command == "book" else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except EACNNError as err:
+        print(f"eacnn {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"eacnn {args.command}: error: {err}", file=sys.stderr)
+        return 2

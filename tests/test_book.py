@@ -1,0 +1,78 @@
+"""The book pipeline: papermill executes the notebooks (smoke), Jupyter Book renders them with -W.
+
+Runs in a temporary copy of the book sources, so the repository's own ``_build`` is untouched.
+"""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from eacnn.book import build_book, notebooks_in_toc
+
+ROOT = Path(__file__).resolve().parents[1]
+COLAB_MARK = "google.colab"
+
+
+def test_toc_lists_existing_notebooks():
+    nbs = notebooks_in_toc(ROOT)
+    assert nbs and all((ROOT / nb).is_file() for nb in nbs)
+    assert nbs[0].name == "01_xrd_simulation.ipynb"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
+def test_source_notebooks_are_output_free_and_parametrised(path):
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, f"{path.name} has outputs in git"
+            assert "def " not in cell.source or "assert" in cell.source, f"{path.name}: logic belongs in eacnn"
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    for name in ("smoke", "device", "seed", "data_source"):
+        assert re.search(rf"^{name} = ", tagged[0].source, re.M), f"{path.name}: parameter {name} missing"
+    colab = [c for c in nb.cells if COLAB_MARK in c.source]
+    assert colab and "remove-cell" in colab[0].metadata.get("tags", []), f"{path.name}: Colab cell must be hidden"
+
+
+def test_colab_setup_cell_is_a_no_op_outside_colab(monkeypatch):
+    import subprocess
+    import sys
+
+    nb = nbformat.read(ROOT / "notebooks" / "01_xrd_simulation.ipynb", as_version=4)
+    source = next(c.source for c in nb.cells if COLAB_MARK in c.source)
+    pip_lines = [line for line in source.splitlines() if '"pip"' in line]
+    assert pip_lines and not any("torch" in line for line in pip_lines), "the Colab cell must never install torch"
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a))
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    exec(compile(source, "colab-cell", "exec"), {})
+    assert calls == []
+
+
+@pytest.mark.slow
+def test_smoke_book_builds_with_warnings_as_errors(tmp_path, monkeypatch):
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(ROOT / name, tmp_path / name)
+    for name in ("book", "notebooks"):
+        shutil.copytree(ROOT / name, tmp_path / name)
+    monkeypatch.setenv("EACNN_HOME", str(tmp_path / "home"))
+    result = build_book("smoke", root=tmp_path)
+    assert result.index_html.is_file()
+    html_dir = result.index_html.parent
+    for rel in notebooks_in_toc(tmp_path):
+        page = (html_dir / rel.with_suffix(".html")).read_text()
+        text = " ".join(re.sub(r"<[^>]+>", " ", page).split())
+        assert "Profile smoke" in text, f"{rel}: no profile banner"
+        assert "Traceback" not in text, f"{rel}: a traceback on the page"
+        for img in re.findall(r'<img[^>]+src="([^"]+)"', page):
+            assert (html_dir / rel.parent / img).resolve().is_file(), f"{rel}: broken image {img}"
+        executed = nbformat.read(tmp_path / "_build" / "staging" / rel, as_version=4)
+        errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+        assert not errors
+    # glued numbers reached the prose of chapter 1
+    page = (html_dir / "notebooks" / "01_xrd_simulation.html").read_text()
+    assert re.search(r"100\.0\s*% of the\s*50 structures", re.sub(r"<[^>]+>", "", page))
