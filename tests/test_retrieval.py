@@ -1,0 +1,62 @@
+"""Retrieval on planted embeddings: known answers, both backends agree, pools are named."""
+
+import numpy as np
+import pytest
+
+from eacnn.errors import EACNNError
+from eacnn.retrieval import Index, have_faiss, pool_accuracies, topk_accuracy
+
+
+def planted(n=500, d=32, noise=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    cand = rng.normal(size=(n, d)).astype(np.float32)
+    queries = cand + noise * rng.normal(size=(n, d)).astype(np.float32)
+    return queries, cand
+
+
+def test_identical_queries_are_all_found_first():
+    q, c = planted()
+    res = topk_accuracy(q, c, pool="planted")
+    assert res.topk[1] == 100.0 and res.n_pool == 500 and res.pool == "planted"
+
+
+def test_a_known_rank_is_reported():
+    # candidate 0 is the true one; two others are placed closer to the query -> rank 3
+    c = np.eye(4, dtype=np.float32)
+    q = np.array([[0.6, 0.8, 0.75, 0.0]], dtype=np.float32)
+    res = topk_accuracy(q, c, true_index=[0], ks=(1, 2, 3))
+    assert res.ranks.tolist() == [3]
+    assert res.topk == {1: 0.0, 2: 0.0, 3: 100.0}
+
+
+def test_noise_lowers_accuracy_monotonically():
+    accs = [topk_accuracy(*planted(noise=s)).topk[1] for s in (0.0, 0.8, 1.5, 3.0)]
+    assert accs[0] == 100 and all(a >= b for a, b in zip(accs, accs[1:])) and accs[-1] < 50
+
+
+def test_smaller_pools_are_easier():
+    q, c = planted(n=1024, noise=1.5)
+    full, p256 = pool_accuracies(q, c, pools=("all", 256))
+    assert p256.n_pool == 256 and full.n_pool == 1024
+    assert p256.topk[1] > full.topk[1]
+
+
+@pytest.mark.skipif(not have_faiss(), reason="faiss not installed")
+def test_faiss_and_torch_give_the_same_answers():
+    q, c = planted(n=800, noise=1.0)
+    s_t, i_t = Index(c, backend="torch").search(q, k=5)
+    s_f, i_f = Index(c, backend="faiss").search(q, k=5)
+    np.testing.assert_allclose(s_t, s_f, atol=1e-5)
+    assert (i_t[:, 0] == i_f[:, 0]).mean() > 0.999
+    a_t = topk_accuracy(q, c, backend="torch").topk
+    a_f = topk_accuracy(q, c, backend="faiss").topk
+    assert a_t == pytest.approx(a_f)
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(EACNNError, match="NaN"):
+        Index(np.full((3, 2), np.nan))
+    with pytest.raises(EACNNError, match="width"):
+        Index(np.ones((3, 2))).search(np.ones((1, 3)))
+    with pytest.raises(EACNNError, match="zero"):
+        Index(np.zeros((0, 4)))
