@@ -76,3 +76,44 @@ def test_smoke_book_builds_with_warnings_as_errors(tmp_path, monkeypatch):
     # glued numbers reached the prose of chapter 1
     page = (html_dir / "notebooks" / "01_xrd_simulation.html").read_text()
     assert re.search(r"100\.0\s*% of the\s*50 structures", re.sub(r"<[^>]+>", "", page))
+    _check_in_browser(html_dir, tmp_path)
+
+
+def _check_in_browser(html_dir, tmp_path):
+    """Every page in headless Chromium: figures load, no error cells, no missing glue, no dead internal links.
+
+    Skipped where Chromium is absent, except under CI (EACNN_REQUIRE_BROWSER=1, set by .ci/run), where it fails.
+    """
+    import os
+
+    from eacnn.browser import check_book, find_chromium
+
+    if find_chromium() is None:
+        if os.environ.get("EACNN_REQUIRE_BROWSER") == "1":
+            pytest.fail("Chromium is required under CI (apt-get install chromium)")
+        pytest.skip("no Chromium on this machine")
+    pages = ["index.html"] + [str(p.relative_to(html_dir)) for p in sorted(html_dir.glob("*/*.html"))
+                              if not p.parent.name.startswith("_")]
+    shots = Path(os.environ.get("EACNN_SCREENSHOTS", tmp_path / "screenshots"))
+    report = check_book(html_dir, pages, screenshot_dir=shots, screenshot_pages=("01_xrd", "results"))
+    assert report.ok, "\n".join(report.problems)
+    assert sum(n for _, n in report.pages) >= 3, f"too few figures rendered: {report.pages}"
+    assert report.screenshots and all(p.stat().st_size > 10_000 for p in report.screenshots)
+
+
+def test_browser_check_catches_broken_figures_and_dead_links(tmp_path):
+    """The checker itself must fail on what it is meant to catch (a check that cannot fail proves nothing)."""
+    from eacnn.browser import check_book, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("no Chromium on this machine")
+    (tmp_path / "good.html").write_text("<html><body><main><p id='x'>fine</p><a href='#x'>ok</a></main></body></html>")
+    (tmp_path / "bad.html").write_text(
+        "<html><body><main><img src='missing.png'><a href='nowhere.html'>dead</a>"
+        "<div class='output error'>ValueError: boom</div></main></body></html>"
+    )
+    report = check_book(tmp_path, ["good.html", "bad.html"])
+    problems = "\n".join(report.problems)
+    assert "good.html" not in problems
+    assert "broken image missing.png" in problems and "dead link nowhere.html" in problems
+    assert "ValueError" in problems

@@ -1,0 +1,126 @@
+"""Open the rendered book in a real browser (headless Chromium via Playwright) and check what readers see.
+
+For every page of the book: each image has loaded (``naturalWidth > 0``), no executed cell shows an error or a
+traceback, no glued value is missing, and every internal link (and its ``#anchor``) resolves. A screenshot of
+chosen pages is saved. Used by the tests and by ``.ci/run``; needs Debian's ``chromium`` (no browser download).
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urldefrag, urljoin, urlparse
+
+from .errors import BookError
+
+__all__ = ["find_chromium", "check_book", "BrowserReport"]
+
+_CHROMIUM_FLAGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+# Runs in the page: what a reader would notice is broken.
+_PAGE_PROBE = """() => {
+  const imgs = [...document.querySelectorAll('main img, article img, .bd-article img')];
+  const broken = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src'));
+  const errors = [...document.querySelectorAll('.output.error, .output.traceback, div.cell_output .output.stderr')]
+      .map(e => e.innerText.slice(0, 200)).filter(t => /Error|Traceback/.test(t));
+  const text = document.body.innerText;
+  const missingGlue = /glue key .* not found|Could not find glue/i.test(text);
+  const links = [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href'));
+  return {n_images: imgs.length, broken, errors, missingGlue, links, title: document.title};
+}"""
+
+
+def find_chromium() -> str | None:
+    """Path of a Chromium executable (Debian's ``chromium``), or None."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@dataclass
+class BrowserReport:
+    pages: list = field(default_factory=list)  # page path -> number of images
+    problems: list = field(default_factory=list)  # human-readable findings; empty = all good
+    screenshots: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+
+def check_book(html_dir: Path, pages: list[str], screenshot_dir: Path | None = None,
+               screenshot_pages: tuple[str, ...] = ()) -> BrowserReport:
+    """Serve ``html_dir`` on localhost, open each page of ``pages`` (paths relative to it) in headless Chromium.
+
+    Raises:
+        BookError: no Chromium or Playwright available.
+    """
+    chromium = find_chromium()
+    if chromium is None:
+        raise BookError("no Chromium found: install Debian's `chromium` (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as err:
+        raise BookError("the browser check needs playwright: pip install -e '.[test]'") from err
+
+    html_dir = Path(html_dir)
+    handler = functools.partial(_QuietHandler, directory=str(html_dir))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    report = BrowserReport()
+    checked_anchors: dict[str, set] = {}
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=_CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            for rel in pages:
+                url = urljoin(base, rel)
+                resp = page.goto(url, wait_until="load")
+                if resp is None or resp.status != 200:
+                    report.problems.append(f"{rel}: HTTP {resp.status if resp else 'no response'}")
+                    continue
+                page.wait_for_load_state("networkidle")  # index.html redirects to the root page
+                url = page.url.split("#")[0]
+                probe = page.evaluate(_PAGE_PROBE)
+                report.pages.append((rel, probe["n_images"]))
+                report.problems += [f"{rel}: broken image {src}" for src in probe["broken"]]
+                report.problems += [f"{rel}: error output: {e}" for e in probe["errors"]]
+                if probe["missingGlue"]:
+                    report.problems.append(f"{rel}: a glued value is missing")
+                checked_anchors[url] = set(page.evaluate("() => [...document.querySelectorAll('[id]')].map(e => e.id)"))
+                for href in probe["links"]:
+                    target, anchor = urldefrag(urljoin(url, href))
+                    if urlparse(target).netloc != urlparse(base).netloc:
+                        continue  # external links are not followed (offline)
+                    path = html_dir / urlparse(target).path.lstrip("/")
+                    if path.is_dir():
+                        path = path / "index.html"
+                    if not path.is_file():
+                        report.problems.append(f"{rel}: dead link {href}")
+                    elif anchor and target == url and anchor not in checked_anchors[url]:
+                        report.problems.append(f"{rel}: dead anchor #{anchor}")
+                if screenshot_dir is not None and any(s in rel for s in screenshot_pages):
+                    shot = Path(screenshot_dir) / (Path(rel).stem + ".png")
+                    shot.parent.mkdir(parents=True, exist_ok=True)
+                    page.screenshot(path=str(shot), full_page=True)
+                    report.screenshots.append(shot)
+            browser.close()
+    finally:
+        server.shutdown()
+    return report
