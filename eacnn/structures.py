@@ -2,26 +2,61 @@
 
 The embedded file ``eacnn/data/mp20_valtest_structures.csv.gz`` holds 18,093 real Materials Project structures
 (MP-20 ``val`` and ``test`` splits; CC BY 4.0, see ``eacnn/data/README.md``).
+
+Every source becomes the same **structure table** (one row per structure, the columns of :data:`TABLE_COLUMNS`),
+which is what :func:`eacnn.dataset.build_dataset` consumes. ``species`` is a JSON list with one entry per site:
+an element symbol (``"Fe"``) for an ordered site, or ``{"Fe": 0.5, "Ni": 0.5}`` for a partially occupied one.
+``split`` is the source's split in MP-20 naming: ``"test"`` rows form the test set and retrieval pool; every other
+row (``"val"``, ``"train"``) belongs to the training pool, from which the validation slice is carved.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import warnings
 from functools import lru_cache
+from pathlib import Path
+from typing import NamedTuple, Sequence
 
+import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
-from .errors import StructureError
+from .errors import DisorderError, StructureError
 from .paths import DATA_DIR
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_FILE = DATA_DIR / "mp20_valtest_structures.csv.gz"
 
-__all__ = ["EMBEDDED_FILE", "load_embedded", "row_to_structure", "embedded_structures"]
+#: Columns of a structure table, in order (the embedded CSV's; sources may add more, e.g. ``database_version``).
+TABLE_COLUMNS = (
+    "material_id", "split", "formula", "n_sites", "spacegroup_number", "spacegroup_symbol", "crystal_system",
+    "spacegroup_number_symprec_0p01", "a", "b", "c", "alpha", "beta", "gamma", "lattice_matrix", "species",
+    "frac_coords", "formation_energy_per_atom", "band_gap",
+)  # fmt: skip
+
+SYMPREC = 0.1  # Å; spglib tolerance of the table's space group columns (as in the embedded data)
+
+__all__ = [
+    "EMBEDDED_FILE",
+    "TABLE_COLUMNS",
+    "CifFolder",
+    "load_embedded",
+    "row_to_structure",
+    "embedded_structures",
+    "structure_to_row",
+    "table_from_structures",
+    "read_cif",
+    "read_cif_folder",
+    "check_structure",
+]
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The embedded MP-20 table
+# ---------------------------------------------------------------------------------------------------------------
 @lru_cache(maxsize=1)
 def _read_embedded() -> pd.DataFrame:
     if not EMBEDDED_FILE.is_file():
@@ -47,7 +82,10 @@ def load_embedded(split: str | None = None, limit: int = 0) -> pd.DataFrame:
 
 
 def row_to_structure(row) -> "Structure":  # noqa: F821
-    """A pymatgen ``Structure`` from one row of the embedded table (a dict-like with the JSON columns)."""
+    """A pymatgen ``Structure`` from one row of a structure table (a dict-like with the JSON columns).
+
+    Partially occupied sites (``{"Fe": 0.5, "Ni": 0.5}`` entries of ``species``) come back disordered.
+    """
     from pymatgen.core import Lattice, Structure
 
     try:
@@ -64,3 +102,207 @@ def embedded_structures(split: str | None = None, limit: int = 0) -> tuple[pd.Da
     """The embedded table and its rows as pymatgen ``Structure`` objects, in the same order."""
     df = load_embedded(split, limit)
     return df, [row_to_structure(r) for r in df.to_dict("records")]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Structures -> table rows
+# ---------------------------------------------------------------------------------------------------------------
+def _site_species(site) -> str | dict[str, float]:
+    """One ``species`` entry: the element symbol, or {symbol: occupancy} for a partially occupied site.
+
+    Oxidation states are dropped: the XRD simulator uses neutral-atom scattering factors.
+    """
+    items = [(getattr(sp, "symbol", str(sp)), float(occ)) for sp, occ in site.species.items()]
+    if len(items) == 1 and abs(items[0][1] - 1.0) < 1e-8:
+        return items[0][0]
+    merged: dict[str, float] = {}
+    for symbol, occ in items:
+        merged[symbol] = round(merged.get(symbol, 0.0) + occ, 6)
+    return merged
+
+
+def _symmetry(structure, symprec: float) -> tuple[int, str, str]:
+    """(space group number, Hermann–Mauguin symbol, crystal system); (0, "?", "unknown") when spglib fails."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        sga = SpacegroupAnalyzer(structure, symprec=symprec)
+        return int(sga.get_space_group_number()), str(sga.get_space_group_symbol()), str(sga.get_crystal_system())
+    except Exception as err:  # spglib gives up on some degenerate inputs; the row stays usable for XRD
+        log.warning("space group analysis failed (symprec=%g): %s", symprec, err)
+        return 0, "?", "unknown"
+
+
+def structure_to_row(
+    structure, material_id: str, split: str = "test", symmetry: tuple[int, str, str] | None = None
+) -> dict:
+    """One table row (the columns of :data:`TABLE_COLUMNS`) describing a pymatgen ``Structure``.
+
+    Args:
+        structure: the crystal; its cell is kept as given.
+        material_id: the row's id.
+        split: MP-20 split name of the row: ``"test"`` (test set / retrieval pool) or ``"val"``/``"train"``
+            (training pool).
+        symmetry: (number, symbol, crystal system) from the source, e.g. the Materials Project; spglib at
+            ``symprec=0.1`` when None.
+    """
+    if structure is None or len(structure) == 0:
+        raise StructureError(f"{material_id}: the structure has no sites")
+    number, symbol, system = symmetry if symmetry is not None else _symmetry(structure, SYMPREC)
+    number_fine, _, _ = _symmetry(structure, 0.01)
+    lat = structure.lattice
+    frac = np.mod(np.asarray(structure.frac_coords, dtype=np.float64), 1.0)
+    return {
+        "material_id": str(material_id),
+        "split": split,
+        "formula": structure.composition.reduced_formula,
+        "n_sites": len(structure),
+        "spacegroup_number": int(number),
+        "spacegroup_symbol": str(symbol),
+        "crystal_system": str(system).lower(),
+        "spacegroup_number_symprec_0p01": int(number_fine),
+        "a": lat.a,
+        "b": lat.b,
+        "c": lat.c,
+        "alpha": lat.alpha,
+        "beta": lat.beta,
+        "gamma": lat.gamma,
+        "lattice_matrix": json.dumps(np.asarray(lat.matrix, dtype=np.float64).tolist()),
+        "species": json.dumps([_site_species(site) for site in structure]),
+        "frac_coords": json.dumps(frac.tolist()),
+        "formation_energy_per_atom": np.nan,
+        "band_gap": np.nan,
+    }
+
+
+def table_from_structures(
+    structures: Sequence, ids: Sequence[str] | None = None, split: str = "test", progress: bool = True
+) -> pd.DataFrame:
+    """A structure table (same schema as the embedded one) from pymatgen ``Structure`` objects.
+
+    Space group and crystal system come from spglib (``SpacegroupAnalyzer``, ``symprec=0.1``; the 0.01 column too).
+
+    Args:
+        structures: pymatgen Structures, kept in their given cells.
+        ids: one id per structure (default ``"s0"``, ``"s1"``, ...); must be unique.
+        split: MP-20 split name given to every row (``"test"``: test set / retrieval pool).
+        progress: show a progress bar.
+    """
+    structures = list(structures)
+    ids = [f"s{i}" for i in range(len(structures))] if ids is None else [str(i) for i in ids]
+    if len(ids) != len(structures):
+        raise StructureError(f"got {len(ids)} ids for {len(structures)} structures")
+    if len(set(ids)) != len(ids):
+        dupes = sorted(pd.Series(ids)[pd.Series(ids).duplicated()].unique())[:5]
+        raise StructureError(f"ids must be unique; repeated: {dupes}")
+    rows = [
+        structure_to_row(s, i, split)
+        for s, i in tqdm(zip(structures, ids), total=len(ids), desc="tabulating", disable=not progress)
+    ]
+    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CIF files
+# ---------------------------------------------------------------------------------------------------------------
+def read_cif(path: str | Path) -> "Structure":  # noqa: F821
+    """The first structure of a CIF file, in the cell the file gives.
+
+    Raises:
+        StructureError: the file is missing, unreadable or malformed, or holds no atoms; the message names it.
+    """
+    from pymatgen.io.cif import CifParser
+
+    path = Path(path)
+    if not path.is_file():
+        raise StructureError(f"{path}: no such CIF file")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            structures = CifParser(path).parse_structures(primitive=False, on_error="raise")
+        except Exception as err:  # pymatgen raises ValueError, KeyError, ZeroDivisionError... on broken input
+            text = path.read_text(errors="replace").lower()
+            if "data_" not in text:
+                raise StructureError(f"{path}: not a CIF (no data_ block)") from err
+            if "_atom_site_fract" not in text and "_atom_site_cartn" not in text:
+                raise StructureError(f"{path}: the CIF holds no atoms (no _atom_site_ coordinates)") from err
+            notes = "; ".join(dict.fromkeys(str(w.message) for w in caught))
+            raise StructureError(
+                f"{path}: malformed CIF ({type(err).__name__}: {err})" + (f" [parser notes: {notes}]" if notes else "")
+            ) from err
+    if not structures or len(structures[0]) == 0:
+        raise StructureError(f"{path}: the CIF holds no atoms")
+    for w in dict.fromkeys(str(w.message) for w in caught):
+        log.warning("%s: %s", path, w)
+    if len(structures) > 1:
+        log.warning("%s holds %d structures; using the first", path, len(structures))
+    return structures[0]
+
+
+class CifFolder(NamedTuple):
+    """What :func:`read_cif_folder` found: the table, its structures (same order) and the files it skipped."""
+
+    table: pd.DataFrame
+    structures: list
+    skipped: list  # (id, reason) for every file that could not be read
+
+
+def read_cif_folder(
+    folder: str | Path, split: str = "test", pattern: str = "*.cif", progress: bool = True
+) -> CifFolder:
+    """Every CIF file of a folder as a structure table; ids are the file stems.
+
+    Unreadable files are logged with their id and reason and listed in ``skipped``, never dropped silently.
+
+    Args:
+        folder: the directory to read (not recursive).
+        split: MP-20 split name given to every row (``"test"``: test set / retrieval pool).
+        pattern: glob of the files to read.
+        progress: show a progress bar.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise StructureError(f"{folder}: not a directory of CIF files")
+    files = sorted(folder.glob(pattern))
+    if not files:
+        raise StructureError(f"{folder}: no files match {pattern!r}")
+    ids, structures, skipped = [], [], []
+    for path in tqdm(files, desc="reading CIFs", unit="file", disable=not progress):
+        try:
+            structures.append(read_cif(path))
+            ids.append(path.stem)
+        except StructureError as err:
+            log.warning("skipping %s: %s", path.stem, err)
+            skipped.append((path.stem, str(err)))
+    table = table_from_structures(structures, ids, split=split, progress=False)
+    return CifFolder(table, structures, skipped)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------------------------
+def check_structure(structure, max_sites: int = 0, disorder: str = "weighted", label: str = "structure") -> None:
+    """Refuse a structure the dataset cannot use; errors name it and the bad value.
+
+    Args:
+        structure: pymatgen Structure.
+        max_sites: more sites than this is refused (0 = no limit).
+        disorder: ``"weighted"`` keeps partial occupancies (the simulator weights f by occupancy);
+            ``"reject"`` refuses them.
+        label: the name used in messages (e.g. the material id).
+
+    Raises:
+        StructureError: empty, or more than ``max_sites`` sites.
+        DisorderError: partial occupancy under ``disorder="reject"``.
+    """
+    if disorder not in ("weighted", "reject"):
+        raise StructureError(f"unknown disorder policy {disorder!r}; choose 'weighted' or 'reject'")
+    if structure is None or len(structure) == 0:
+        raise StructureError(f"{label}: the structure has no sites")
+    if max_sites and len(structure) > max_sites:
+        raise StructureError(f"{label}: {len(structure)} sites > max_sites={max_sites}")
+    if disorder == "reject" and not structure.is_ordered:
+        site = next(i for i, s in enumerate(structure) if not s.is_ordered)
+        raise DisorderError(
+            f"{label}: site {site} is partially occupied ({structure[site].species_string}) and disorder='reject'"
+        )
