@@ -107,8 +107,9 @@ def execute_notebooks(
             shutil.copy2(src, dst)
     parameters = {"smoke": profile == "smoke", "device": "cuda" if profile == "paper" else "auto"}
     timings = {}
-    env_before = os.environ.get("EACNN_BOOK_PROFILE")
+    env_before = {k: os.environ.get(k) for k in ("EACNN_BOOK_PROFILE", "TQDM_DISABLE")}
     os.environ["EACNN_BOOK_PROFILE"] = profile
+    os.environ["TQDM_DISABLE"] = "1"  # progress bars are for people at a keyboard, not for rendered pages
     try:
         for rel in notebooks_in_toc(root):
             if only and not any(s in rel.name for s in only):
@@ -133,10 +134,11 @@ def execute_notebooks(
             timings[str(rel)] = time.perf_counter() - t0
             log.info("  %s: %.1f s", rel, timings[str(rel)])
     finally:
-        if env_before is None:
-            os.environ.pop("EACNN_BOOK_PROFILE", None)
-        else:
-            os.environ["EACNN_BOOK_PROFILE"] = env_before
+        for k, v in env_before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return timings
 
 

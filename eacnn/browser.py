@@ -62,6 +62,11 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):  # the browser hanging up early (favicon) is not news
+        pass
+
+
 def check_book(html_dir: Path, pages: list[str], screenshot_dir: Path | None = None,
                screenshot_pages: tuple[str, ...] = ()) -> BrowserReport:
     """Serve ``html_dir`` on localhost, open each page of ``pages`` (paths relative to it) in headless Chromium.
@@ -79,7 +84,7 @@ def check_book(html_dir: Path, pages: list[str], screenshot_dir: Path | None = N
 
     html_dir = Path(html_dir)
     handler = functools.partial(_QuietHandler, directory=str(html_dir))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _QuietServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{server.server_address[1]}/"
