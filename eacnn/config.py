@@ -76,23 +76,152 @@ class DataConfig:
     disorder: str = "weighted"  # partial occupancy: "weighted" (occupancy-weighted f) or "reject"
 
 
+_POOLINGS = ("mean", "std", "sum")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """The two towers and the shared embedding (paper §2.3–2.4). Filled in by the model issue."""
+    """The two towers and the shared embedding (paper §2.3–2.4; :mod:`eacnn.models`)."""
 
     kind: str = "eacnn"  # "paper" (MACE tower as published) or "eacnn" (MACE + lattice + own-pattern fusion)
     r_max: float = 5.0  # Å; neighbour cutoff of the periodic graph (also the dataset's graph cutoff)
     embed_dim: int = 256  # width of the shared contrastive space
     xrd_dim: int = 384  # width of the XRD tower's output before projection (paper: 384)
+    # -- structure tower: MACE ------------------------------------------------------------------------------------
+    channels: int = 32  # MACE feature channels per irrep (the "32" of 2 layers x 32 channels)
+    max_L: int = 0  # highest irrep order of the hidden node features: 0 -> "Cx0e", 1 -> "Cx0e+Cx1o", 2 -> +"Cx2e"
+    max_ell: int = 3  # highest order of the edge spherical harmonics Y_l(r_ij), l = 0..max_ell
+    correlation: int = 3  # body order of the product basis: nu = correlation (messages of nu + 1 bodies)
+    num_interactions: int = 2  # message-passing layers
+    num_bessel: int = 8  # Bessel radial basis functions on [0, r_max]
+    num_poly_cutoff: int = 5  # exponent p of MACE's polynomial envelope (smooth to zero at r_max)
+    radial_mlp: int = 64  # width of the 3-layer MLP mapping the radial basis to tensor-product weights
+    avg_num_neighbors: float = 30.0  # messages are divided by this (MP-20 at r_max = 5 Å: ~29 neighbours/atom)
+    readout_dim: int = 64  # invariant (0e) features read out per layer, concatenated over layers
+    pooling: str = "mean"  # graph pooling of the per-atom readout: "+"-joined "mean", "std", "sum"
+    # ("sum" is not supercell-invariant; "mean" and "std" are)
+    mlp_dim: int = 256  # hidden width of the projection MLPs into the shared space
+    # -- structure tower: physics-informed extras (kind "eacnn" only; ignored by kind "paper") -------------------
+    use_lattice: bool = True  # fuse setting-invariant lattice descriptors (volume/atom, density, first d-spacings)
+    use_sim_pattern: bool = True  # fuse the structure's own clean simulated pattern, encoded by a small 1D CNN
+    lattice_n_d: int = 12  # number of largest d-spacings (Å) among non-extinct reflections used as descriptors
+    lattice_d_min: float = 1.0  # Å; reflections with d below this are not enumerated (the search sphere)
+    sim_pattern_channels: int = 32  # channels of the own-pattern 1D CNN (last stage; first stage has half)
+    # -- XRD tower: 1D ResNet -------------------------------------------------------------------------------------
+    xrd_channels: int = 32  # channels of the first residual stage (the second stage has twice as many)
+    xrd_blocks: int = 2  # residual blocks per stage (two stages; stride-2 downsampling between them)
+    xrd_kernel: int = 5  # convolution kernel size, in 0.5° bins
+    # -- shared space ---------------------------------------------------------------------------------------------
+    init_temperature: float = 0.07  # CLIP: logit_scale starts at log(1 / 0.07)
+    max_logit_scale: float = 100.0  # CLIP: exp(logit_scale) is clamped to at most this
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("paper", "eacnn"):
+            raise ConfigError(f"model.kind must be 'paper' or 'eacnn', got {self.kind!r}")
+        if not 0 <= self.max_L <= 3 or self.max_L > self.max_ell:
+            raise ConfigError(
+                f"need 0 <= model.max_L <= min(3, max_ell), got max_L={self.max_L!r}, max_ell={self.max_ell!r}"
+            )
+        if self.num_interactions < 1 or self.correlation < 1 or self.channels < 1:
+            raise ConfigError(
+                f"need num_interactions, correlation, channels >= 1, got "
+                f"{self.num_interactions!r}, {self.correlation!r}, {self.channels!r}"
+            )
+        parts = self.pooling.split("+")
+        if not parts or any(p not in _POOLINGS for p in parts) or len(set(parts)) != len(parts):
+            raise ConfigError(f"model.pooling={self.pooling!r}: join distinct names of {_POOLINGS} with '+'")
+        if not 0 < self.init_temperature < 1 or self.max_logit_scale <= 1:
+            raise ConfigError(
+                f"bad temperature settings: init_temperature={self.init_temperature!r} (0..1), "
+                f"max_logit_scale={self.max_logit_scale!r} (>1)"
+            )
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time corruption of the augmented (XRD-tower) pattern (:mod:`eacnn.augment`).
+
+    All zero = the clean pattern. ``AugmentConfig.level(k)`` gives the presets 0 (clean) .. 3 (strong).
+    """
+
+    strain: float = 0.005  # max |epsilon|; d-spacings scaled by 1 + epsilon, epsilon ~ U(-strain, strain)
+    zero_shift: float = 0.05  # degrees 2θ; sample-displacement / zero error, delta ~ U(-zero_shift, zero_shift)
+    size_min_nm: float = 30.0  # nm; crystallite size L ~ log-uniform in [size_min_nm, size_max_nm] (Scherrer)
+    size_max_nm: float = 300.0  # nm; 0 in either bound switches size broadening off
+    intensity_jitter: float = 0.2  # sigma of the log-normal factor per peak (texture / preferred orientation)
+    noise: float = 0.01  # sigma of additive Gaussian noise, as a fraction of the strongest bin
+    counts: float = 2000.0  # counts in the strongest bin for Poisson-like noise sqrt(I / counts); 0 = off
+    background: float = 0.05  # max height of the smooth background, fraction of the strongest bin; 0 = off
+    scherrer_k: float = 0.9  # Scherrer shape factor K of fwhm = K λ / (L cos θ) (radians 2θ)
+
+    @classmethod
+    def level(cls, k: int) -> "AugmentConfig":
+        """Presets: 0 = clean (identity), 1 = mild, 2 = moderate (the default), 3 = strong."""
+        presets = {
+            0: cls(strain=0.0, zero_shift=0.0, size_min_nm=0.0, size_max_nm=0.0, intensity_jitter=0.0,
+                   noise=0.0, counts=0.0, background=0.0),
+            1: cls(strain=0.002, zero_shift=0.02, size_min_nm=100.0, size_max_nm=1000.0, intensity_jitter=0.1,
+                   noise=0.005, counts=10000.0, background=0.02),
+            2: cls(),
+            3: cls(strain=0.01, zero_shift=0.1, size_min_nm=10.0, size_max_nm=100.0, intensity_jitter=0.4,
+                   noise=0.02, counts=500.0, background=0.1),
+        }
+        if k not in presets:
+            raise ConfigError(f"augmentation level must be one of {sorted(presets)}, got {k!r}")
+        return presets[k]
+
+    @property
+    def is_identity(self) -> bool:
+        """True when every corruption is switched off (the output is the clean vector)."""
+        return not (self.strain or self.zero_shift or self.size_broadening or self.intensity_jitter
+                    or self.noise or self.counts or self.background)
+
+    @property
+    def size_broadening(self) -> bool:
+        return self.size_min_nm > 0 and self.size_max_nm > 0
+
+    def __post_init__(self) -> None:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        negative = {k: v for k, v in values.items() if v < 0}
+        if negative:
+            raise ConfigError(f"augmentation settings must be >= 0, got {negative}")
+        if self.strain >= 0.1:
+            raise ConfigError(f"augment.strain={self.strain!r} is not a small strain (use < 0.1)")
+        if self.size_broadening and self.size_min_nm > self.size_max_nm:
+            raise ConfigError(f"augment.size_min_nm={self.size_min_nm!r} > size_max_nm={self.size_max_nm!r}")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run (paper §2.5). Filled in by the model issue."""
+    """One training run (paper §2.5; :func:`eacnn.train.fit`)."""
 
-    epochs: int = 30  # passes over the training split
-    batch_size: int = 256  # structures per step (also the in-batch retrieval pool)
+    epochs: int = 30  # passes over the training split (the maximum; early stopping may end sooner)
+    batch_size: int = 256  # structures per optimiser step, over all processes (also the in-batch retrieval pool)
     lr: float = 1e-3  # AdamW peak learning rate
+    weight_decay: float = 0.01  # AdamW decoupled weight decay (not applied to biases, norms, logit_scale)
+    warmup_epochs: float = 1.0  # epochs of linear learning-rate warm-up from 0, then cosine decay
+    min_lr_ratio: float = 0.01  # the cosine ends at lr * min_lr_ratio
+    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
+    patience: int = 5  # stop after this many epochs without a better validation Top-1; 0 = never stop early
+    amp: str = "bf16"  # CUDA autocast: "bf16", "fp16" (with a grad scaler) or "off"; CPU: always off; MACE stays fp32
+    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+    num_workers: int = 0  # DataLoader worker processes (0 = load in the training process)
+    eval_batch_size: int = 512  # structures per forward pass when embedding the validation set
+    max_steps_per_epoch: int = 0  # 0 = full epochs; otherwise cap the steps per epoch (smoke runs, tests)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2 or self.eval_batch_size < 1:
+            raise ConfigError(
+                f"need epochs >= 1, batch_size >= 2, eval_batch_size >= 1; got {self.epochs!r}, "
+                f"{self.batch_size!r}, {self.eval_batch_size!r}"
+            )
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(
+                f"bad optimiser settings: lr={self.lr!r}, weight_decay={self.weight_decay!r}, "
+                f"warmup_epochs={self.warmup_epochs!r}, min_lr_ratio={self.min_lr_ratio!r}"
+            )
+        if self.amp not in ("bf16", "fp16", "off"):
+            raise ConfigError(f"train.amp must be 'bf16', 'fp16' or 'off', got {self.amp!r}")
 
 
 @dataclass(frozen=True)
@@ -105,22 +234,43 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     # ---- presets -------------------------------------------------------------------------------------------
     @classmethod
     def smoke(cls) -> "Config":
-        """Seconds on a laptop: a few hundred structures; for tests and the CI book."""
-        return cls(profile="smoke", data=DataConfig(max_structures=300))
+        """Seconds on a laptop: a few hundred structures and a tiny model; for tests and the CI book."""
+        return cls(
+            profile="smoke",
+            data=DataConfig(max_structures=300),
+            model=ModelConfig(
+                channels=8, max_ell=2, correlation=2, radial_mlp=16, readout_dim=16, mlp_dim=64, embed_dim=64,
+                xrd_dim=64, xrd_channels=8, xrd_blocks=1, sim_pattern_channels=8, lattice_n_d=6,
+            ),
+            train=TrainConfig(epochs=2, batch_size=32, lr=2e-3, warmup_epochs=0.5, patience=0, eval_batch_size=256),
+        )
 
     @classmethod
     def cpu(cls) -> "Config":
-        """The embedded data in full; trainable on 2 CPU cores."""
-        return cls(profile="cpu")
+        """The embedded data in full (~8k training structures); trains on 2 CPU cores in under an hour."""
+        return cls(
+            profile="cpu",
+            # max_ell = 2: with correlation 3 the product basis of l <= 3 harmonics costs ~3x more on a CPU
+            model=ModelConfig(channels=32, max_L=0, max_ell=2, correlation=3, xrd_channels=32),
+            train=TrainConfig(epochs=30, batch_size=128, lr=1e-3, warmup_epochs=1.0, patience=5),
+        )
 
     @classmethod
     def paper(cls) -> "Config":
-        """The paper's scale (GPU)."""
-        return cls(profile="paper")
+        """The paper's scale (one GPU): 2 layers x 128 channels with vector features, batch 256."""
+        return cls(
+            profile="paper",
+            model=ModelConfig(
+                channels=128, max_L=1, max_ell=3, correlation=3, radial_mlp=64, readout_dim=128, mlp_dim=512,
+                xrd_channels=64, xrd_blocks=2,
+            ),
+            train=TrainConfig(epochs=100, batch_size=256, lr=5e-4, warmup_epochs=2.0, patience=15, amp="bf16"),
+        )
 
     @classmethod
     def from_profile(cls, name: str) -> "Config":
@@ -187,4 +337,5 @@ _TYPES: dict[str, type] = {
     "DataConfig": DataConfig,
     "ModelConfig": ModelConfig,
     "TrainConfig": TrainConfig,
+    "AugmentConfig": AugmentConfig,
 }

@@ -1,0 +1,12 @@
+"""The two towers and the contrastive model (paper §2.3–2.4).
+
+Importing this package imports torch and mace-torch (mace first: it lets e3nn 0.4.4 load under torch >= 2.6, and
+sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` for the process; eacnn's own checkpoint loading still passes
+``weights_only=True`` explicitly).
+"""
+
+from .clip import EACNN
+from .structure import StructureEncoder, lattice_descriptors
+from .xrd_tower import XRDEncoder
+
+__all__ = ["EACNN", "StructureEncoder", "XRDEncoder", "lattice_descriptors"]

@@ -1,0 +1,67 @@
+"""The XRD tower: a 1D ResNet of the 140-bin pattern (paper §2.4).
+
+stem conv -> stage 1 (``xrd_blocks`` residual blocks, C channels, 140 bins) -> stage 2 (stride-2 downsampling,
+2C channels, 70 bins) -> global mean and max pooling -> linear to ``xrd_dim`` (384, the paper's representation)
+-> SiLU -> linear projection to the shared ``embed_dim``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+
+__all__ = ["XRDEncoder", "ResidualBlock1d"]
+
+
+class ResidualBlock1d(nn.Module):
+    """conv-BN-ReLU-conv-BN plus a skip connection (a 1x1 conv when the shape changes), then ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1):
+        super().__init__()
+        pad = kernel // 2
+        self.conv1 = nn.Conv1d(c_in, c_out, kernel, stride=stride, padding=pad, bias=False)
+        self.bn1 = nn.BatchNorm1d(c_out)
+        self.conv2 = nn.Conv1d(c_out, c_out, kernel, padding=pad, bias=False)
+        self.bn2 = nn.BatchNorm1d(c_out)
+        self.skip = (
+            nn.Identity()
+            if stride == 1 and c_in == c_out
+            else nn.Sequential(nn.Conv1d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm1d(c_out))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, c_in, L] -> [B, c_out, L / stride]
+        h = torch.relu(self.bn1(self.conv1(x)))
+        h = self.bn2(self.conv2(h))
+        return torch.relu(h + self.skip(x))
+
+
+class XRDEncoder(nn.Module):
+    """Pattern [B, n_bins] -> embedding [B, embed_dim] (not normalised); :meth:`features` gives [B, xrd_dim]."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.xrd_kernel % 2 == 0 or cfg.xrd_kernel < 1:
+            raise ValueError(f"model.xrd_kernel must be odd and positive, got {cfg.xrd_kernel!r}")
+        c = cfg.xrd_channels
+        self.stem = nn.Sequential(nn.Conv1d(1, c, 7, padding=3, bias=False), nn.BatchNorm1d(c), nn.ReLU())
+        stage1 = [ResidualBlock1d(c, c, cfg.xrd_kernel) for _ in range(cfg.xrd_blocks)]
+        stage2 = [ResidualBlock1d(c, 2 * c, cfg.xrd_kernel, stride=2)]
+        stage2 += [ResidualBlock1d(2 * c, 2 * c, cfg.xrd_kernel) for _ in range(cfg.xrd_blocks - 1)]
+        self.stage1 = nn.Sequential(*stage1)
+        self.stage2 = nn.Sequential(*stage2)
+        self.fc = nn.Linear(4 * c, cfg.xrd_dim)  # mean and max pooling of 2C channels
+        self.proj = nn.Linear(cfg.xrd_dim, cfg.embed_dim)
+
+    def features(self, pattern: torch.Tensor) -> torch.Tensor:
+        """The tower's representation before projection, [B, xrd_dim]."""
+        if pattern.ndim != 2:
+            raise ValueError(f"patterns must be [B, n_bins], got shape {tuple(pattern.shape)}")
+        h = self.stem(pattern[:, None, :])  # [B, C, n_bins]
+        h = self.stage2(self.stage1(h))  # [B, 2C, n_bins / 2]
+        h = torch.cat([h.mean(dim=-1), h.amax(dim=-1)], dim=-1)  # [B, 4C]
+        return self.fc(h)  # [B, xrd_dim]
+
+    def forward(self, pattern: torch.Tensor) -> torch.Tensor:
+        return self.proj(nn.functional.silu(self.features(pattern)))  # [B, embed_dim]

@@ -1,0 +1,433 @@
+"""One explicit contrastive training loop, checkpoints, resume, load-or-train (paper §2.5).
+
+Each step pairs a structure (its periodic graph, and for ``kind="eacnn"`` its own clean pattern) with an
+*augmented* pattern simulated from the same structure's sticks (:mod:`eacnn.augment`), and minimises CLIP's
+symmetric InfoNCE over the batch. After each epoch the validation structures are retrieved from their clean
+validation patterns among the whole validation pool (Top-1 / Top-5); the best epoch by Top-1 is kept and training
+stops after ``train.patience`` epochs without improvement.
+
+Run folder (only rank 0 writes): ``config.json`` (the resolved config), ``log.csv`` (one row per epoch),
+``last.pt`` (every epoch; resume point) and ``best.pt`` (best validation Top-1).
+
+Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains on its shard
+(``DistributedSampler``) of ``train.batch_size / WORLD_SIZE`` pairs; embeddings are all-gathered with gradients
+so the loss is the loss of the whole global batch, as in a single process. gloo on CPU, NCCL on CUDA.
+
+The dataset is duck-typed (an :class:`eacnn.dataset.CrystalDataset` or anything with ``key``, ``vectors``,
+``indices(split)``, ``graph(i)`` and ``sticks(i)``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
+
+from .augment import augment_patterns
+from .checkpoint import load_checkpoint, model_from_checkpoint, package_versions, save_checkpoint
+from .config import Config
+from .errors import CheckpointError
+from .graphs import collate_graphs
+from .losses import clip_loss
+from .models import EACNN
+from .paths import atomic_write_bytes, runs_dir
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FitResult", "fit", "load_or_train", "load_checkpoint", "default_run_dir", "evaluate_retrieval"]
+
+LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_top1", "val_top5", "temperature", "lr", "seconds"]
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns."""
+
+    history: pd.DataFrame  # one row per epoch, columns LOG_COLUMNS
+    best_path: Path  # best.pt (best validation Top-1)
+    best_top1: float  # validation Top-1 of the best epoch (NaN without a validation split)
+    run_dir: Path
+    model: EACNN  # best weights, eval mode, on the training device
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------------------
+class _Pairs(Dataset):
+    """Items of a CrystalDataset-like object: graph, clean vector, sticks."""
+
+    def __init__(self, data, indices: np.ndarray):
+        self.data = data
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> dict:
+        i = int(self.indices[k])
+        return {"index": i, "graph": self.data.graph(i), "vector": self.data.vectors[i], "sticks": self.data.sticks(i)}
+
+
+def _collate(items: list[dict]) -> dict:
+    return {
+        "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+        "graph": collate_graphs([it["graph"] for it in items]),
+        "vector": torch.from_numpy(np.stack([it["vector"] for it in items]).astype(np.float32)),  # [B, n_bins]
+        "sticks": [it["sticks"] for it in items],
+    }
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    graph = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch["graph"].items()}
+    out = {"graph": graph, "pattern": batch["pattern"].to(device, non_blocking=True)}
+    if "structure_pattern" in batch:
+        out["structure_pattern"] = batch["structure_pattern"].to(device, non_blocking=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Distributed helpers
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # True when fit() initialised the process group (and so destroys it)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device_hint: str) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    owns = False
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device_hint != "cpu"
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        owns = True
+    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
+
+
+def _device(cfg: Config, d: _Dist) -> torch.device:
+    name = cfg.train.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and d.world > 1:
+        name = f"cuda:{d.local_rank}"
+    return torch.device(name)
+
+
+def _gather(z: torch.Tensor, d: _Dist) -> torch.Tensor:
+    """All ranks' rows of z, in rank order, with gradients flowing back to each rank's own rows."""
+    if d.world == 1:
+        return z
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(z), dim=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Optimiser and schedule
+# ---------------------------------------------------------------------------------------------------------------
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weights only: not on biases, normalisation layers or the temperature."""
+    no_decay_ids = set()
+    for module in model.modules():
+        if isinstance(module, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm)):
+            no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if id(p) in no_decay_ids or name.endswith("bias") or name.endswith("logit_scale"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float):
+    """Linear warm-up from 0 to 1 over ``warmup_steps``, then cosine from 1 to ``min_ratio`` at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------------------------
+def _topk(sim: torch.Tensor, ks: tuple[int, ...]) -> dict[int, float]:
+    """Fraction of rows whose own column (the diagonal) is among the k most similar, for each k."""
+    own = sim.diagonal()[:, None]
+    rank = (sim > own).sum(dim=1)  # [n] number of pool items scored strictly higher than the true one
+    return {k: float((rank < k).float().mean()) for k in ks}
+
+
+@torch.no_grad()
+def evaluate_retrieval(model: EACNN, batches: list[dict], batch_size: int) -> dict[str, float]:
+    """Validation loss and Top-1/5 of retrieving each structure from its clean pattern among all of them.
+
+    Args:
+        model: the (unwrapped) two-tower model.
+        batches: collated batches of the validation structures (``graph``, ``vector``).
+        batch_size: the training batch size; the validation loss is the mean InfoNCE over consecutive chunks of
+            this size (the same in-batch pool as in training).
+    """
+    model_batches = [{"graph": b["graph"], "structure_pattern": b["vector"]} for b in batches]
+    z_s = model.encode_graph_batches(model_batches, progress=False)  # [n, d]
+    patterns = np.concatenate([b["vector"].numpy() for b in batches]) if batches else np.zeros((0, 1))
+    z_x = model.encode_patterns(patterns, progress=False) if len(patterns) else z_s  # [n, d]
+    n = len(z_s)
+    if n < 2:
+        return {"val_loss": float("nan"), "val_top1": float("nan"), "val_top5": float("nan")}
+    scale = model.clamped_logit_scale().detach().cpu()
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] < 2:
+        starts.pop()  # a last chunk of one item has no negatives: merge it into the previous one
+    bounds = starts + [n]
+    losses = [float(clip_loss(z_s[a:b], z_x[a:b], scale)) for a, b in zip(bounds[:-1], bounds[1:])]
+    top = _topk(z_x @ z_s.T, (1, 5))  # patterns query the structure pool
+    return {"val_loss": float(np.mean(losses)), "val_top1": top[1], "val_top5": top[5]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Run folders
+# ---------------------------------------------------------------------------------------------------------------
+def default_run_dir(cfg: Config, data_key: str) -> Path:
+    """``$EACNN_RUNS/<profile>-<hash of config and data key>``: one folder per distinct run."""
+    from .checkpoint import RUNTIME_FIELDS, flat_config
+
+    flat = {k: v for k, v in flat_config(cfg.to_dict()).items() if k not in RUNTIME_FIELDS}
+    digest = hashlib.sha256((repr(sorted(flat.items())) + str(data_key)).encode()).hexdigest()[:12]
+    return runs_dir() / f"{cfg.profile}-{digest}"
+
+
+def _write_log(run_dir: Path, history: list[dict]) -> None:
+    buf = io.StringIO()
+    pd.DataFrame(history, columns=LOG_COLUMNS).to_csv(buf, index=False)
+    atomic_write_bytes(run_dir / "log.csv", buf.getvalue().encode())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------------------
+def fit(
+    cfg: Config, dataset, run_dir: str | Path | None = None, resume: bool = True, progress: bool = True
+) -> FitResult:
+    """Train the two-tower model on ``dataset``'s train split, selecting on its val split.
+
+    Args:
+        cfg: the run's config (model, train, augment, xrd, seed).
+        dataset: a CrystalDataset-like object (see the module docstring).
+        run_dir: where config.json, log.csv, last.pt and best.pt go; :func:`default_run_dir` when None.
+        resume: continue from ``run_dir/last.pt`` when it exists (it must match config and data); False starts
+            over and overwrites.
+        progress: tqdm bars (rank 0 only).
+
+    Raises:
+        CheckpointError: resuming from a corrupt ``last.pt`` or one made for another config or dataset.
+    """
+    d = _init_distributed(cfg.train.device)
+    try:
+        return _fit(cfg, dataset, run_dir, resume, progress, d)
+    finally:
+        if d.owns_group:
+            dist.destroy_process_group()
+
+
+def _fit(cfg: Config, dataset, run_dir, resume: bool, progress: bool, d: _Dist) -> FitResult:
+    tc = cfg.train
+    device = _device(cfg, d)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # MACE on CPU is 10-20x slower with denormal floats
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg, dataset.key)
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / "config.json", cfg.to_json().encode())
+
+    train_idx, val_idx = np.asarray(dataset.indices("train")), np.asarray(dataset.indices("val"))
+    per_rank = max(2, tc.batch_size // d.world)
+    if len(train_idx) < per_rank * d.world:
+        raise ValueError(
+            f"the train split has {len(train_idx)} structures, fewer than one batch of {per_rank * d.world} "
+            f"(train.batch_size={tc.batch_size}); lower the batch size"
+        )
+    pairs = _Pairs(dataset, train_idx)
+    sampler = DistributedSampler(pairs, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    loader = DataLoader(
+        pairs, batch_size=per_rank, sampler=sampler, drop_last=True, collate_fn=_collate, num_workers=tc.num_workers
+    )
+    steps_per_epoch = len(loader) if not tc.max_steps_per_epoch else min(len(loader), tc.max_steps_per_epoch)
+    total_steps = steps_per_epoch * tc.epochs
+    val_pairs = _Pairs(dataset, val_idx)
+    val_batches = [
+        _collate([val_pairs[k] for k in range(a, min(a + tc.eval_batch_size, len(val_pairs)))])
+        for a in range(0, len(val_pairs) if d.main else 0, tc.eval_batch_size)
+    ]  # collated once, reused every epoch
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = EACNN.from_config(cfg).to(device)
+    net = model
+    if d.world > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    optimizer = torch.optim.AdamW(_param_groups(model, tc.weight_decay), lr=tc.lr)
+    warmup = int(round(tc.warmup_epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup, total_steps, tc.min_lr_ratio))
+    use_amp = device.type == "cuda" and tc.amp != "off"
+    amp_dtype = torch.bfloat16 if tc.amp == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    state = {"history": [], "best_top1": -math.inf, "best_epoch": -1, "bad_epochs": 0, "finished": False}
+    start_epoch = 0
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if resume and last_path.is_file():
+        ckpt = load_checkpoint(last_path, map_location=device, config=cfg, data_key=dataset.key)
+        model.load_state_dict(ckpt["state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        state = {k: ckpt[k] for k in state}
+        start_epoch = int(ckpt["epoch"]) + 1
+        log.info("resuming %s from epoch %d", last_path, start_epoch)
+
+    aug_identity = cfg.augment.is_identity
+    for epoch in range(start_epoch, tc.epochs):
+        if state["finished"]:
+            break
+        t0 = time.perf_counter()
+        net.train()
+        sampler.set_epoch(epoch)
+        total, count = torch.zeros((), dtype=torch.float64), 0
+        bar = tqdm(
+            total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step",
+            disable=not (progress and d.main), leave=False,
+        )
+        for step, batch in enumerate(loader):
+            if step >= steps_per_epoch:
+                break
+            # augmentation seeded by (seed, epoch, step, rank): a resumed run draws the same patterns
+            rng = np.random.default_rng([cfg.seed, epoch, step, d.rank])
+            if aug_identity:
+                pattern = batch["vector"]
+            else:
+                pattern = torch.from_numpy(augment_patterns(batch["sticks"], cfg.augment, rng, cfg.xrd))  # [B, n_bins]
+            inputs = {"graph": batch["graph"], "pattern": pattern, "structure_pattern": batch["vector"]}
+            inputs = _to_device(inputs, device)
+            with torch.autocast("cuda", dtype=amp_dtype) if use_amp else nullcontext():
+                z_s, z_x, scale = net(inputs)
+            loss = clip_loss(_gather(z_s.float(), d), _gather(z_x.float(), d), scale.float())
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if tc.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(max=model.max_log_scale)  # CLIP: keep exp(logit_scale) <= 100
+            total += loss.detach().double().cpu()
+            count += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.close()
+        train_loss = float(total) / max(count, 1)  # identical on every rank: the loss is the global-batch loss
+
+        # validation, bookkeeping and checkpoints on rank 0; the stop decision is broadcast
+        stop = torch.zeros(1)
+        if d.main:
+            metrics = evaluate_retrieval(model, val_batches, tc.batch_size)
+            top1 = metrics["val_top1"]
+            improved = math.isnan(top1) or top1 > state["best_top1"]  # no val split: the last epoch is the best
+            if improved:
+                state["best_top1"], state["best_epoch"], state["bad_epochs"] = top1, epoch, 0
+            else:
+                state["bad_epochs"] += 1
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                **metrics,
+                "temperature": model.temperature,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - t0,
+            }
+            state["history"].append(row)
+            state["finished"] = epoch == tc.epochs - 1 or (tc.patience > 0 and state["bad_epochs"] >= tc.patience)
+            payload = {
+                "state_dict": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "epoch": epoch,
+                "config": cfg.to_dict(),
+                "versions": package_versions(),
+                "data_key": dataset.key,
+                **state,
+            }
+            if improved:
+                save_checkpoint(best_path, payload)
+            save_checkpoint(last_path, payload)
+            _write_log(run_dir, state["history"])
+            log.info(
+                "epoch %d: train %.4f, val %.4f, top-1 %.3f, top-5 %.3f, T %.4f (%.1f s)",
+                epoch + 1, train_loss, metrics["val_loss"], top1, metrics["val_top5"], model.temperature,
+                row["seconds"],
+            )
+            stop[0] = float(state["finished"])
+        if d.world > 1:
+            dist.broadcast(stop, src=0)
+        if stop.item():
+            state["finished"] = True
+
+    if d.world > 1:
+        dist.barrier()
+    best = load_checkpoint(best_path, map_location="cpu")
+    model.load_state_dict(best["state_dict"])
+    model.eval()
+    history = pd.DataFrame(load_checkpoint(last_path, map_location="cpu")["history"], columns=LOG_COLUMNS)
+    return FitResult(history, best_path, float(best["best_top1"]), run_dir, model)
+
+
+def load_or_train(cfg: Config, dataset, run_dir: str | Path | None = None, progress: bool = True) -> EACNN:
+    """The trained model for ``cfg`` and ``dataset``: loaded when a finished matching run exists, else trained.
+
+    An unfinished run in ``run_dir`` is resumed; a corrupt or mismatched one is reported and trained again.
+    """
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg, dataset.key)
+    last, best = run_dir / "last.pt", run_dir / "best.pt"
+    resume = True
+    if last.is_file() and best.is_file():
+        try:
+            ckpt = load_checkpoint(last, config=cfg, data_key=dataset.key)
+            if ckpt.get("finished"):
+                model = model_from_checkpoint(load_checkpoint(best, config=cfg, data_key=dataset.key))
+                log.info("loaded the trained model from %s", best)
+                return model
+        except CheckpointError as err:
+            log.warning("%s; training again", err)
+            resume = False
+    return fit(cfg, dataset, run_dir=run_dir, resume=resume, progress=progress).model

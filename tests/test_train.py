@@ -1,0 +1,345 @@
+"""Augmentation physics, a few optimiser steps, checkpoints (safety, corruption, mismatch), fit/resume/load-or-train."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from eacnn.augment import augment_patterns, bragg_shift, profile_patterns  # noqa: E402
+from eacnn.config import AugmentConfig, Config, XRDConfig  # noqa: E402
+from eacnn.errors import CheckpointError, ConfigError  # noqa: E402
+from eacnn.xrd import XRDSimulator, bin_profile  # noqa: E402
+
+
+class TinyDataset:
+    """An in-memory stand-in for eacnn.dataset.CrystalDataset: real structures, graphs, sticks and vectors."""
+
+    def __init__(self, n: int = 22, n_val: int = 6, r_max: float = 5.0):
+        from eacnn.graphs import structure_graph
+        from eacnn.structures import embedded_structures
+
+        _, structs = embedded_structures("val", limit=n + 6)
+        sim = XRDSimulator()
+        self._graphs, self._sticks, vectors = [], [], []
+        for s in structs:
+            try:
+                graph, sticks, vector = structure_graph(s, r_max), sim.sticks(s), sim.vector(s)
+            except Exception:  # an isolated atom or no reflection: not usable
+                continue
+            self._graphs.append(graph)
+            self._sticks.append(sticks)
+            vectors.append(vector)
+            if len(vectors) == n:
+                break
+        self.vectors = np.stack(vectors).astype(np.float32)
+        self.split = np.array(["train"] * (n - n_val) + ["val"] * n_val)
+        self.ids = np.array([f"tiny-{i}" for i in range(n)])
+        self.key = "tiny-dataset-key"
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split == split)
+
+    def graph(self, i: int) -> dict:
+        return self._graphs[i]
+
+    def sticks(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._sticks[i]
+
+
+@pytest.fixture(scope="module")
+def data() -> TinyDataset:
+    return TinyDataset()
+
+
+def _cfg(**overrides) -> Config:
+    base = {"train.batch_size": 8, "train.epochs": 2, "train.eval_batch_size": 8, "augment.noise": 0.02}
+    return Config.smoke().replace(**{**base, **overrides})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Augmentation
+# ---------------------------------------------------------------------------------------------------------------
+def test_level_zero_reproduces_the_clean_vector(data):
+    sticks = [data.sticks(i) for i in range(8)]
+    out = augment_patterns(sticks, AugmentConfig.level(0), rng=0)
+    # the clean vectors use eacnn.xrd's fine-grid kernel (linear split on a 0.005° grid), exact to ~3e-4
+    np.testing.assert_allclose(out, data.vectors[:8], atol=1e-3)
+    assert np.allclose(out.max(axis=1), 1.0)
+
+
+def test_profile_is_the_exact_bin_integral_with_per_peak_widths(data):
+    tt, inten = data.sticks(0)
+    widths = np.random.default_rng(0).uniform(0.1, 1.5, len(tt))
+    ref = bin_profile(tt, inten, fwhm=widths)
+    got = profile_patterns([(tt, inten)], [widths])[0]
+    np.testing.assert_allclose(got, ref, atol=1e-6 * ref.max())
+
+
+def test_strain_and_zero_shift_move_peaks_as_braggs_law_says():
+    xrd = XRDConfig(fwhm=1.0, eta=0.0)  # broad Gaussian peaks: the binned centroid locates the peak to ~0.01°
+    sticks = [(np.array([40.0]), np.array([1.0]))] * 16
+    centres = xrd.bin_centers()
+    win = np.abs(centres - 40.0) < 5.0
+
+    def centroid(y):
+        return float((y[win] * centres[win]).sum() / y[win].sum())
+
+    clean = centroid(profile_patterns(sticks[:1], xrd=xrd)[0])
+    cfg = AugmentConfig(strain=0.01, zero_shift=0.0, size_min_nm=0, size_max_nm=0, intensity_jitter=0, noise=0,
+                        counts=0, background=0)
+    out, params = augment_patterns(sticks, cfg, rng=3, xrd=xrd, return_params=True)
+    assert (params["strain"] > 0).any() and (params["strain"] < 0).any()
+    for y, eps in zip(out, params["strain"]):
+        predicted = bragg_shift(40.0, eps, 0.0, xrd.wavelength)  # 2 asin(sin 20° / (1 + ε))
+        assert math.isclose(predicted, 2 * math.degrees(math.asin(math.sin(math.radians(20)) / (1 + eps))))
+        assert np.sign(centroid(y) - clean) == -np.sign(eps)  # expansion -> larger d -> lower angle
+        assert abs((centroid(y) - clean) - (predicted - 40.0)) < 0.01
+    shifted = augment_patterns(sticks[:1], AugmentConfig(**{**cfg.__dict__, "strain": 0.0, "zero_shift": 0.3}), rng=1,
+                               xrd=xrd, return_params=True)
+    assert abs(centroid(shifted[0][0]) - clean - shifted[1]["zero_shift"][0]) < 0.01
+
+
+def test_scherrer_broadening_grows_with_angle():
+    xrd = XRDConfig(fwhm=0.3, eta=0.0)
+    sticks = [(np.array([20.0, 70.0]), np.array([1.0, 1.0]))]
+    cfg = AugmentConfig(strain=0, zero_shift=0, size_min_nm=10.0, size_max_nm=10.0, intensity_jitter=0, noise=0,
+                        counts=0, background=0)
+    centres = xrd.bin_centers()
+
+    def spread(y, at):
+        w = np.abs(centres - at) < 6.0
+        m = (y[w] * centres[w]).sum() / y[w].sum()
+        return math.sqrt((y[w] * (centres[w] - m) ** 2).sum() / y[w].sum())
+
+    clean = profile_patterns(sticks, xrd=xrd)[0]
+    wide = augment_patterns(sticks, cfg, rng=0, xrd=xrd)[0]
+    assert spread(wide, 20) > spread(clean, 20) and spread(wide, 70) > spread(wide, 20) * 1.1
+
+
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_augmented_patterns_are_valid_inputs(data, level):
+    sticks = [data.sticks(i) for i in range(len(data.vectors))]
+    out = augment_patterns(sticks, AugmentConfig.level(level), rng=np.random.default_rng(0))
+    assert out.shape == (len(sticks), 140) and out.dtype == np.float32
+    assert np.isfinite(out).all() and (out >= 0).all()
+    np.testing.assert_allclose(out.max(axis=1), 1.0, rtol=1e-6)
+    again = augment_patterns(sticks, AugmentConfig.level(level), rng=np.random.default_rng(0))
+    assert np.array_equal(out, again)  # seeded
+    assert not np.array_equal(out, augment_patterns(sticks, AugmentConfig.level(level), rng=1))
+    # stronger levels move the pattern further from the clean one
+    assert np.abs(out - data.vectors).mean() > 1e-3
+
+
+def test_augmentation_is_fast_for_a_batch_of_256(data):
+    sticks = [data.sticks(i % len(data.vectors)) for i in range(256)]
+    augment_patterns(sticks, AugmentConfig.level(2), rng=0)  # warm-up
+    best = math.inf
+    for seed in range(3):
+        t0 = time.perf_counter()
+        augment_patterns(sticks, AugmentConfig.level(2), rng=seed)
+        best = min(best, time.perf_counter() - t0)
+    assert best < 0.5  # ~20-30 ms on 2 idle cores (benchmarks/bench_train.py); lenient for a busy machine
+
+
+def test_augment_levels():
+    assert AugmentConfig.level(0).is_identity and not AugmentConfig.level(1).is_identity
+    assert AugmentConfig.level(3).strain > AugmentConfig.level(1).strain
+    with pytest.raises(ConfigError, match="4"):
+        AugmentConfig.level(4)
+    with pytest.raises(ConfigError, match="strain"):
+        AugmentConfig(strain=-0.1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Optimisation
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # ~3 s on 2 idle cores, 10+ s when the machine is shared
+def test_twenty_steps_lower_the_loss_deterministically(data):
+    from eacnn.graphs import collate_graphs
+    from eacnn.losses import clip_loss
+    from eacnn.models import EACNN
+
+    torch.set_flush_denormal(True)
+    idx = list(range(8))
+    vec = torch.from_numpy(data.vectors[idx])
+    batch = {"graph": collate_graphs([data.graph(i) for i in idx]), "pattern": vec, "structure_pattern": vec}
+    torch.manual_seed(0)
+    model = EACNN.from_config(Config.smoke())
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def run() -> list[float]:
+        model.load_state_dict(start)
+        opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+        losses = []
+        for _ in range(20):
+            loss = clip_loss(*model(batch))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+        return losses
+
+    first = run()
+    assert first[-1] < 0.5 * first[0], first
+    assert run() == first
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fit, checkpoints, resume
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    from eacnn.train import fit
+
+    cfg = _cfg()
+    run_dir = tmp_path_factory.mktemp("run")
+    return cfg, fit(cfg, data, run_dir=run_dir, progress=False)
+
+
+def test_fit_writes_the_run_folder(trained, data):
+    cfg, result = trained
+    run = result.run_dir
+    assert {"config.json", "log.csv", "last.pt", "best.pt"} <= {p.name for p in run.iterdir()}
+    assert json.loads((run / "config.json").read_text()) == cfg.to_dict()
+    log = pd.read_csv(run / "log.csv")
+    columns = ["epoch", "train_loss", "val_loss", "val_top1", "val_top5", "temperature", "lr", "seconds"]
+    assert list(log.columns) == columns
+    assert list(log["epoch"]) == [1, 2] and len(result.history) == 2
+    assert np.isfinite(log[["train_loss", "val_loss", "temperature"]].to_numpy()).all()
+    assert ((log["val_top1"] >= 0) & (log["val_top1"] <= log["val_top5"]) & (log["val_top5"] <= 1)).all()
+    assert result.best_top1 == log["val_top1"].max()
+    assert not any(p.name.endswith(".tmp") for p in run.iterdir())
+
+
+def test_checkpoint_round_trip(trained, data):
+    from eacnn.checkpoint import load_checkpoint, model_from_checkpoint
+
+    cfg, result = trained
+    ckpt = load_checkpoint(result.best_path, config=cfg, data_key=data.key)
+    assert {"state_dict", "optimizer", "scheduler", "epoch", "config", "versions", "data_key"} <= set(ckpt)
+    assert Config.from_dict(ckpt["config"]) == cfg
+    assert set(ckpt["versions"]) == {"torch", "e3nn", "mace", "eacnn"}
+    model = model_from_checkpoint(ckpt)
+    for name, value in result.model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    vec = data.vectors[:3]
+    np.testing.assert_allclose(
+        model.encode_patterns(vec, progress=False), result.model.encode_patterns(vec, progress=False)
+    )
+
+
+def test_checkpoint_for_another_config_or_dataset_is_refused(trained, data):
+    from eacnn.checkpoint import load_checkpoint
+
+    cfg, result = trained
+    with pytest.raises(CheckpointError, match=r"best\.pt.*train\.lr: 0\.002 -> 0\.5"):
+        load_checkpoint(result.best_path, config=cfg.replace(**{"train.lr": 0.5}))
+    with pytest.raises(CheckpointError, match="not on this dataset"):
+        load_checkpoint(result.best_path, data_key="another-key")
+    # runtime-only settings do not matter
+    load_checkpoint(result.best_path, config=cfg.replace(**{"train.device": "cpu", "train.num_workers": 2}))
+
+
+class _Hostile:
+    """Unpickling this would create a file: a stand-in for arbitrary code in a pickle."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_pickled_objects_are_refused_even_after_importing_mace(tmp_path):
+    import mace  # noqa: F401  -- sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 for the process
+
+    from eacnn.checkpoint import load_checkpoint
+
+    assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") == "1"
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "hostile.pt"
+    torch.save({"state_dict": {}, "config": {}, "payload": _Hostile(marker)}, path)
+    with pytest.raises(CheckpointError, match=r"hostile\.pt.*pickled"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_corrupt_or_truncated_checkpoints_raise(trained, tmp_path):
+    from eacnn.checkpoint import load_checkpoint, load_pretrained
+
+    _, result = trained
+    raw = result.best_path.read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match="truncated.pt"):
+        load_checkpoint(truncated)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all" * 10)
+    with pytest.raises(CheckpointError, match="garbage.pt"):
+        load_checkpoint(garbage)
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(2)}, plain)
+    with pytest.raises(CheckpointError, match="not an eacnn checkpoint"):
+        load_checkpoint(plain)
+    with pytest.raises(CheckpointError, match="train"):
+        load_pretrained(tmp_path / "missing.pt")
+
+
+@pytest.mark.slow
+def test_resume_continues_as_if_uninterrupted(trained, data, tmp_path, monkeypatch):
+    import eacnn.train as train
+
+    cfg, full = trained
+    real = train.evaluate_retrieval
+    calls = {"n": 0}
+
+    def crash_in_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate_retrieval", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(cfg, data, run_dir=tmp_path, progress=False)
+    assert len(pd.read_csv(tmp_path / "log.csv")) == 1
+    monkeypatch.setattr(train, "evaluate_retrieval", real)
+    resumed = train.fit(cfg, data, run_dir=tmp_path, progress=False)
+    cols = ["train_loss", "val_loss", "val_top1", "temperature", "lr"]
+    np.testing.assert_allclose(resumed.history[cols].to_numpy(), full.history[cols].to_numpy(), rtol=1e-5, atol=1e-6)
+    a = torch.load(tmp_path / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(full.run_dir / "last.pt", weights_only=True)["state_dict"]
+    for name in b:
+        assert torch.allclose(a[name].float(), b[name].float(), atol=1e-5), name
+
+
+def test_load_or_train_loads_a_finished_run(trained, data, monkeypatch):
+    import eacnn.train as train
+
+    cfg, result = trained
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    model = train.load_or_train(cfg, data, run_dir=result.run_dir, progress=False)
+    for name, value in result.model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+
+
+def test_early_stopping_on_validation_top1(data, tmp_path, monkeypatch):
+    import eacnn.train as train
+
+    scores = iter([0.5, 0.4, 0.6, 0.3, 0.2])
+    fake = lambda *a, **k: {"val_loss": 1.0, "val_top1": next(scores), "val_top5": 1.0}  # noqa: E731
+    monkeypatch.setattr(train, "evaluate_retrieval", fake)
+    cfg = _cfg(**{"train.epochs": 5, "train.patience": 1, "train.max_steps_per_epoch": 1})
+    result = train.fit(cfg, data, run_dir=tmp_path, progress=False)
+    assert list(result.history["epoch"]) == [1, 2]  # epoch 2 did not beat 0.5: stop
+    assert result.best_top1 == 0.5
+    assert torch.load(result.best_path, weights_only=True)["epoch"] == 0
