@@ -1,6 +1,8 @@
 """The ``eacnn`` command line, on the same dataclasses as the notebooks.
 
     eacnn simulate STRUCTURE.cif [--plot out.png] [--json]   the 140-bin pattern of a structure
+    eacnn build [--profile P] [--set KEY=VALUE]...          build (or load) the cached data set
+    eacnn train [--profile P] [--set KEY=VALUE]... [--run-dir D]   train; resumes D
     eacnn book [--profile smoke|cpu|paper]                   execute every notebook and render the book
 """
 
@@ -59,6 +61,43 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_overrides(pairs: list[str]) -> dict:
+    """``["model.kind=paper", "train.epochs=3"]`` -> {"model.kind": "paper", "train.epochs": 3} (JSON values)."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise EACNNError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from .config import Config
+    from .dataset import build_dataset
+
+    cfg = Config.from_profile(args.profile).replace(**_parse_overrides(args.set))
+    ds = build_dataset(cfg)
+    counts = {s: len(ds.indices(s)) for s in ("train", "val", "test")}
+    print(f"{len(ds):,} structures {counts}; {len(ds.skipped)} skipped; cache {ds.cache_path}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import Config
+    from .dataset import build_dataset
+    from .train import fit
+
+    cfg = Config.from_profile(args.profile).replace(**_parse_overrides(args.set))
+    ds = build_dataset(cfg)
+    result = fit(cfg, ds, run_dir=args.run_dir, resume=not args.fresh)
+    print(f"best validation Top-1 {result.best_top1:.2f} %; checkpoint {result.best_path}")
+    return 0
+
+
 def _cmd_book(args: argparse.Namespace) -> int:
     from .book import build_book
 
@@ -82,6 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the vector and peaks as JSON")
     p.set_defaults(func=_cmd_simulate)
 
+    p = sub.add_parser("build", help="build (or load from cache) the data set of a profile")
+    p.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "paper"])
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. data.max_sites=32")
+    p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser("train", help="train a model (checkpoints each epoch; resumes a run folder)")
+    p.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "paper"])
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. model.kind=paper")
+    p.add_argument("--run-dir", help="run folder (default: under $EACNN_RUNS, named by config and data)")
+    p.add_argument("--fresh", action="store_true", help="ignore an existing last.pt instead of resuming")
+    p.set_defaults(func=_cmd_train)
+
     p = sub.add_parser("book", help="execute every notebook (papermill) and render the book (Jupyter Book 1)")
     p.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "paper"])
     p.add_argument("--keep-going", action="store_true", help="report every Sphinx warning, not just the first")
@@ -91,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose or args.command == "book" else logging.WARNING,
+    logging.basicConfig(level=logging.INFO if args.verbose or args.command in ("book", "train", "build") else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)

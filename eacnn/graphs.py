@@ -27,12 +27,14 @@ __all__ = ["structure_graph", "collate_graphs", "GRAPH_KEYS"]
 GRAPH_KEYS = ("atomic_numbers", "positions", "cell", "edge_index", "unit_shifts")
 
 
-def structure_graph(structure, r_max: float) -> dict[str, np.ndarray]:
+def structure_graph(structure, r_max: float, allow_isolated: bool = True) -> dict[str, np.ndarray]:
     """The periodic radius graph of a pymatgen ``Structure`` with cutoff ``r_max`` (Å).
 
+    An atom with no neighbour within ``r_max`` (e.g. in bcc Cs, nearest neighbour 5.3 Å) receives no message; its
+    features are its own embedding. It is kept by default, so that every MP-20 test structure stays in the pool.
+
     Raises:
-        StructureError: empty structure, or an atom with no neighbour within ``r_max`` (an isolated atom
-            carries no message; raise the cutoff or drop the structure).
+        StructureError: empty structure, or (``allow_isolated=False``) an atom with no neighbour within ``r_max``.
     """
     from mace.data.neighborhood import get_neighborhood
 
@@ -47,7 +49,7 @@ def structure_graph(structure, r_max: float) -> dict[str, np.ndarray]:
         positions=pos, cutoff=float(r_max), pbc=(True, True, True), cell=cell
     )
     receivers_seen = np.bincount(edge_index[1], minlength=len(z))
-    if np.any(receivers_seen == 0):
+    if not allow_isolated and np.any(receivers_seen == 0):
         lonely = int(np.argmin(receivers_seen))
         raise StructureError(f"site {lonely} ({structure[lonely].species_string}) has no neighbour within {r_max} Å")
     return {

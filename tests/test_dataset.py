@@ -202,14 +202,14 @@ def test_unusable_structures_are_reported(cache, caplog):
         "disordered": "disorder",
         "dummy": "unknown element",
         "too-big": "too many sites",
-        "lonely": "isolated atom",
         "tiny": "no reflections",
         "broken": "parse error",
     }
     details = ds.skipped.set_index("material_id")["detail"]
     assert "27 sites > max_sites=20" in details["too-big"] and "X" in details["dummy"]
-    assert sorted(ds.ids) == sorted(load_embedded(limit=4)["material_id"])
-    assert "6 of 14 structures skipped" in caplog.text
+    # an atom without neighbours inside r_max is kept (its own embedding carries it), not skipped
+    assert sorted(ds.ids) == sorted([*load_embedded(limit=4)["material_id"], "lonely"])
+    assert "5 of 14 structures skipped" in caplog.text
     assert build_dataset(cfg, _planted_table(), progress=False, n_jobs=1).skipped.equals(ds.skipped)  # cached too
 
     weighted = build_dataset(cfg.replace(**{"data.disorder": "weighted"}), _planted_table(), progress=False, n_jobs=1)
