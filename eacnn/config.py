@@ -111,6 +111,8 @@ class ModelConfig:
     xrd_channels: int = 32  # channels of the first residual stage (the second stage has twice as many)
     xrd_blocks: int = 2  # residual blocks per stage (two stages; stride-2 downsampling between them)
     xrd_kernel: int = 5  # convolution kernel size, in 0.5° bins
+    xrd_positions: int = 35  # 2θ positions kept after stage 2 (average-pooled, then flattened): 2° each
+    n_bins: int = 140  # length of the pattern input (must equal xrd.n_bins)
     # -- shared space ---------------------------------------------------------------------------------------------
     init_temperature: float = 0.07  # CLIP: logit_scale starts at log(1 / 0.07)
     max_logit_scale: float = 100.0  # CLIP: exp(logit_scale) is clamped to at most this

@@ -237,9 +237,9 @@ def lattice_descriptors(graph: dict, n_d: int = 12, d_min: float = 1.0) -> torch
 # The structure's own pattern
 # ---------------------------------------------------------------------------------------------------------------
 class PatternCNN(nn.Module):
-    """A small 1D CNN of a 140-bin pattern -> [B, 2 * channels] (global mean and max of the last stage)."""
+    """A small 1D CNN of a 140-bin pattern -> [B, out_dim], keeping the 2θ axis (flattened, not pooled away)."""
 
-    def __init__(self, channels: int = 32):
+    def __init__(self, channels: int = 32, n_bins: int = 140, out_dim: int = 128):
         super().__init__()
         half = max(channels // 2, 1)
         self.net = nn.Sequential(
@@ -252,11 +252,12 @@ class PatternCNN(nn.Module):
             nn.Conv1d(channels, channels, 5, padding=2),
             nn.SiLU(),
         )
-        self.out_dim = 2 * channels
+        self.fc = nn.Linear(channels * (n_bins // 4), out_dim)  # every (channel, position): where peaks are
+        self.out_dim = out_dim
 
     def forward(self, pattern: torch.Tensor) -> torch.Tensor:
-        h = self.net(pattern[:, None, :])  # [B, channels, 35]
-        return torch.cat([h.mean(dim=-1), h.amax(dim=-1)], dim=-1)  # [B, 2 * channels]
+        h = self.net(pattern[:, None, :])  # [B, channels, n_bins / 4]
+        return nn.functional.silu(self.fc(h.flatten(1)))  # [B, out_dim]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -292,7 +293,7 @@ class StructureEncoder(nn.Module):
             self.lattice_mlp = _mlp(2 + cfg.lattice_n_d, 64, 64)
             fused += 64
         if self.uses_sim_pattern:
-            self.pattern_cnn = PatternCNN(cfg.sim_pattern_channels)
+            self.pattern_cnn = PatternCNN(cfg.sim_pattern_channels, n_bins=cfg.n_bins)
             fused += self.pattern_cnn.out_dim
         self.head = _mlp(fused, cfg.mlp_dim, cfg.embed_dim)
 
