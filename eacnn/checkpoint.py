@@ -156,3 +156,32 @@ def load_pretrained(path: str | Path | None = None, map_location: Any = "cpu"):
             f"copy its run folder's best.pt to {DEFAULT_CHECKPOINT}, or pass path=<your best.pt>"
         )
     return model_from_checkpoint(load_checkpoint(path, map_location="cpu"), map_location)
+
+
+#: The shipped checkpoints, one per model configuration compared in the book.
+SHIPPED = {"eacnn": DATA_DIR / "checkpoints" / "default.pt", "paper": DATA_DIR / "checkpoints" / "paper.pt"}
+
+
+def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Write a slim copy of a training checkpoint for shipping: weights, config, versions, data key and the
+    training history — no optimizer, scheduler or scaler state (a third of the size). Also writes
+    ``<dst stem>.json`` (the resolved config) and ``<dst stem>_log.csv`` (one row per epoch) beside it."""
+    import json
+
+    import pandas as pd
+
+    from .train import LOG_COLUMNS
+
+    ckpt = load_checkpoint(src, map_location="cpu")
+    slim = {k: ckpt[k] for k in ("state_dict", "epoch", "config", "versions", "data_key", "history", "best_top1",
+                                 "best_epoch") if k in ckpt}
+    slim["finished"] = True
+    last = Path(src).with_name("last.pt")  # the whole run's history (best.pt holds it up to the best epoch)
+    if last.is_file() and last != Path(src):
+        slim["history"] = load_checkpoint(last, map_location="cpu").get("history", slim.get("history", []))
+    dst = Path(dst)
+    save_checkpoint(dst, slim)
+    atomic_write_bytes(dst.with_suffix(".json"), json.dumps(slim["config"], indent=2, sort_keys=True).encode())
+    history = pd.DataFrame(slim.get("history", []), columns=LOG_COLUMNS)
+    atomic_write_bytes(dst.with_name(dst.stem + "_log.csv"), history.to_csv(index=False).encode())
+    return dst

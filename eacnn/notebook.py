@@ -114,3 +114,50 @@ def glue(name: str, value, fmt: str | None = None):
     shown = format(value, fmt) if fmt else value
     _glue(name, shown, display=False)
     return value
+
+
+def trained_models(session: Session, dataset, kinds: tuple[str, ...] = ("eacnn", "paper"), progress: bool = False
+                   ) -> dict:
+    """The trained models a chapter evaluates, by model kind, as each profile provides them:
+
+    * ``smoke``: tiny models trained here in seconds on the smoke data (cached in the runs folder);
+    * ``cpu``: the checkpoints shipped in the package (``eacnn/data/checkpoints``), trained on the embedded data;
+    * ``paper`` (GPU): trained here with :func:`eacnn.train.load_or_train` (resumed or loaded when a run exists).
+
+    Returns:
+        kind -> :class:`eacnn.models.EACNN` in eval mode.
+    """
+    import torch
+
+    from .checkpoint import SHIPPED, load_pretrained
+    from .train import load_or_train
+
+    torch.set_flush_denormal(True)  # CPU: MACE steps slow down 10-20x on denormal floats without it
+    cfg = session.config
+    models = {}
+    for kind in kinds:
+        if cfg.profile == "cpu":
+            models[kind] = load_pretrained(SHIPPED[kind], map_location=session.device)
+        else:
+            models[kind] = load_or_train(cfg.replace(**{"model.kind": kind}), dataset, progress=progress)
+    return models
+
+
+#: How the book names the two model configurations.
+MODEL_NAMES = {"eacnn": "eacnn default (MACE + lattice + own pattern)", "paper": "paper tower (MACE, mean-pooled)"}
+
+
+def training_log(session: Session, dataset, kind: str):
+    """The per-epoch training log (DataFrame) of the model :func:`trained_models` gives for ``kind``: the shipped
+    ``<checkpoint>_log.csv`` for the ``cpu`` profile, else the run folder's ``log.csv``."""
+    import pandas as pd
+
+    from .checkpoint import SHIPPED
+    from .train import default_run_dir
+
+    cfg = session.config
+    if cfg.profile == "cpu":
+        path = SHIPPED[kind].with_name(SHIPPED[kind].stem + "_log.csv")
+    else:
+        path = default_run_dir(cfg.replace(**{"model.kind": kind}), dataset.key) / "log.csv"
+    return pd.read_csv(path)

@@ -127,3 +127,33 @@ def plot_patterns_by_system(vectors: np.ndarray, crystal_systems: Sequence[str],
         ax.set_yticks([])
         ax.text(0.99, 0.85, title, transform=ax.transAxes, ha="right", va="top", fontsize=8)
     return axes
+
+
+def plot_training_curves(logs: dict, axes=None):
+    """Training loss, validation Top-1 and learned temperature per epoch, one line per model (name -> log)."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=(11, 3), layout="constrained")
+    for (name, log), color in zip(logs.items(), ("C0", "C3", "C2", "C1")):
+        axes[0].plot(log["epoch"], log["train_loss"], color=color, label=f"{name} (train)")
+        axes[0].plot(log["epoch"], log["val_loss"], color=color, ls="--", label=f"{name} (validation)")
+        axes[1].plot(log["epoch"], 100 * log["val_top1"], color=color, marker="o", ms=3, label=name)
+        axes[2].plot(log["epoch"], log["temperature"], color=color, label=name)
+    axes[0].set(xlabel="epoch", ylabel="InfoNCE loss", title="loss")
+    axes[1].set(xlabel="epoch", ylabel="Top-1 (%)", title="validation retrieval (clean patterns)")
+    axes[2].set(xlabel="epoch", ylabel="temperature", title="learned temperature")
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7)
+    return axes
+
+
+def plot_augmentation(clean: np.ndarray, perturbed: dict, ax=None, config: XRDConfig | None = None):
+    """A clean pattern and its perturbed versions (level name -> vector), stacked."""
+    ax = _ax(ax, figsize=(8, 3.5))
+    plot_vector(clean, ax=ax, config=config, color="k", label="clean")
+    for k, (name, vec) in enumerate(perturbed.items(), start=1):
+        plot_vector(vec, ax=ax, config=config, offset=1.1 * k, color=f"C{k}", label=name)
+    ax.set_ylabel("intensity (offset)")
+    ax.legend(fontsize=7, loc="upper right")
+    return ax

@@ -172,11 +172,12 @@ def pool_accuracies(query_emb, pool_emb, ks: Sequence[int] = DEFAULT_KS, pools: 
     results = []
     rng = np.random.default_rng(seed)
     for size in pools:
-        if size == "all" or int(size) >= len(q):
-            res = topk_accuracy(q, c, ks=ks, pool=f"{name} ({len(q):,})")
-            results.append(res)
+        if size == "all":
+            results.append(topk_accuracy(q, c, ks=ks, pool=f"{name} ({len(q):,})"))
             continue
         size = int(size)
+        if size >= len(q):  # no smaller pool to draw: the whole-pool row already says it
+            continue
         order = rng.permutation(len(q))
         groups = [order[i : i + size] for i in range(0, len(q) - size + 1, size)]  # drop the ragged tail
         ranks = np.concatenate([topk_accuracy(q[g], c[g], ks=ks).ranks for g in groups])

@@ -1,0 +1,179 @@
+"""The paper's analyses on a built data set: retrieval tables under named pools and perturbation levels, the
+search-match baseline, per-space-group accuracy, the symmetry case study and embedding statistics.
+
+All functions take embeddings or a model plus a :class:`eacnn.dataset.CrystalDataset`; none trains anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .config import AugmentConfig
+from .retrieval import Index, normalize, pool_accuracies
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "PERTURBATION_LEVELS",
+    "Embeddings",
+    "embed_dataset",
+    "query_patterns",
+    "retrieval_table",
+    "per_spacegroup_accuracy",
+    "case_study",
+    "neighbour_purity",
+]
+
+#: The query conditions reported everywhere: 0 = clean simulated (the paper's protocol), 1–3 = perturbed.
+PERTURBATION_LEVELS = {0: "clean", 1: "mild", 2: "moderate", 3: "strong"}
+
+
+@dataclass
+class Embeddings:
+    """Structure embeddings of some rows of a data set and the pattern embeddings of their queries."""
+
+    index: np.ndarray  # [n] rows of the data set
+    structures: np.ndarray  # [n, d] L2-normalised
+    patterns: dict  # level -> [n, d] L2-normalised query embeddings
+    name: str  # e.g. "eacnn (ours)" or "search-match"
+
+
+def query_patterns(dataset, rows: np.ndarray, level: int, seed: int = 0) -> np.ndarray:
+    """Query patterns [n, n_bins] of the given rows: clean (level 0, the cached vectors) or perturbed from the
+    cached sticks with ``AugmentConfig.level(level)`` and a fixed seed (the same queries for every model)."""
+    from .augment import augment_patterns
+
+    rows = np.asarray(rows)
+    if level == 0:
+        return dataset.vectors[rows]
+    sticks = [dataset.sticks(int(i)) for i in rows]
+    out = []
+    rng = np.random.default_rng(seed + 1000 * level)
+    for start in range(0, len(sticks), 1024):
+        out.append(augment_patterns(sticks[start : start + 1024], AugmentConfig.level(level), rng, dataset.config.xrd))
+    return np.concatenate(out)
+
+
+def _model_digest(model) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def embed_dataset(model, dataset, split: str = "test", levels: Sequence[int] = (0, 1, 2, 3), seed: int = 0,
+                  name: str = "model", progress: bool = True, cache: bool = True) -> Embeddings:
+    """Embed every structure of ``split`` and its query patterns at each perturbation level.
+
+    ``model=None`` gives the search-match baseline: the "embeddings" are the clean simulated patterns themselves
+    (cosine similarity of the query against every candidate's simulated pattern).
+
+    With ``cache``, model embeddings are stored under :func:`eacnn.paths.cache_dir`, keyed by the model's weights,
+    the data set's key, the split, the levels and the seed, so later chapters reuse them.
+    """
+    rows = dataset.indices(split)
+    path = None
+    if cache and model is not None:
+        import hashlib
+
+        from .paths import atomic_write_bytes, cache_dir
+
+        key = hashlib.sha256(repr((_model_digest(model), dataset.key, split, tuple(levels), seed)).encode())
+        path = cache_dir() / f"embeddings-{key.hexdigest()[:20]}.npz"
+        if path.is_file():
+            try:
+                with np.load(path) as f:
+                    if f["index"].shape == rows.shape and np.array_equal(f["index"], rows):
+                        return Embeddings(rows, f["structures"], {lvl: f[f"q{lvl}"] for lvl in levels}, name)
+            except Exception as err:  # a corrupt cache file is reported and recomputed
+                log.warning("embedding cache %s unreadable (%s); recomputing", path, err)
+    queries = {lvl: query_patterns(dataset, rows, lvl, seed) for lvl in levels}
+    if model is None:
+        return Embeddings(rows, normalize(dataset.vectors[rows]), {k: normalize(v) for k, v in queries.items()},
+                          name)
+    graphs = [dataset.graph(int(i)) for i in rows]
+    z_s = model.encode_graphs(graphs, dataset.vectors[rows], progress=progress).numpy()
+    z_q = {lvl: normalize(model.encode_patterns(q, progress=False).numpy()) for lvl, q in queries.items()}
+    emb = Embeddings(rows, normalize(z_s), z_q, name)
+    if path is not None:
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, index=rows, structures=emb.structures, **{f"q{lvl}": v for lvl, v in z_q.items()})
+        atomic_write_bytes(path, buf.getvalue())
+    return emb
+
+
+def retrieval_table(embeddings: Sequence[Embeddings], dataset=None, pools=("all", 1000, 256),
+                    ks=(1, 3, 5, 10), seed: int = 0) -> pd.DataFrame:
+    """One row per (method, condition, pool): Top-k accuracies in percent; with ``dataset``, also the share of
+    queries whose top-1 candidate has the right space group ("same SG top-1", whole pool only)."""
+    rows = []
+    for emb in embeddings:
+        for level, q in emb.patterns.items():
+            results = pool_accuracies(q, emb.structures, ks=ks, pools=pools, name="MP-20 test", seed=seed)
+            for res in results:
+                row = {"method": emb.name, "condition": PERTURBATION_LEVELS.get(level, str(level)),
+                       **res.as_row()}
+                if dataset is not None and res.n_pool == len(emb.index):
+                    _, top = Index(emb.structures).search(q, k=1)
+                    sg = dataset.labels["spacegroup_number"].to_numpy()[emb.index]
+                    row["same SG top1"] = float(100 * np.mean(sg[top[:, 0]] == sg))
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def per_spacegroup_accuracy(emb: Embeddings, dataset, level: int = 0, train_split: Sequence[str] = ("train", "val")
+                            ) -> pd.DataFrame:
+    """Top-1 over the whole pool, grouped by the query's space group, with the number of training structures
+    of that group (so rare groups can be read against their frequency)."""
+    labels = dataset.labels
+    ranks = Index(emb.structures).rank_of(emb.patterns[level], np.arange(len(emb.index)))
+    sg = labels["spacegroup_number"].to_numpy()[emb.index]
+    symbols = labels["spacegroup_symbol"].to_numpy()[emb.index]
+    in_train = labels[labels["split"].isin(train_split)].groupby("spacegroup_number").size()
+    df = pd.DataFrame({"spacegroup_number": sg, "spacegroup_symbol": symbols, "top1": ranks <= 1,
+                       "top5": ranks <= 5})
+    out = df.groupby(["spacegroup_number", "spacegroup_symbol"]).agg(
+        test_samples=("top1", "size"), top1=("top1", "mean"), top5=("top5", "mean")).reset_index()
+    out[["top1", "top5"]] *= 100
+    out["train_samples"] = out["spacegroup_number"].map(in_train).fillna(0).astype(int)
+    return out.sort_values("test_samples", ascending=False).reset_index(drop=True)
+
+
+def case_study(emb: Embeddings, dataset, spacegroup: int = 14, k: int = 3, level: int = 0) -> dict:
+    """The paper's Fig. 3 by a rule: among test queries of ``spacegroup`` whose true structure is retrieved
+    first, the one whose first and second candidates are closest in similarity (the hardest decided case).
+
+    Returns:
+        dict with ``query`` (row of the data set), ``candidates`` (DataFrame of the top-k: row, material_id,
+        formula, space group, crystal system, similarity, correct) and ``rule`` (the rule in words).
+    """
+    labels = dataset.labels
+    sg = labels["spacegroup_number"].to_numpy()[emb.index]
+    scores, top = Index(emb.structures).search(emb.patterns[level], k=k)
+    eligible = np.flatnonzero((sg == spacegroup) & (top[:, 0] == np.arange(len(emb.index))))
+    if len(eligible) == 0:
+        raise ValueError(f"no test query of space group {spacegroup} retrieved its structure first")
+    q = int(eligible[np.argmin(scores[eligible, 0] - scores[eligible, 1])])
+    rows = emb.index[top[q]]
+    table = labels.iloc[rows][["material_id", "formula", "spacegroup_symbol", "crystal_system"]].copy()
+    table.insert(0, "rank", np.arange(1, k + 1))
+    table["similarity"] = scores[q]
+    table["correct"] = top[q] == q
+    return {"query": int(emb.index[q]), "candidates": table.reset_index(drop=True),
+            "rule": f"the space-group-{spacegroup} test query retrieved first with the smallest margin to rank 2"}
+
+
+def neighbour_purity(z: np.ndarray, classes: np.ndarray, k: int = 10) -> float:
+    """Mean share of each point's k nearest neighbours (cosine, itself excluded) that share its class (percent)."""
+    _, idx = Index(z).search(z, k=k + 1)
+    return float(100 * np.mean(classes[idx[:, 1:]] == classes[:, None]))
