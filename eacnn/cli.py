@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from .errors import EACNNError
 
@@ -98,6 +99,58 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, model_from_checkpoint
+    from .config import Config
+    from .measured import read_pattern, to_model_grid
+    from .search import calibrate, load_database, rank
+
+    torch.set_flush_denormal(True)
+    grid = to_model_grid(read_pattern(args.pattern, wavelength=args.wavelength))
+    ckpt = load_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT)
+    model = model_from_checkpoint(ckpt)
+    cfg = Config.from_dict(ckpt["config"])
+    db = load_database(args.database or ["embedded"], model, cfg, progress=not args.json)
+    hits = rank(grid.vector, model, db, top=args.top, elements=args.elements.split(",") if args.elements else None)
+    cal = calibrate(model, cfg)
+    confident = bool(len(hits)) and float(hits.similarity.iloc[0]) >= cal.threshold
+    verdict = "match" if confident else "no confident match"
+    if args.json:
+        print(json.dumps({
+            "pattern": str(args.pattern), "coverage": round(float(grid.coverage), 4), "verdict": verdict,
+            "threshold": round(cal.threshold, 4),
+            "results": [{"rank": int(r.rank), "id": r.id, "formula": r.formula, "spacegroup": r.spacegroup,
+                         "similarity": round(float(r.similarity), 4)} for r in hits.itertuples()],
+        }))
+    else:
+        print(f"{args.pattern}: coverage of 10–80° {100 * grid.coverage:.0f} %; {len(db.labels):,} candidates")
+        print(hits[["rank", "id", "formula", "spacegroup", "similarity"]].to_string(index=False,
+                                                                                    float_format="%.4f"))
+        print(f"verdict: {verdict} (top-1 similarity {hits.similarity.iloc[0]:.4f}; threshold {cal.threshold:.4f}, "
+              f"fitted on {cal.n_queries} validation queries for {100 * cal.target:.0f} % top-1 precision)")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from .plots import plot_vector, save_figure
+
+        n = min(3, len(hits))
+        fig, axes = plt.subplots(n + 1, 1, figsize=(7, 1.6 * (n + 1)), sharex=True, layout="constrained")
+        plot_vector(grid.vector, ax=axes[0], color="k", label="measured (binned)")
+        axes[0].legend(fontsize=7)
+        for ax, r in zip(axes[1:], hits.itertuples()):
+            plot_vector(grid.vector, ax=ax, color="0.7")
+            plot_vector(db.vectors[r.row], ax=ax, color="C0", label=f"#{r.rank} {r.formula} {r.spacegroup} ({r.id})")
+            ax.legend(fontsize=7)
+        out = Path(args.plot)
+        save_figure(fig, out.stem, folder=out.parent)
+    return 0
+
+
 def _cmd_book(args: argparse.Namespace) -> int:
     from .book import build_book
 
@@ -132,6 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="run folder (default: under $EACNN_RUNS, named by config and data)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing last.pt instead of resuming")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("search", help="identify a measured pattern: rank database structures by the trained model")
+    p.add_argument("pattern", help="a measured pattern (.xy, .txt, .csv, .dat, .xrdml, optionally .gz)")
+    p.add_argument("--database", action="append", help="'embedded' (default) or a folder of CIF files; repeatable")
+    p.add_argument("--wavelength", default=None, help="Å or a name (Cu, Mo, Co, Cr, Fe, Ag); default Cu Kα1")
+    p.add_argument("--elements", help="only candidates made of these elements, e.g. Mn,O")
+    p.add_argument("--top", type=int, default=10, help="how many candidates to list (default 10)")
+    p.add_argument("--plot", help="write a PNG of the pattern over the top hits' simulated patterns")
+    p.add_argument("--json", action="store_true", help="print the ranked list as JSON")
+    p.add_argument("--checkpoint", help="a trained checkpoint (default: the shipped one)")
+    p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("book", help="execute every notebook (papermill) and render the book (Jupyter Book 1)")
     p.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "paper"])

@@ -144,7 +144,7 @@ def trained_models(session: Session, dataset, kinds: tuple[str, ...] = ("eacnn",
 
 
 #: How the book names the two model configurations.
-MODEL_NAMES = {"eacnn": "eacnn default (MACE + lattice + own pattern)", "paper": "paper tower (MACE, mean-pooled)"}
+MODEL_NAMES = {"eacnn": "ours (eacnn)", "paper": "paper tower"}
 
 
 def training_log(session: Session, dataset, kind: str):

@@ -42,3 +42,31 @@ def test_simulate_bad_cif_exits_2_with_a_message(tmp_path, content):
 
 def test_simulate_missing_file_exits_2(tmp_path):
     assert main(["simulate", str(tmp_path / "missing.cif")]) == 2
+
+
+MEASURED = Path(__file__).parent / "fixtures" / "measured"
+
+
+@pytest.mark.parametrize(
+    "content, wavelength, fragment",
+    [
+        ("", None, "empty"),
+        ("10 5\n20 5\n30 5\n40 5\n50 5\n60 5\n70 5\n80 5\n11 5\n12 5\n13 5\n", None, "flat"),
+        ("10 nan\n20 nan\n30 nan\n40 nan\n50 1\n60 2\n", None, "NaN"),
+    ],
+)
+def test_search_rejects_bad_patterns_with_exit_2(tmp_path, content, wavelength, fragment):
+    bad = tmp_path / "scan.xy"
+    bad.write_text(content)
+    args = ["search", str(bad)] + (["--wavelength", wavelength] if wavelength else [])
+    proc = subprocess.run([sys.executable, "-m", "eacnn", *args], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert "scan.xy" in proc.stderr or fragment.lower() in proc.stderr.lower()
+    assert "Traceback" not in proc.stderr
+
+
+def test_search_unknown_wavelength_exits_2():
+    pattern = next(MEASURED.glob("*.xy.gz"))
+    proc = subprocess.run([sys.executable, "-m", "eacnn", "search", str(pattern), "--wavelength", "Unobtainium"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Unobtainium" in proc.stderr and "Traceback" not in proc.stderr

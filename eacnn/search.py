@@ -1,0 +1,140 @@
+"""Identify a pattern: rank the structures of a database by the trained model, with a calibrated verdict.
+
+A database is the union of sources: ``"embedded"`` (all 18,093 shipped MP-20 structures) and/or folders of CIF
+files (ids = file stems). Its structure embeddings are computed once with the model and cached.
+
+The "no confident match" verdict: a top-1 cosine similarity below :attr:`Calibration.threshold` means the answer
+is not to be trusted. The threshold is fitted on the *validation* structures (never the test pool) with
+moderately perturbed queries, as the similarity below which the top-1 candidate is right less often than
+:attr:`Calibration.target` of the time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .analysis import embed_dataset
+from .errors import EACNNError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Database", "Calibration", "load_database", "calibrate", "rank"]
+
+
+@dataclass
+class Database:
+    """Candidate structures and their embeddings."""
+
+    labels: pd.DataFrame  # material_id, formula, spacegroup_symbol, spacegroup_number, crystal_system, source
+    embeddings: np.ndarray  # [n, d] L2-normalised structure embeddings
+    vectors: np.ndarray  # [n, 140] clean simulated patterns (for plots)
+    elements: list  # [n] sets of element symbols
+
+
+@dataclass(frozen=True)
+class Calibration:
+    threshold: float  # cosine similarity; below it the top-1 answer is "no confident match"
+    target: float  # the top-1 precision the threshold guarantees on validation queries (fraction)
+    n_queries: int  # validation queries it was fitted on
+    level: int  # perturbation level of those queries
+
+
+def _elements(formula_species: str) -> set:
+    import json
+
+    species = json.loads(formula_species)
+    out = set()
+    for sp in species:
+        out.update(sp.keys() if isinstance(sp, dict) else [sp])
+    return out
+
+
+def load_database(sources: Sequence[str], model, cfg, progress: bool = True) -> Database:
+    """Embed the structures of every source (``"embedded"`` or a folder of CIF files) with ``model``."""
+    from .dataset import build_dataset
+    from .structures import read_cif_folder
+
+    parts = []
+    for source in sources or ["embedded"]:
+        if source == "embedded":
+            ds = build_dataset(cfg.replace(**{"data.source": "embedded", "data.max_structures": 0}), progress=progress)
+            table = None
+        else:
+            folder = Path(source)
+            if not folder.is_dir():
+                raise EACNNError(f"--database {source!r} is neither 'embedded' nor a folder of CIF files")
+            found = read_cif_folder(folder, progress=progress)
+            for name, reason in found.skipped:
+                log.warning("skipped %s: %s", name, reason)
+            if len(found.table) == 0:
+                raise EACNNError(f"no readable CIF file in {folder}")
+            table = found.table
+            ds = build_dataset(cfg, structures_table=table, progress=progress)
+        rows = np.arange(len(ds))
+        emb = {}
+        for split in ("train", "val", "test"):
+            idx = ds.indices(split)
+            if len(idx):
+                emb[split] = (idx, embed_dataset(model, ds, split, levels=(0,), progress=progress).structures)
+        z = np.zeros((len(ds), model.model_config.embed_dim), dtype=np.float32)
+        for idx, e in emb.values():
+            z[idx] = e
+        species = ds.labels["material_id"].map(_species_lookup(ds, table)).to_numpy()
+        labels = ds.labels[["material_id", "formula", "spacegroup_symbol", "spacegroup_number", "crystal_system"]]
+        labels = labels.assign(source=source)
+        parts.append((labels, z[rows], ds.vectors[rows], [_elements(s) for s in species]))
+    return Database(pd.concat([p[0] for p in parts], ignore_index=True), np.concatenate([p[1] for p in parts]),
+                    np.concatenate([p[2] for p in parts]), [e for p in parts for e in p[3]])
+
+
+def _species_lookup(ds, table) -> dict:
+    from .structures import load_embedded
+
+    source = table if table is not None else load_embedded()
+    return dict(zip(source["material_id"], source["species"]))
+
+
+def calibrate(model, cfg, target: float = 0.5, level: int = 2, progress: bool = False) -> Calibration:
+    """Fit the no-confident-match threshold on the validation split (moderately perturbed queries)."""
+    from .dataset import build_dataset
+    from .retrieval import Index
+
+    ds = build_dataset(cfg.replace(**{"data.source": "embedded"}), progress=progress)
+    emb = embed_dataset(model, ds, "val", levels=(level,), seed=cfg.seed, progress=progress)
+    scores, top = Index(emb.structures).search(emb.patterns[level], k=1)
+    s, correct = scores[:, 0], top[:, 0] == np.arange(len(top))
+    # precision of the top-1 answer among queries at or above each candidate threshold
+    order = np.argsort(-s)
+    precision = np.cumsum(correct[order]) / np.arange(1, len(s) + 1)
+    ok = np.flatnonzero(precision >= target)
+    threshold = float(s[order][ok[-1]]) if len(ok) else float(s.max())
+    return Calibration(threshold, target, len(s), level)
+
+
+def rank(vector: np.ndarray, model, db: Database, top: int = 10, elements: Sequence[str] | None = None
+         ) -> pd.DataFrame:
+    """The ``top`` candidates for one pattern [140]: rank, id, formula, space group, similarity.
+
+    ``elements``: keep only candidates made of these elements (and no others).
+    """
+    z = model.encode_patterns(np.asarray(vector, dtype=np.float32)[None], progress=False).numpy()[0]
+    sim = db.embeddings @ z  # [n]
+    keep = np.ones(len(sim), bool)
+    if elements:
+        allowed = {e.strip() for e in elements if e.strip()}
+        keep = np.array([el <= allowed for el in db.elements])
+        if not keep.any():
+            raise EACNNError(f"no structure in the database is made only of {sorted(allowed)}")
+    idx = np.flatnonzero(keep)
+    best = idx[np.argsort(-sim[idx])[:top]]
+    out = db.labels.iloc[best][["material_id", "formula", "spacegroup_symbol", "source"]].copy()
+    out.insert(0, "rank", np.arange(1, len(best) + 1))
+    out["similarity"] = sim[best]
+    out["row"] = best
+    return out.rename(columns={"material_id": "id", "spacegroup_symbol": "spacegroup"}).reset_index(drop=True)
