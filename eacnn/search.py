@@ -75,7 +75,9 @@ def load_database(sources: Sequence[str], model, cfg, progress: bool = True) -> 
             if len(found.table) == 0:
                 raise EACNNError(f"no readable CIF file in {folder}")
             table = found.table
-            ds = build_dataset(cfg, structures_table=table, progress=progress)
+            # reference phases are often larger cells than MP-20's (<= 20 atoms): do not drop them for size
+            big = cfg.replace(**{"data.max_sites": max(cfg.data.max_sites, 512)})
+            ds = build_dataset(big, structures_table=table, progress=progress)
         rows = np.arange(len(ds))
         emb = {}
         for split in ("train", "val", "test"):
