@@ -3,7 +3,6 @@
 Runs in a temporary copy of the book sources, so the repository's own ``_build`` is untouched.
 """
 
-import json
 import re
 import shutil
 from pathlib import Path
