@@ -94,7 +94,7 @@ def _check_in_browser(html_dir, tmp_path):
     pages = ["index.html"] + [str(p.relative_to(html_dir)) for p in sorted(html_dir.glob("*/*.html"))
                               if not p.parent.name.startswith("_")]
     shots = Path(os.environ.get("EACNN_SCREENSHOTS", tmp_path / "screenshots"))
-    report = check_book(html_dir, pages, screenshot_dir=shots, screenshot_pages=("01_xrd", "results"))
+    report = check_book(html_dir, pages, screenshot_dir=shots, screenshot_pages=("01_xrd", "05_retrieval", "results"))
     assert report.ok, "\n".join(report.problems)
     assert sum(n for _, n in report.pages) >= 3, f"too few figures rendered: {report.pages}"
     assert report.screenshots and all(p.stat().st_size > 10_000 for p in report.screenshots)
