@@ -9,4 +9,9 @@ from .clip import EACNN
 from .structure import StructureEncoder, lattice_descriptors
 from .xrd_tower import XRDEncoder
 
-__all__ = ["EACNN", "StructureEncoder", "XRDEncoder", "lattice_descriptors"]
+__all__ = ["EACNN", "StructureEncoder", "XRDEncoder", "lattice_descriptors", "count_parameters"]
+
+
+def count_parameters(module) -> int:
+    """Number of parameters (trainable or not) of a torch module."""
+    return sum(p.numel() for p in module.parameters())
