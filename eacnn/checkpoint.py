@@ -174,7 +174,7 @@ def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
 
     ckpt = load_checkpoint(src, map_location="cpu")
     slim = {k: ckpt[k] for k in ("state_dict", "epoch", "config", "versions", "data_key", "history", "best_top1",
-                                 "best_epoch") if k in ckpt}
+                                 "best_score", "best_epoch") if k in ckpt}
     slim["finished"] = True
     last = Path(src).with_name("last.pt")  # the whole run's history (best.pt holds it up to the best epoch)
     if last.is_file() and last != Path(src):

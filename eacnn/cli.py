@@ -95,7 +95,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = Config.from_profile(args.profile).replace(**_parse_overrides(args.set))
     ds = build_dataset(cfg)
     result = fit(cfg, ds, run_dir=args.run_dir, resume=not args.fresh)
-    print(f"best validation Top-1 {100 * result.best_top1:.2f} %; checkpoint {result.best_path}")
+    print(f"best validation Top-1 {100 * result.best_top1:.2f} % (selection score {100 * result.best_score:.2f} %); "
+          f"checkpoint {result.best_path}")
     return 0
 
 

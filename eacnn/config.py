@@ -107,6 +107,9 @@ class ModelConfig:
     lattice_n_d: int = 12  # number of largest d-spacings (Å) among non-extinct reflections used as descriptors
     lattice_d_min: float = 1.0  # Å; reflections with d below this are not enumerated (the search sphere)
     sim_pattern_channels: int = 32  # channels of the own-pattern 1D CNN (last stage; first stage has half)
+    # True: the own pattern goes through the XRD tower itself (shared weights) and the MACE/lattice head adds a
+    # correction to that embedding; False: a separate small CNN whose features are fused before the head
+    share_xrd_tower: bool = False
     # -- XRD tower: 1D ResNet -------------------------------------------------------------------------------------
     xrd_channels: int = 32  # channels of the first residual stage (the second stage has twice as many)
     xrd_blocks: int = 2  # residual blocks per stage (two stages; stride-2 downsampling between them)
@@ -210,6 +213,12 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader worker processes (0 = load in the training process)
     eval_batch_size: int = 512  # structures per forward pass when embedding the validation set
     max_steps_per_epoch: int = 0  # 0 = full epochs; otherwise cap the steps per epoch (smoke runs, tests)
+    # validation queries retrieve among the validation *and* training structures (a pool as large as the test
+    # pool, so model selection sees the fine distinctions a 9k pool asks for); False: the validation pool alone
+    val_distractors: bool = False
+    # augmentation level (AugmentConfig.level) of a second, seeded set of validation queries; the epoch is scored
+    # by the mean of the clean and this level's Top-1 (clean only when 0), so selection also rewards robustness
+    val_level: int = 0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or self.eval_batch_size < 1:
@@ -222,6 +231,8 @@ class TrainConfig:
                 f"bad optimiser settings: lr={self.lr!r}, weight_decay={self.weight_decay!r}, "
                 f"warmup_epochs={self.warmup_epochs!r}, min_lr_ratio={self.min_lr_ratio!r}"
             )
+        if self.val_level not in (0, 1, 2, 3):
+            raise ConfigError(f"train.val_level must be an augmentation level 0..3, got {self.val_level!r}")
         if self.amp not in ("bf16", "fp16", "off"):
             raise ConfigError(f"train.amp must be 'bf16', 'fp16' or 'off', got {self.amp!r}")
 
@@ -249,7 +260,8 @@ class Config:
                 channels=8, max_ell=2, correlation=2, radial_mlp=16, readout_dim=16, mlp_dim=64, embed_dim=64,
                 xrd_dim=64, xrd_channels=8, xrd_blocks=1, sim_pattern_channels=8, lattice_n_d=6,
             ),
-            train=TrainConfig(epochs=2, batch_size=32, lr=2e-3, warmup_epochs=0.5, patience=0, eval_batch_size=256),
+            train=TrainConfig(epochs=2, batch_size=32, lr=2e-3, warmup_epochs=0.5, patience=0, eval_batch_size=256,
+                              val_distractors=True, val_level=2),
         )
 
     @classmethod
@@ -259,7 +271,7 @@ class Config:
             profile="cpu",
             # max_ell = 2: with correlation 3 the product basis of l <= 3 harmonics costs ~3x more on a CPU
             model=ModelConfig(channels=32, max_L=0, max_ell=2, correlation=3, xrd_channels=32),
-            train=TrainConfig(epochs=30, batch_size=128, lr=1e-3, warmup_epochs=1.0, patience=5),
+            train=TrainConfig(epochs=30, batch_size=128, lr=1e-3, warmup_epochs=1.0, patience=5, val_distractors=True, val_level=2),
         )
 
     @classmethod
@@ -271,7 +283,8 @@ class Config:
                 channels=128, max_L=1, max_ell=3, correlation=3, radial_mlp=64, readout_dim=128, mlp_dim=512,
                 xrd_channels=64, xrd_blocks=2,
             ),
-            train=TrainConfig(epochs=100, batch_size=256, lr=5e-4, warmup_epochs=2.0, patience=15, amp="bf16"),
+            train=TrainConfig(epochs=100, batch_size=256, lr=5e-4, warmup_epochs=2.0, patience=15, amp="bf16",
+                              val_distractors=True, val_level=2),
         )
 
     @classmethod

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from .augment import augment_patterns
 from .checkpoint import load_checkpoint, model_from_checkpoint, package_versions, save_checkpoint
-from .config import Config
+from .config import AugmentConfig, Config
 from .errors import CheckpointError
 from .graphs import collate_graphs
 from .losses import clip_loss
@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["FitResult", "fit", "load_or_train", "load_checkpoint", "default_run_dir", "evaluate_retrieval"]
 
-LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_top1", "val_top5", "temperature", "lr", "seconds"]
+LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_top1", "val_top5", "temperature", "lr", "seconds", "val_pool",
+               "val_top1_perturbed", "val_score"]
 
 
 @dataclass
@@ -58,7 +59,8 @@ class FitResult:
 
     history: pd.DataFrame  # one row per epoch, columns LOG_COLUMNS
     best_path: Path  # best.pt (best validation Top-1)
-    best_top1: float  # validation Top-1 of the best epoch (NaN without a validation split)
+    best_top1: float  # clean validation Top-1 of the best epoch (NaN without a validation split)
+    best_score: float  # the selection score of the best epoch (mean of clean and perturbed validation Top-1)
     run_dir: Path
     model: EACNN  # best weights, eval mode, on the training device
 
@@ -186,7 +188,13 @@ def _topk(sim: torch.Tensor, ks: tuple[int, ...]) -> dict[int, float]:
 
 
 @torch.no_grad()
-def evaluate_retrieval(model: EACNN, batches: list[dict], batch_size: int) -> dict[str, float]:
+def evaluate_retrieval(
+    model: EACNN,
+    batches: list[dict],
+    batch_size: int,
+    distractors: list[dict] | None = None,
+    perturbed: np.ndarray | None = None,
+) -> dict[str, float]:
     """Validation loss and Top-1/5 of retrieving each structure from its clean pattern among all of them.
 
     Args:
@@ -194,22 +202,42 @@ def evaluate_retrieval(model: EACNN, batches: list[dict], batch_size: int) -> di
         batches: collated batches of the validation structures (``graph``, ``vector``).
         batch_size: the training batch size; the validation loss is the mean InfoNCE over consecutive chunks of
             this size (the same in-batch pool as in training).
+        distractors: collated batches of further candidate structures (e.g. the training split) added to the
+            pool the validation patterns are retrieved from; only the validation structures are queried.
+        perturbed: [n, n_bins] a second set of query patterns of the validation structures (augmented, seeded).
+
+    Returns:
+        ``val_loss``, ``val_top1``, ``val_top5`` (clean queries), ``val_pool`` (the number of candidates),
+        ``val_top1_perturbed`` (NaN without ``perturbed``) and ``val_score``, the selection score: the mean of the
+        clean and perturbed Top-1 (the clean Top-1 alone without ``perturbed``).
     """
     model_batches = [{"graph": b["graph"], "structure_pattern": b["vector"]} for b in batches]
     z_s = model.encode_graph_batches(model_batches, progress=False)  # [n, d]
+    z_pool = z_s
+    if distractors:
+        extra = [{"graph": b["graph"], "structure_pattern": b["vector"]} for b in distractors]
+        z_pool = torch.cat([z_s, model.encode_graph_batches(extra, progress=False)])  # [n + m, d]
     patterns = np.concatenate([b["vector"].numpy() for b in batches]) if batches else np.zeros((0, 1))
     z_x = model.encode_patterns(patterns, progress=False) if len(patterns) else z_s  # [n, d]
     n = len(z_s)
     if n < 2:
-        return {"val_loss": float("nan"), "val_top1": float("nan"), "val_top5": float("nan")}
+        nan = float("nan")
+        return {"val_loss": nan, "val_top1": nan, "val_top5": nan, "val_pool": n, "val_top1_perturbed": nan,
+                "val_score": nan}
     scale = model.clamped_logit_scale().detach().cpu()
     starts = list(range(0, n, batch_size))
     if len(starts) > 1 and n - starts[-1] < 2:
         starts.pop()  # a last chunk of one item has no negatives: merge it into the previous one
     bounds = starts + [n]
     losses = [float(clip_loss(z_s[a:b], z_x[a:b], scale)) for a, b in zip(bounds[:-1], bounds[1:])]
-    top = _topk(z_x @ z_s.T, (1, 5))  # patterns query the structure pool
-    return {"val_loss": float(np.mean(losses)), "val_top1": top[1], "val_top5": top[5]}
+    top = _topk(z_x @ z_pool.T, (1, 5))  # patterns query the structure pool; the true one is column i of row i
+    out = {"val_loss": float(np.mean(losses)), "val_top1": top[1], "val_top5": top[5], "val_pool": len(z_pool),
+           "val_top1_perturbed": float("nan"), "val_score": top[1]}
+    if perturbed is not None:
+        z_p = model.encode_patterns(perturbed, progress=False)  # [n, d]
+        out["val_top1_perturbed"] = _topk(z_p @ z_pool.T, (1,))[1]
+        out["val_score"] = 0.5 * (top[1] + out["val_top1_perturbed"])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -286,6 +314,19 @@ def _fit(cfg: Config, dataset, run_dir, resume: bool, progress: bool, d: _Dist) 
         _collate([val_pairs[k] for k in range(a, min(a + tc.eval_batch_size, len(val_pairs)))])
         for a in range(0, len(val_pairs) if d.main else 0, tc.eval_batch_size)
     ]  # collated once, reused every epoch
+    perturbed = None
+    if tc.val_level and d.main and len(val_idx):
+        # fixed queries: the same corrupted patterns every epoch (seeded apart from the training draws)
+        perturbed = augment_patterns(
+            [dataset.sticks(int(i)) for i in val_idx], AugmentConfig.level(tc.val_level),
+            np.random.default_rng([cfg.seed, 7919]), cfg.xrd,
+        )
+    distractor_batches = []
+    if tc.val_distractors and d.main and len(val_idx):
+        distractor_batches = [
+            _collate([pairs[k] for k in range(a, min(a + tc.eval_batch_size, len(pairs)))])
+            for a in range(0, len(pairs), tc.eval_batch_size)
+        ]
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = EACNN.from_config(cfg).to(device)
@@ -300,7 +341,8 @@ def _fit(cfg: Config, dataset, run_dir, resume: bool, progress: bool, d: _Dist) 
     amp_dtype = torch.bfloat16 if tc.amp == "bf16" else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
-    state = {"history": [], "best_top1": -math.inf, "best_epoch": -1, "bad_epochs": 0, "finished": False}
+    state = {"history": [], "best_top1": -math.inf, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0,
+             "finished": False}
     start_epoch = 0
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     if resume and last_path.is_file():
@@ -310,7 +352,7 @@ def _fit(cfg: Config, dataset, run_dir, resume: bool, progress: bool, d: _Dist) 
         scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
-        state = {k: ckpt[k] for k in state}
+        state = {k: ckpt.get(k, state[k]) for k in state}
         start_epoch = int(ckpt["epoch"]) + 1
         log.info("resuming %s from epoch %d", last_path, start_epoch)
 
@@ -360,11 +402,12 @@ def _fit(cfg: Config, dataset, run_dir, resume: bool, progress: bool, d: _Dist) 
         # validation, bookkeeping and checkpoints on rank 0; the stop decision is broadcast
         stop = torch.zeros(1)
         if d.main:
-            metrics = evaluate_retrieval(model, val_batches, tc.batch_size)
-            top1 = metrics["val_top1"]
-            improved = math.isnan(top1) or top1 > state["best_top1"]  # no val split: the last epoch is the best
+            metrics = evaluate_retrieval(model, val_batches, tc.batch_size, distractor_batches, perturbed)
+            score = metrics["val_score"]
+            improved = math.isnan(score) or score > state["best_score"]  # no val split: the last epoch is the best
             if improved:
-                state["best_top1"], state["best_epoch"], state["bad_epochs"] = top1, epoch, 0
+                state["best_score"], state["best_epoch"], state["bad_epochs"] = score, epoch, 0
+                state["best_top1"] = metrics["val_top1"]
             else:
                 state["bad_epochs"] += 1
             row = {
@@ -393,8 +436,9 @@ def _fit(cfg: Config, dataset, run_dir, resume: bool, progress: bool, d: _Dist) 
             save_checkpoint(last_path, payload)
             _write_log(run_dir, state["history"])
             log.info(
-                "epoch %d: train %.4f, val %.4f, top-1 %.3f, top-5 %.3f, T %.4f (%.1f s)",
-                epoch + 1, train_loss, metrics["val_loss"], top1, metrics["val_top5"], model.temperature,
+                "epoch %d: train %.4f, val %.4f, top-1 %.3f (perturbed %.3f), top-5 %.3f, T %.4f (%.1f s)",
+                epoch + 1, train_loss, metrics["val_loss"], metrics["val_top1"], metrics["val_top1_perturbed"],
+                metrics["val_top5"], model.temperature,
                 row["seconds"],
             )
             stop[0] = float(state["finished"])
@@ -409,7 +453,7 @@ def _fit(cfg: Config, dataset, run_dir, resume: bool, progress: bool, d: _Dist) 
     model.load_state_dict(best["state_dict"])
     model.eval()
     history = pd.DataFrame(load_checkpoint(last_path, map_location="cpu")["history"], columns=LOG_COLUMNS)
-    return FitResult(history, best_path, float(best["best_top1"]), run_dir, model)
+    return FitResult(history, best_path, float(best["best_top1"]), float(best["best_score"]), run_dir, model)
 
 
 def load_or_train(cfg: Config, dataset, run_dir: str | Path | None = None, progress: bool = True) -> EACNN:

@@ -174,6 +174,25 @@ def test_ablation_switches(structures, use_lattice, use_sim_pattern):
     assert model.encode_structures(structures[:2], progress=False).shape == (2, SMALL["embed_dim"])
 
 
+def test_shared_xrd_tower(structures):
+    """The own pattern through the XRD tower itself: forward and the inference helpers agree, no second CNN."""
+    model = _model("eacnn", share_xrd_tower=True)
+    assert model.needs_structure_pattern and not hasattr(model.structure_encoder, "pattern_cnn")
+    sim = XRDSimulator()
+    vectors = torch.from_numpy(np.stack([sim.vector(s) for s in structures]))
+    graph = collate_graphs([structure_graph(s, 5.0) for s in structures])
+    with torch.no_grad():
+        z_s, z_x, _ = model({"graph": graph, "pattern": vectors, "structure_pattern": vectors})
+    np.testing.assert_allclose(model.encode_structures(structures, batch_size=3, progress=False), z_s, atol=1e-5)
+    np.testing.assert_allclose(model.encode_patterns(vectors.numpy(), progress=False), z_x, atol=1e-5)
+    # rotating the crystal changes neither its graph invariants nor its pattern
+    rot = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(1)))[0].numpy()
+    rotated = model.encode_structures([_rotated(s, rot) for s in structures], progress=False)
+    np.testing.assert_allclose(rotated, z_s, atol=TOL)
+    with pytest.raises(ValueError, match="structure_pattern"):
+        model({"graph": graph, "pattern": vectors})
+
+
 def test_bad_inputs_are_refused(structures, models):
     model = models["paper"]
     with pytest.raises(PatternError, match=r"\[n, 140\]"):

@@ -199,13 +199,34 @@ def test_fit_writes_the_run_folder(trained, data):
     assert {"config.json", "log.csv", "last.pt", "best.pt"} <= {p.name for p in run.iterdir()}
     assert json.loads((run / "config.json").read_text()) == cfg.to_dict()
     log = pd.read_csv(run / "log.csv")
-    columns = ["epoch", "train_loss", "val_loss", "val_top1", "val_top5", "temperature", "lr", "seconds"]
+    columns = ["epoch", "train_loss", "val_loss", "val_top1", "val_top5", "temperature", "lr", "seconds", "val_pool",
+               "val_top1_perturbed", "val_score"]
     assert list(log.columns) == columns
+    # the smoke profile validates against validation + training structures
+    assert (log["val_pool"] == len(data.indices("val")) + len(data.indices("train"))).all()
     assert list(log["epoch"]) == [1, 2] and len(result.history) == 2
     assert np.isfinite(log[["train_loss", "val_loss", "temperature"]].to_numpy()).all()
     assert ((log["val_top1"] >= 0) & (log["val_top1"] <= log["val_top5"]) & (log["val_top5"] <= 1)).all()
-    assert result.best_top1 == log["val_top1"].max()
+    # the smoke profile also scores moderate-level queries; the epoch is chosen by the mean of both
+    np.testing.assert_allclose(log["val_score"], (log["val_top1"] + log["val_top1_perturbed"]) / 2)
+    best = log["val_score"].idxmax()
+    assert result.best_score == log["val_score"].max() and result.best_top1 == log["val_top1"][best]
     assert not any(p.name.endswith(".tmp") for p in run.iterdir())
+
+
+def test_distractors_only_make_validation_harder(trained, data):
+    from eacnn.train import _collate, _Pairs, evaluate_retrieval
+
+    _, result = trained
+    val = _Pairs(data, data.indices("val"))
+    train = _Pairs(data, data.indices("train"))
+    val_b = [_collate([val[k] for k in range(len(val))])]
+    train_b = [_collate([train[k] for k in range(a, min(a + 64, len(train)))]) for a in range(0, len(train), 64)]
+    alone = evaluate_retrieval(result.model, val_b, 8)
+    pooled = evaluate_retrieval(result.model, val_b, 8, train_b)
+    assert alone["val_pool"] == len(val) and pooled["val_pool"] == len(val) + len(train)
+    assert pooled["val_top1"] <= alone["val_top1"] and pooled["val_top5"] <= alone["val_top5"]
+    assert pooled["val_loss"] == alone["val_loss"]  # the loss stays in-batch
 
 
 def test_checkpoint_round_trip(trained, data):
@@ -324,7 +345,11 @@ def test_early_stopping_on_validation_top1(data, tmp_path, monkeypatch):
     import eacnn.train as train
 
     scores = iter([0.5, 0.4, 0.6, 0.3, 0.2])
-    fake = lambda *a, **k: {"val_loss": 1.0, "val_top1": next(scores), "val_top5": 1.0}  # noqa: E731
+    def fake(*a, **k):
+        top1 = next(scores)
+        return {"val_loss": 1.0, "val_top1": top1, "val_top5": 1.0, "val_pool": 8, "val_top1_perturbed": top1,
+                "val_score": top1}
+
     monkeypatch.setattr(train, "evaluate_retrieval", fake)
     cfg = _cfg(**{"train.epochs": 5, "train.patience": 1, "train.max_steps_per_epoch": 1})
     result = train.fit(cfg, data, run_dir=tmp_path, progress=False)

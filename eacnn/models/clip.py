@@ -38,6 +38,9 @@ class EACNN(nn.Module):
         self.xrd_config = xrd or XRDConfig()
         self.structure_encoder = StructureEncoder(self.model_config)
         self.xrd_encoder = XRDEncoder(self.model_config)
+        m = self.model_config
+        # shared tower: z_structure = XRD tower(own clean pattern) + head(MACE, lattice), one pattern encoder for both
+        self.shares_xrd_tower = m.kind == "eacnn" and m.use_sim_pattern and m.share_xrd_tower
         # CLIP: logits = exp(logit_scale) * cosine, logit_scale initialised at log(1 / 0.07), capped at log(100)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / self.model_config.init_temperature)))
         self.max_log_scale = math.log(self.model_config.max_logit_scale)
@@ -49,7 +52,7 @@ class EACNN(nn.Module):
     @property
     def needs_structure_pattern(self) -> bool:
         """Whether the structure tower reads the structure's own simulated pattern."""
-        return self.structure_encoder.uses_sim_pattern
+        return self.structure_encoder.uses_sim_pattern or self.shares_xrd_tower
 
     @property
     def device(self) -> torch.device:
@@ -66,7 +69,19 @@ class EACNN(nn.Module):
     # -- training -------------------------------------------------------------------------------------------------
     def embed_structures(self, graph: dict, structure_pattern: torch.Tensor | None = None) -> torch.Tensor:
         """L2-normalised structure embeddings [B, embed_dim] of a collated graph batch."""
-        return nn.functional.normalize(self.structure_encoder(graph, structure_pattern), dim=-1)
+        h = self.structure_encoder(graph, structure_pattern)  # [B, embed_dim]
+        if self.shares_xrd_tower:
+            h = h + self.xrd_encoder(self._own_pattern(structure_pattern, h.shape[0]))
+        return nn.functional.normalize(h, dim=-1)
+
+    def _own_pattern(self, structure_pattern: torch.Tensor | None, num_graphs: int) -> torch.Tensor:
+        if structure_pattern is None:
+            raise ValueError(
+                "this model reads each structure's own simulated pattern: pass structure_pattern [B, n_bins]"
+            )
+        if structure_pattern.shape[0] != num_graphs:
+            raise ValueError(f"structure_pattern has {structure_pattern.shape[0]} rows for {num_graphs} graphs")
+        return structure_pattern
 
     def embed_patterns(self, pattern: torch.Tensor) -> torch.Tensor:
         """L2-normalised pattern embeddings [B, embed_dim] of patterns [B, n_bins]."""
@@ -74,6 +89,15 @@ class EACNN(nn.Module):
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(z_struct [B, d], z_xrd [B, d], logit_scale []) with z L2-normalised and logit_scale clamped."""
+        if self.shares_xrd_tower:
+            # one pass of the XRD tower over queries and own patterns: its batch norm sees both in training
+            pattern = batch["pattern"]
+            own = self._own_pattern(batch.get("structure_pattern"), int(batch["graph"]["num_graphs"]))
+            x = self.xrd_encoder(torch.cat([pattern, own.to(pattern.dtype)]))  # [2B, embed_dim]
+            b = pattern.shape[0]
+            z_s = nn.functional.normalize(self.structure_encoder(batch["graph"]) + x[b:], dim=-1)
+            z_x = nn.functional.normalize(x[:b], dim=-1)
+            return z_s, z_x, self.clamped_logit_scale()
         z_s = self.embed_structures(batch["graph"], batch.get("structure_pattern"))
         z_x = self.embed_patterns(batch["pattern"])
         return z_s, z_x, self.clamped_logit_scale()

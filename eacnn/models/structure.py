@@ -11,7 +11,8 @@
   test removes the extra reflections of a supercell, so they do not depend on the supercell either (a 2×1×1
   supercell has S = 0 exactly at the new half-integer G).
 * the structure's own clean simulated pattern (``use_sim_pattern``, batch key ``"structure_pattern"``, [B, 140])
-  through a small 1D CNN.
+  through a small 1D CNN fused before the head, or (``share_xrd_tower``) through the XRD tower itself, whose
+  embedding the head then corrects additively (:class:`eacnn.models.EACNN` does the sum).
 
 Every input of the tower is invariant to rotation, translation and atom order; mean and std pooling make the
 embedding the same for any supercell of the same crystal.
@@ -287,7 +288,8 @@ class StructureEncoder(nn.Module):
         # far below their variance (~1e-9 at initialisation) so that it does not wash them out.
         self.mace_norm = nn.LayerNorm(mace_dim, eps=1e-12)
         self.uses_lattice = cfg.kind == "eacnn" and cfg.use_lattice
-        self.uses_sim_pattern = cfg.kind == "eacnn" and cfg.use_sim_pattern
+        # with a shared XRD tower the own pattern is encoded by EACNN's XRD tower, not here
+        self.uses_sim_pattern = cfg.kind == "eacnn" and cfg.use_sim_pattern and not cfg.share_xrd_tower
         fused = mace_dim
         if self.uses_lattice:
             self.lattice_mlp = _mlp(2 + cfg.lattice_n_d, 64, 64)
