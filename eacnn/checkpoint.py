@@ -98,7 +98,10 @@ def load_checkpoint(
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower() or "weights_only" in str(err).lower():
+        import zipfile
+
+        # torch refuses any unreadable pickle as "weights only"; only a well-formed torch file holds real objects
+        if zipfile.is_zipfile(path) and ("weights only" in str(err).lower() or "weights_only" in str(err).lower()):
             raise CheckpointError(
                 f"{path} holds pickled Python objects, not only tensors and plain data; eacnn loads checkpoints "
                 f"with weights_only=True and will not unpickle it (first line of torch's reason: "

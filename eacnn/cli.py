@@ -94,6 +94,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = Config.from_profile(args.profile).replace(**_parse_overrides(args.set))
     ds = build_dataset(cfg)
+    if args.classifier:
+        from .classifier import ClassifierConfig, fit_classifier
+
+        out = Path(args.classifier)
+        _, history = fit_classifier(cfg, ds, ClassifierConfig(epochs=cfg.train.epochs), path=out)
+        best = history.loc[history["val_score"].idxmax()]
+        print(f"space-group classifier: best epoch {int(best.epoch)}, validation accuracy {100 * best.val_acc:.2f} % "
+              f"(perturbed {100 * best.val_acc_perturbed:.2f} %); checkpoint {out}")
+        return 0
     result = fit(cfg, ds, run_dir=args.run_dir, resume=not args.fresh)
     print(f"best validation Top-1 {100 * result.best_top1:.2f} % (selection score {100 * result.best_score:.2f} %); "
           f"checkpoint {result.best_path}")
@@ -185,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. model.kind=paper")
     p.add_argument("--run-dir", help="run folder (default: under $EACNN_RUNS, named by config and data)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing last.pt instead of resuming")
+    p.add_argument("--classifier", metavar="FILE",
+                   help="train the space-group classifier baseline instead (train.epochs epochs) and save it to FILE")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("search", help="identify a measured pattern: rank database structures by the trained model")
