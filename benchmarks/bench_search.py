@@ -31,7 +31,7 @@ def main() -> None:
     from eacnn.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, model_from_checkpoint
     from eacnn.config import Config
     from eacnn.measured import read_pattern, to_model_grid
-    from eacnn.retrieval import Index, have_faiss
+    from eacnn.retrieval import Index, have_faiss, query_latency
     from eacnn.search import calibrate, load_database, rank
 
     parser = argparse.ArgumentParser()
@@ -75,12 +75,8 @@ def main() -> None:
     pool = rng.standard_normal((150_000, db.embeddings.shape[1])).astype(np.float32)
     queries = rng.standard_normal((100, db.embeddings.shape[1])).astype(np.float32)
     for backend in ["torch"] + (["faiss"] if have_faiss() else []):
-        index = Index(pool, backend=backend)
-        index.search(queries[:1], k=10)
-        t = time.perf_counter()
-        for q in queries:
-            index.search(q[None], k=10)
-        print(f"per query over a synthetic pool of 150,000 ({backend}): {1000 * (time.perf_counter() - t) / 100:.2f} ms")
+        ms = query_latency(Index(pool, backend=backend), queries, repeat=1)
+        print(f"per query over a synthetic pool of 150,000 ({backend}): {ms:.2f} ms")
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "eacnn", "search", str(MEASURED / "Example__MnO.xy.gz"), "--json"],
                           capture_output=True, text=True)

@@ -27,6 +27,8 @@ __all__ = [
     "per_spacegroup_accuracy",
     "case_study",
     "neighbour_purity",
+    "spacegroup_predictions",
+    "spacegroup_summary",
 ]
 
 #: The query conditions reported everywhere: 0 = clean simulated (the paper's protocol), 1–3 = perturbed.
@@ -219,3 +221,52 @@ def neighbour_symmetry(emb: Embeddings, dataset, level: int = 0) -> pd.DataFrame
                       "same Bravais lattice (%)": 100 * np.mean(bl[o] == bl[q]),
                       "same space group (%)": 100 * np.mean(sg[o] == sg[q])}
     return pd.DataFrame(rows).T
+
+
+def spacegroup_predictions(embeddings: Sequence[Embeddings], dataset, classifier=None, level: int = 0,
+                           seed: int = 0, train_split: Sequence[str] = ("train", "val")) -> pd.DataFrame:
+    """Per test query: is its space group named right — by the top-1 structure each retrieval method returns, and
+    by a direct space-group classifier (:class:`eacnn.classifier.SpaceGroupClassifier`) of the same query pattern?
+
+    Returns:
+        one row per query with ``spacegroup_number``, ``spacegroup_symbol``, ``train_samples`` (structures of that
+        group in ``train_split``), and per method a boolean column ``<name>`` (space group of the top-1 correct)
+        plus ``classifier`` when one is given. All methods see the same queries (``query_patterns`` at ``level``).
+    """
+    first = embeddings[0]
+    labels = dataset.labels
+    sg = labels["spacegroup_number"].to_numpy()[first.index]
+    in_train = labels[labels["split"].isin(train_split)].groupby("spacegroup_number").size()
+    out = pd.DataFrame({"spacegroup_number": sg,
+                        "spacegroup_symbol": labels["spacegroup_symbol"].to_numpy()[first.index]})
+    out["train_samples"] = out["spacegroup_number"].map(in_train).fillna(0).astype(int)
+    for emb in embeddings:
+        if not np.array_equal(emb.index, first.index):
+            raise ValueError(f"{emb.name} was embedded on other rows than {first.name}")
+        _, top = Index(emb.structures).search(emb.patterns[level], k=1)
+        out[emb.name] = sg[top[:, 0]] == sg
+    if classifier is not None:
+        pred, _ = classifier.predict(query_patterns(dataset, first.index, level, seed=seed))
+        out["classifier"] = pred == sg
+    return out
+
+
+def spacegroup_summary(predictions: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
+    """Space-group accuracy (percent of queries) of each method on the subsets of Table 2 and beyond: all queries,
+    Fm-3m, groups with one test sample, groups with at most 5 test samples, and groups never seen in training."""
+    per_group = predictions.groupby("spacegroup_number")["spacegroup_number"].transform("size")
+    subsets = {
+        "all test queries": np.ones(len(predictions), bool),
+        "Fm-3m (225)": predictions["spacegroup_number"].to_numpy() == 225,
+        "groups with 1 test sample": per_group.to_numpy() == 1,
+        "groups with ≤ 5 test samples": per_group.to_numpy() <= 5,
+        "groups absent from training": predictions["train_samples"].to_numpy() == 0,
+    }
+    rows = []
+    for name, mask in subsets.items():
+        row = {"subset": name, "queries": int(mask.sum()),
+               "space groups": int(predictions.loc[mask, "spacegroup_number"].nunique())}
+        for m in methods:
+            row[m] = float(100 * predictions.loc[mask, m].mean()) if mask.any() else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -115,7 +115,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, model_from_checkpoint
     from .config import Config
     from .measured import read_pattern, to_model_grid
-    from .search import calibrate, load_database, rank
+    from .search import calibrate, load_database, rank, refine
 
     torch.set_flush_denormal(True)
     grid = to_model_grid(read_pattern(args.pattern, wavelength=args.wavelength))
@@ -123,21 +123,34 @@ def _cmd_search(args: argparse.Namespace) -> int:
     model = model_from_checkpoint(ckpt)
     cfg = Config.from_dict(ckpt["config"])
     db = load_database(args.database or ["embedded"], model, cfg, progress=not args.json)
-    hits = rank(grid.vector, model, db, top=args.top, elements=args.elements.split(",") if args.elements else None)
+    elements = args.elements.split(",") if args.elements else None
+    if args.rerank < 0:
+        raise EACNNError(f"--rerank must be >= 0, got {args.rerank}")
+    hits = rank(grid.vector, model, db, top=max(args.top, args.rerank), elements=elements)
     cal = calibrate(model, cfg)
+    # the verdict is the model's: its calibrated top-1 similarity, before any re-ranking
     confident = bool(len(hits)) and float(hits.similarity.iloc[0]) >= cal.threshold
+    if args.rerank:
+        hits = refine(grid.vector, hits.head(args.rerank), db, cfg, covered=grid.covered)
+    hits = hits.head(args.top)
     verdict = "match" if confident else "no confident match"
     if args.json:
         print(json.dumps({
             "pattern": str(args.pattern), "coverage": round(float(grid.coverage), 4), "verdict": verdict,
             "threshold": round(cal.threshold, 4),
             "results": [{"rank": int(r.rank), "id": r.id, "formula": r.formula, "spacegroup": r.spacegroup,
-                         "similarity": round(float(r.similarity), 4)} for r in hits.itertuples()],
+                         "similarity": round(float(r.similarity), 4),
+                         **({"agreement": round(float(r.agreement), 4), "strain": round(float(r.strain), 4),
+                             "zero_shift": round(float(r.zero_shift), 3)} if args.rerank else {})}
+                        for r in hits.itertuples()],
         }))
     else:
         print(f"{args.pattern}: coverage of 10–80° {100 * grid.coverage:.0f} %; {len(db.labels):,} candidates")
-        print(hits[["rank", "id", "formula", "spacegroup", "similarity"]].to_string(index=False,
-                                                                                    float_format="%.4f"))
+        cols = ["rank", "id", "formula", "spacegroup", "similarity"]
+        if args.rerank:
+            cols += ["agreement", "strain", "zero_shift"]
+            print(f"top {args.rerank} re-ranked by pattern agreement after a fitted lattice scale and zero shift")
+        print(hits[cols].to_string(index=False, float_format="%.4f"))
         print(f"verdict: {verdict} (top-1 similarity {hits.similarity.iloc[0]:.4f}; threshold {cal.threshold:.4f}, "
               f"fitted on {cal.n_queries} validation queries for {100 * cal.target:.0f} % top-1 precision)")
     if args.plot:
@@ -204,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wavelength", default=None, help="Å or a name (Cu, Mo, Co, Cr, Fe, Ag); default Cu Kα1")
     p.add_argument("--elements", help="only candidates made of these elements, e.g. Mn,O")
     p.add_argument("--top", type=int, default=10, help="how many candidates to list (default 10)")
+    p.add_argument("--rerank", type=int, default=0, metavar="N",
+                   help="re-rank the model's top N by pattern agreement after fitting a lattice scale (±2 %%) and "
+                        "zero shift (±0.3°) per candidate (default 0: off)")
     p.add_argument("--plot", help="write a PNG of the pattern over the top hits' simulated patterns")
     p.add_argument("--json", action="store_true", help="print the ranked list as JSON")
     p.add_argument("--checkpoint", help="a trained checkpoint (default: the shipped one)")

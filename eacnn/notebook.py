@@ -143,6 +143,23 @@ def trained_models(session: Session, dataset, kinds: tuple[str, ...] = ("eacnn",
     return models
 
 
+def trained_classifier(session: Session, dataset):
+    """The space-group classifier baseline as each profile provides it: shipped for ``cpu``
+    (``eacnn/data/checkpoints/classifier.pt``), trained here (and cached) for ``smoke`` and ``paper``.
+
+    Returns:
+        (:class:`eacnn.classifier.SpaceGroupClassifier` in eval mode, its per-epoch history DataFrame).
+    """
+    from .classifier import SHIPPED_CLASSIFIER, ClassifierConfig, load_classifier, load_or_train_classifier
+
+    cfg = session.config
+    if cfg.profile == "cpu":
+        return load_classifier(SHIPPED_CLASSIFIER)
+    settings = ClassifierConfig(epochs=8, batch_size=32, lr=3e-3) if cfg.profile == "smoke" else ClassifierConfig(
+        epochs=cfg.train.epochs, batch_size=cfg.train.batch_size)
+    return load_or_train_classifier(cfg, dataset, settings, progress=False)
+
+
 #: How the book names the two model configurations.
 MODEL_NAMES = {"eacnn": "ours (eacnn)", "paper": "paper tower"}
 

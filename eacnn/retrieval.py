@@ -20,7 +20,7 @@ from .errors import EACNNError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Index", "RetrievalResult", "topk_accuracy", "pool_accuracies", "normalize", "have_faiss"]
+__all__ = ["Index", "RetrievalResult", "topk_accuracy", "pool_accuracies", "normalize", "have_faiss", "query_latency"]
 
 DEFAULT_KS = (1, 3, 5, 10)
 
@@ -115,6 +115,22 @@ class Index:
             true = sim[np.arange(len(sim)), true_index[start : start + batch_size]]
             ranks[start : start + batch_size] = (sim >= true[:, None]).sum(axis=1)
         return ranks
+
+
+def query_latency(index: "Index", queries, k: int = 10, batch: int = 1, repeat: int = 3) -> float:
+    """Milliseconds per query of ``index.search`` on ``queries`` [m, d], sent ``batch`` at a time (best of
+    ``repeat`` passes after one warm-up call)."""
+    import time
+
+    q = normalize(queries)
+    index.search(q[:batch], k=k)  # warm-up: thread pools, first allocation
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        for start in range(0, len(q), batch):
+            index.search(q[start : start + batch], k=k)
+        best = min(best, time.perf_counter() - t)
+    return 1000.0 * best / len(q)
 
 
 @dataclass

@@ -12,7 +12,7 @@ moderately perturbed queries, as the similarity below which the top-1 candidate 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -24,7 +24,7 @@ from .errors import EACNNError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Database", "Calibration", "load_database", "calibrate", "rank"]
+__all__ = ["Database", "Calibration", "load_database", "calibrate", "rank", "refine"]
 
 
 @dataclass
@@ -35,6 +35,14 @@ class Database:
     embeddings: np.ndarray  # [n, d] L2-normalised structure embeddings
     vectors: np.ndarray  # [n, 140] clean simulated patterns (for plots)
     elements: list  # [n] sets of element symbols
+    parts: list = field(default_factory=list, repr=False)  # (first row, CrystalDataset) of each source
+
+    def sticks(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """Reflections (2θ [p] in degrees, areas [p]) of database row ``row``, from its source's data set."""
+        for start, ds in reversed(self.parts):
+            if row >= start:
+                return ds.sticks(row - start)
+        raise EACNNError(f"row {row} is not in this database")
 
 
 @dataclass(frozen=True)
@@ -90,9 +98,11 @@ def load_database(sources: Sequence[str], model, cfg, progress: bool = True) -> 
         species = ds.labels["material_id"].map(_species_lookup(ds, table)).to_numpy()
         labels = ds.labels[["material_id", "formula", "spacegroup_symbol", "spacegroup_number", "crystal_system"]]
         labels = labels.assign(source=source)
-        parts.append((labels, z[rows], ds.vectors[rows], [_elements(s) for s in species]))
+        parts.append((labels, z[rows], ds.vectors[rows], [_elements(s) for s in species], ds))
+    starts = np.cumsum([0] + [len(p[0]) for p in parts[:-1]])
     return Database(pd.concat([p[0] for p in parts], ignore_index=True), np.concatenate([p[1] for p in parts]),
-                    np.concatenate([p[2] for p in parts]), [e for p in parts for e in p[3]])
+                    np.concatenate([p[2] for p in parts]), [e for p in parts for e in p[3]],
+                    [(int(a), p[4]) for a, p in zip(starts, parts)])
 
 
 def _species_lookup(ds, table) -> dict:
@@ -140,3 +150,53 @@ def rank(vector: np.ndarray, model, db: Database, top: int = 10, elements: Seque
     out["similarity"] = sim[best]
     out["row"] = best
     return out.rename(columns={"material_id": "id", "spacegroup_symbol": "spacegroup"}).reset_index(drop=True)
+
+
+#: The search grid of :func:`refine`: lattice scale 1 + ε (every d-spacing times it) and zero shift (degrees 2θ).
+REFINE_STRAINS = np.linspace(-0.02, 0.02, 21)
+REFINE_SHIFTS = np.linspace(-0.3, 0.3, 13)
+
+
+def refine(vector: np.ndarray, hits: pd.DataFrame, db: Database, cfg, covered: np.ndarray | None = None,
+           strains: np.ndarray = REFINE_STRAINS, shifts: np.ndarray = REFINE_SHIFTS) -> pd.DataFrame:
+    """Re-rank candidates by how well their pattern fits the query after a fitted lattice scale and zero shift.
+
+    For each candidate of ``hits`` (from :func:`rank`), its reflections are moved by every strain ε (d -> d(1 + ε),
+    Bragg's law) and zero shift δ of the grid, profiled onto the model's bins as :mod:`eacnn.augment` does, and
+    compared with the query by cosine similarity over the bins the scan covers. The best (ε, δ) per candidate is
+    kept and the candidates are sorted by that agreement.
+
+    Args:
+        vector: [n_bins] the query on the model grid (e.g. :attr:`eacnn.preprocess.GridResult.vector`).
+        hits: candidates with a ``row`` column (database rows), as :func:`rank` returns them.
+        db: the database the rows belong to.
+        cfg: the model's config (its ``xrd`` grid and profile).
+        covered: [n_bins] bool, the bins the measurement reaches (all when None).
+
+    Returns:
+        ``hits`` re-sorted with columns ``agreement`` (cosine, 0..1), ``strain`` and ``zero_shift`` (degrees) and
+        ``rank`` renumbered; the model's ``similarity`` is kept.
+    """
+    from .augment import bragg_shift, profile_patterns
+
+    q = np.asarray(vector, dtype=np.float64)
+    mask = np.ones(len(q), bool) if covered is None else np.asarray(covered, bool)
+    q = np.where(mask, q, 0.0)
+    q /= max(np.linalg.norm(q), 1e-12)
+    eps, delta = np.meshgrid(strains, shifts, indexing="ij")  # [S, Z]
+    eps, delta = eps.ravel(), delta.ravel()
+    out = hits.copy()
+    fits = []
+    for row in out["row"].to_numpy():
+        tt, area = db.sticks(int(row))
+        sticks = [(bragg_shift(tt, e, d, cfg.xrd.wavelength), area) for e, d in zip(eps, delta)]
+        y = np.where(mask, profile_patterns(sticks, xrd=cfg.xrd), 0.0)  # [S * Z, n_bins]
+        cos = (y @ q) / np.maximum(np.linalg.norm(y, axis=1), 1e-12)
+        best = int(np.argmax(cos))
+        fits.append((float(cos[best]), float(eps[best]), float(delta[best])))
+    out["agreement"] = [f[0] for f in fits]
+    out["strain"] = [f[1] for f in fits]
+    out["zero_shift"] = [f[2] for f in fits]
+    out = out.sort_values("agreement", ascending=False, kind="stable").reset_index(drop=True)
+    out["rank"] = np.arange(1, len(out) + 1)
+    return out

@@ -44,3 +44,40 @@ def test_element_filter_keeps_only_allowed_chemistry():
 def test_element_filter_with_no_candidate_is_a_clear_error():
     with pytest.raises(EACNNError, match="Xe"):
         rank(_db().vectors[0], _IdentityModel(), _db(), elements=["Xe"])
+
+
+class _Sticks:
+    """A stand-in data set holding only reflections."""
+
+    def __init__(self, sticks):
+        self._sticks = sticks
+
+    def sticks(self, i):
+        return self._sticks[i]
+
+
+def test_refine_recovers_strain_and_zero_shift_and_reranks():
+    from eacnn.augment import bragg_shift, profile_patterns
+    from eacnn.config import Config
+    from eacnn.search import refine
+
+    cfg = Config.smoke()
+    rng = np.random.default_rng(3)
+    sticks = [(np.sort(rng.uniform(15, 78, 12)), rng.uniform(0.1, 1.0, 12)) for _ in range(4)]
+    db = _db()
+    db.parts = [(0, _Sticks(sticks))]
+    tt, area = sticks[2]
+    # the measured phase: lattice expanded by 0.8 %, sample displaced by +0.1°
+    query = profile_patterns([(bragg_shift(tt, 0.008, 0.1, cfg.xrd.wavelength), area)], xrd=cfg.xrd)[0]
+    hits = pd.DataFrame({"rank": [1, 2, 3, 4], "id": ["a", "b", "c", "d"], "similarity": [0.9, 0.8, 0.7, 0.6],
+                         "row": [0, 1, 2, 3]})
+    out = refine(query, hits, db, cfg)
+    assert out.id.iloc[0] == "c" and out["rank"].tolist() == [1, 2, 3, 4]
+    assert out.agreement.iloc[0] == pytest.approx(1.0, abs=1e-4)
+    assert out.strain.iloc[0] == pytest.approx(0.008, abs=1e-9) and out.zero_shift.iloc[0] == pytest.approx(0.1)
+    assert np.all(np.diff(out.agreement) <= 0)
+    assert out.similarity.iloc[0] == 0.7  # the model's score travels with its candidate
+    # bins the scan does not cover take no part in the fit
+    covered = np.ones(140, bool)
+    covered[:40] = False
+    assert refine(query, hits, db, cfg, covered=covered).id.iloc[0] == "c"
