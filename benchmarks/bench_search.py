@@ -2,7 +2,7 @@
 
     python benchmarks/bench_search.py [--checkpoint PATH]
 
-Prints, for MnO, Mn2O3, MnO2, TiO2 and LiMnO2 (measured, Cu Kα, tests/fixtures/measured), the rank of the first
+Prints, for MnO, Mn2O3, MnO2, TiO2 and LiMnO2 (measured, Cu Kα, eacnn/data/measured), the rank of the first
 candidate with the right reduced formula when the database is the embedded set plus the 56 reference CIFs shipped
 with those patterns, with and without an element filter; then the latency of the command end to end and of one
 query over the database and over a synthetic pool of 150,000 embeddings (torch and FAISS).
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-MEASURED = ROOT / "tests" / "fixtures" / "measured"
-REFERENCE_CIFS = ROOT / "tests" / "fixtures" / "reference_cifs"
+MEASURED = ROOT / "eacnn" / "data" / "measured"
+REFERENCE_CIFS = ROOT / "eacnn" / "data" / "reference_cifs"
 PHASES = ["MnO", "Mn2O3", "MnO2", "TiO2", "LiMnO2"]
 
 

@@ -21,6 +21,10 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: Data shipped inside the package (embedded MP-20 structures, checkpoints, fixtures).
 DATA_DIR = PACKAGE_DIR / "data"
+#: Five measured single-phase patterns (XRD-AutoAnalyzer, MIT; see the README there).
+MEASURED_DIR = DATA_DIR / "measured"
+#: The 56 reference CIFs of those patterns (same source).
+REFERENCE_CIFS_DIR = DATA_DIR / "reference_cifs"
 
 
 def repo_root() -> Path | None:

@@ -22,7 +22,7 @@ The SNIP defaults (4th-order filter, 1° window, log-log-sqrt) were chosen on si
 exponential + linear background or an amorphous hump, at 0.15° and 0.5° FWHM: the 4th-order filter with a 1–2°
 window recovers the clean vector (correlation >= 0.99) in all of them, while the classic 2nd-order filter erodes a
 hump at any window above ~0.5°. A 1° window also scored best or near-best against the reference phases of the five
-measured fixtures (``tests/fixtures/measured``).
+measured patterns (``eacnn/data/measured``).
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def test_simulate_missing_file_exits_2(tmp_path):
     assert main(["simulate", str(tmp_path / "missing.cif")]) == 2
 
 
-MEASURED = Path(__file__).parent / "fixtures" / "measured"
+from eacnn.paths import MEASURED_DIR as MEASURED  # noqa: E402
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,8 @@ from eacnn.structures import read_cif
 from eacnn.xrd import XRDSimulator, bin_profile
 
 FIXTURES = Path(__file__).parent / "fixtures"
-MEASURED = FIXTURES / "measured"
+MEASURED = FIXTURES / "measured"  # synthetic reader fixtures
+from eacnn.paths import MEASURED_DIR  # noqa: E402  -- the five real measured patterns
 REAL = ("MnO", "Mn2O3", "MnO2", "TiO2", "LiMnO2")  # Example__<phase>.xy.gz, Cu Kα, 10–100° in 0.01° steps
 CU, MO = 1.5406, 0.70932  # Å, Kα1
 ROUND_TRIP_TOL = 1e-2  # max |measured-path vector - simulated vector| for a dense noise-free Cu 'measurement'
@@ -171,7 +172,7 @@ def test_a_few_nan_points_are_dropped_with_a_warning(caplog):
 
 @pytest.mark.parametrize("phase", REAL)
 def test_real_fixtures_read(phase):
-    p = read_pattern(MEASURED / f"Example__{phase}.xy.gz")
+    p = read_pattern(MEASURED_DIR / f"Example__{phase}.xy.gz")
     assert len(p) == 9001 and p.two_theta[0] == 10.0 and p.two_theta[-1] == 100.0
     assert p.wavelength == CU and (p.intensity > 0).all()
 
@@ -451,7 +452,7 @@ def test_smoothing_keeps_the_pattern(rutile, reference):
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("phase", REAL)
 def test_real_fixtures_grid(phase):
-    result = to_model_grid(MEASURED / f"Example__{phase}.xy.gz")
+    result = to_model_grid(MEASURED_DIR / f"Example__{phase}.xy.gz")
     assert result.vector.shape == (140,) and np.isfinite(result.vector).all()
     assert result.vector.max() == 1.0 and result.vector.min() >= 0.0
     assert result.coverage == 1.0 and result.n_dropped == 0
@@ -462,7 +463,7 @@ def test_measured_mno_is_recognised_as_rock_salt_mno():
     fcc = [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]
     mno = Structure(Lattice.cubic(4.444), ["Mn"] * 4 + ["O"] * 4, fcc + [np.add(t, 0.5) % 1 for t in fcc])
     simulated = XRDSimulator().vector(mno)
-    scores = {p: _corr(to_model_grid(MEASURED / f"Example__{p}.xy.gz").vector, simulated) for p in REAL}
+    scores = {p: _corr(to_model_grid(MEASURED_DIR / f"Example__{p}.xy.gz").vector, simulated) for p in REAL}
     assert scores["MnO"] > 0.95 and max(scores, key=scores.get) == "MnO"
 
 
