@@ -258,7 +258,7 @@ class Config:
             data=DataConfig(max_structures=300),
             model=ModelConfig(
                 channels=8, max_ell=2, correlation=2, radial_mlp=16, readout_dim=16, mlp_dim=64, embed_dim=64,
-                xrd_dim=64, xrd_channels=8, xrd_blocks=1, sim_pattern_channels=8, lattice_n_d=6,
+                xrd_dim=64, xrd_channels=8, xrd_blocks=1, sim_pattern_channels=8, lattice_n_d=6, share_xrd_tower=True,
             ),
             train=TrainConfig(epochs=2, batch_size=32, lr=2e-3, warmup_epochs=0.5, patience=0, eval_batch_size=256,
                               val_distractors=True, val_level=2),
@@ -270,7 +270,7 @@ class Config:
         return cls(
             profile="cpu",
             # max_ell = 2: with correlation 3 the product basis of l <= 3 harmonics costs ~3x more on a CPU
-            model=ModelConfig(channels=32, max_L=0, max_ell=2, correlation=3, xrd_channels=32),
+            model=ModelConfig(channels=32, max_L=0, max_ell=2, correlation=3, xrd_channels=32, share_xrd_tower=True),
             train=TrainConfig(epochs=30, batch_size=128, lr=1e-3, warmup_epochs=1.0, patience=5, val_distractors=True, val_level=2),
         )
 
@@ -281,7 +281,7 @@ class Config:
             profile="paper",
             model=ModelConfig(
                 channels=128, max_L=1, max_ell=3, correlation=3, radial_mlp=64, readout_dim=128, mlp_dim=512,
-                xrd_channels=64, xrd_blocks=2,
+                xrd_channels=64, xrd_blocks=2, share_xrd_tower=True,
             ),
             train=TrainConfig(epochs=100, batch_size=256, lr=5e-4, warmup_epochs=2.0, patience=15, amp="bf16",
                               val_distractors=True, val_level=2),

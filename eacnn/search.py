@@ -24,7 +24,7 @@ from .errors import EACNNError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Database", "Calibration", "load_database", "calibrate", "rank", "refine"]
+__all__ = ["Database", "Calibration", "load_database", "calibrate", "rank", "refine", "phase_report"]
 
 
 @dataclass
@@ -200,3 +200,48 @@ def refine(vector: np.ndarray, hits: pd.DataFrame, db: Database, cfg, covered: n
     out = out.sort_values("agreement", ascending=False, kind="stable").reset_index(drop=True)
     out["rank"] = np.arange(1, len(out) + 1)
     return out
+
+
+def phase_report(patterns: dict, model, db: Database, calibration: Calibration, cfg=None, rerank: int = 0
+                 ) -> pd.DataFrame:
+    """Where the right phase ranks for patterns of known phases, with and without an element filter, and what the
+    verdict would be if that phase were absent from the database.
+
+    Args:
+        patterns: phase formula (e.g. ``"MnO2"``) -> :class:`eacnn.preprocess.GridResult` of its measured pattern.
+        model, db, calibration: as for :func:`rank` and :func:`calibrate`.
+        cfg: the model's config (needed with ``rerank``).
+        rerank: re-rank the model's top ``rerank`` with :func:`refine` (0: off).
+
+    Returns:
+        one row per (phase, filter): ``rank`` of the first candidate with the phase's reduced formula (NaN when
+        none), that candidate, the top-1 candidate and its similarity, the ``verdict``, and ``verdict if absent``
+        (the verdict for the best candidate of another formula, i.e. when the phase is missing from the database).
+    """
+    from pymatgen.core import Composition
+
+    rows = []
+    for phase, grid in patterns.items():
+        target = Composition(phase).reduced_formula
+        for filt in (None, sorted(el.symbol for el in Composition(phase).elements)):
+            hits = rank(grid.vector, model, db, top=len(db.labels), elements=filt)
+            right = hits.formula.map(lambda f: Composition(f).reduced_formula == target).to_numpy()
+            verdict = "match" if hits.similarity.iloc[0] >= calibration.threshold else "no confident match"
+            other = hits[~right].iloc[0] if (~right).any() else None
+            absent = ("no candidate left" if other is None else
+                      "match" if other.similarity >= calibration.threshold else "no confident match")
+            if rerank:
+                hits = refine(grid.vector, hits.head(rerank), db, cfg, covered=grid.covered)
+                right = hits.formula.map(lambda f: Composition(f).reduced_formula == target).to_numpy()
+            first = hits[right].iloc[0] if right.any() else None
+            top = hits.iloc[0]
+            rows.append({
+                "phase": phase, "filter": "+".join(filt) if filt else "none",
+                "rank": int(first["rank"]) if first is not None else np.nan,
+                "right candidate": f"{first.id} {first.formula} {first.spacegroup}" if first is not None else "-",
+                "top-1": f"{top.id} {top.formula} {top.spacegroup}", "similarity": float(top.similarity),
+                "verdict": verdict, "verdict if absent": absent,
+                "absent: top-1": f"{other.id} {other.formula}" if other is not None else "-",
+                "absent: similarity": float(other.similarity) if other is not None else np.nan,
+            })
+    return pd.DataFrame(rows)
