@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED = ROOT / "eacnn" / "data" / "measured"
@@ -26,13 +27,12 @@ PHASES = ["MnO", "Mn2O3", "MnO2", "TiO2", "LiMnO2"]
 
 def main() -> None:
     import torch
-    from pymatgen.core import Composition
 
     from eacnn.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, model_from_checkpoint
     from eacnn.config import Config
     from eacnn.measured import read_pattern, to_model_grid
     from eacnn.retrieval import Index, have_faiss, query_latency
-    from eacnn.search import calibrate, load_database, rank
+    from eacnn.search import calibrate, load_database, phase_report, rank
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
@@ -48,21 +48,13 @@ def main() -> None:
           f"cached afterwards)")
     cal = calibrate(model, cfg)
     print(f"no-confident-match threshold {cal.threshold:.4f} (validation, level {cal.level}, "
-          f"{cal.n_queries} queries, {100 * cal.target:.0f} % top-1 precision)\n")
-    print(f"{'pattern':8} {'filter':8} {'rank':>5} {'first right candidate':40} {'top-1':30} {'sim':>6} verdict")
-    for phase in PHASES:
-        grid = to_model_grid(read_pattern(MEASURED / f"Example__{phase}.xy.gz"))
-        target = Composition(phase).reduced_formula
-        for filt in (None, sorted(Composition(phase).as_dict())):
-            hits = rank(grid.vector, model, db, top=len(db.labels), elements=filt)
-            right = [i for i, f in enumerate(hits.formula) if Composition(f).reduced_formula == target]
-            r = right[0] + 1 if right else None
-            first = hits.iloc[right[0]] if right else None
-            top1 = hits.iloc[0]
-            verdict = "match" if top1.similarity >= cal.threshold else "no confident match"
-            desc = f"{first.id} {first.formula} {first.spacegroup}" if first is not None else "-"
-            print(f"{phase:8} {'+'.join(filt) if filt else 'none':8} {r if r else '-':>5} {desc:40} "
-                  f"{top1.id + ' ' + top1.formula + ' ' + top1.spacegroup:30} {top1.similarity:6.3f} {verdict}")
+          f"{cal.n_queries} queries present and absent, {100 * cal.target:.0f} % precision of a match)\n")
+    grids = {phase: to_model_grid(read_pattern(MEASURED / f"Example__{phase}.xy.gz")) for phase in PHASES}
+    report = phase_report(grids, model, db, cal)
+    reranked = phase_report(grids, model, db, cal, cfg=cfg, rerank=20)
+    report.insert(3, "rank after --rerank 20", reranked["rank"])
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(report.round(3).to_string(index=False))
 
     # latency: one query over the database, and over a synthetic 150k pool
     grid = to_model_grid(read_pattern(MEASURED / "Example__MnO.xy.gz"))

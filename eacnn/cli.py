@@ -152,7 +152,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
             print(f"top {args.rerank} re-ranked by pattern agreement after a fitted lattice scale and zero shift")
         print(hits[cols].to_string(index=False, float_format="%.4f"))
         print(f"verdict: {verdict} (top-1 similarity {hits.similarity.iloc[0]:.4f}; threshold {cal.threshold:.4f}, "
-              f"fitted on {cal.n_queries} validation queries for {100 * cal.target:.0f} % top-1 precision)")
+              f"fitted on {cal.n_queries} validation queries, each with its structure present and absent, for "
+              f"{100 * cal.target:.0f} % precision of a match)")
     if args.plot:
         import matplotlib
 

@@ -5,8 +5,9 @@ files (ids = file stems). Its structure embeddings are computed once with the mo
 
 The "no confident match" verdict: a top-1 cosine similarity below :attr:`Calibration.threshold` means the answer
 is not to be trusted. The threshold is fitted on the *validation* structures (never the test pool) with
-moderately perturbed queries, as the similarity below which the top-1 candidate is right less often than
-:attr:`Calibration.target` of the time.
+moderately perturbed queries, each asked once with its structure in the pool and once without it (a phase absent
+from the database), as the similarity above which a "match" verdict is right at least :attr:`Calibration.target`
+of the time.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .errors import EACNNError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Database", "Calibration", "load_database", "calibrate", "rank", "refine", "phase_report"]
+__all__ = ["Database", "Calibration", "load_database", "calibrate", "rank", "refine", "phase_report", "open_set_threshold"]
 
 
 @dataclass
@@ -112,21 +113,38 @@ def _species_lookup(ds, table) -> dict:
     return dict(zip(source["material_id"], source["species"]))
 
 
-def calibrate(model, cfg, target: float = 0.5, level: int = 2, progress: bool = False) -> Calibration:
-    """Fit the no-confident-match threshold on the validation split (moderately perturbed queries)."""
+def calibrate(model, cfg, target: float = 0.8, level: int = 2, progress: bool = False) -> Calibration:
+    """Fit the no-confident-match threshold on the validation split (moderately perturbed queries), open-set.
+
+    A real query's phase may be missing from the database; then the best candidate is wrong however similar it
+    looks. So each validation query is scored twice: against the whole validation pool (its structure present)
+    and against the pool without its own structure (absent: every top-1 answer is wrong). The threshold is the
+    lowest top-1 similarity at which, over both cases together, a "match" verdict is right at least ``target`` of
+    the time.
+    """
     from .dataset import build_dataset
     from .retrieval import Index
 
     ds = build_dataset(cfg.replace(**{"data.source": "embedded"}), progress=progress)
     emb = embed_dataset(model, ds, "val", levels=(level,), seed=cfg.seed, progress=progress)
-    scores, top = Index(emb.structures).search(emb.patterns[level], k=1)
-    s, correct = scores[:, 0], top[:, 0] == np.arange(len(top))
-    # precision of the top-1 answer among queries at or above each candidate threshold
-    order = np.argsort(-s)
+    scores, top = Index(emb.structures).search(emb.patterns[level], k=2)
+    own = np.arange(len(top))
+    present_s, present_ok = scores[:, 0], top[:, 0] == own
+    absent_s = np.where(top[:, 0] == own, scores[:, 1], scores[:, 0])  # best candidate that is not the own one
+    return Calibration(open_set_threshold(present_s, present_ok, absent_s, target), target, len(present_s), level)
+
+
+def open_set_threshold(present: np.ndarray, present_correct: np.ndarray, absent: np.ndarray, target: float) -> float:
+    """The lowest similarity t such that "match" verdicts (top-1 similarity >= t) are right at least ``target`` of
+    the time, over queries whose structure is in the pool (top-1 scores ``present`` [n], right or not:
+    ``present_correct`` [n]) and queries whose structure is absent (top-1 scores ``absent`` [m], always wrong).
+    Above the highest score when no threshold reaches the target."""
+    s = np.concatenate([np.asarray(present, float), np.asarray(absent, float)])
+    correct = np.concatenate([np.asarray(present_correct, bool), np.zeros(len(absent), bool)])
+    order = np.argsort(-s, kind="stable")
     precision = np.cumsum(correct[order]) / np.arange(1, len(s) + 1)
     ok = np.flatnonzero(precision >= target)
-    threshold = float(s[order][ok[-1]]) if len(ok) else float(s.max())
-    return Calibration(threshold, target, len(s), level)
+    return float(s[order][ok[-1]]) if len(ok) else float(s.max()) + 1e-6
 
 
 def rank(vector: np.ndarray, model, db: Database, top: int = 10, elements: Sequence[str] | None = None

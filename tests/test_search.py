@@ -81,3 +81,18 @@ def test_refine_recovers_strain_and_zero_shift_and_reranks():
     covered = np.ones(140, bool)
     covered[:40] = False
     assert refine(query, hits, db, cfg, covered=covered).id.iloc[0] == "c"
+
+
+def test_open_set_threshold_counts_absent_phases_as_wrong():
+    from eacnn.search import open_set_threshold
+
+    present = np.array([0.95, 0.9, 0.85, 0.6])
+    correct = np.array([True, True, True, False])
+    # without absent queries, 0.85 keeps precision 1
+    assert open_set_threshold(present, correct, np.array([]), 1.0) == 0.85
+    # an absent query's best (wrong) candidate at 0.92 must be excluded: 100 % precision needs t above it
+    assert open_set_threshold(present, correct, np.array([0.92]), 1.0) == 0.95
+    # at 75 %: 0.95, 0.92 (wrong), 0.9, 0.85 -> 3 / 4 right
+    assert open_set_threshold(present, correct, np.array([0.92]), 0.75) == 0.85
+    # no threshold reaches the target: above every score
+    assert open_set_threshold(np.array([0.5]), np.array([False]), np.array([0.4]), 0.5) > 0.5
