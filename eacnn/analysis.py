@@ -28,6 +28,7 @@ __all__ = [
     "case_study",
     "neighbour_purity",
     "spacegroup_predictions",
+    "equivalent_hits",
     "spacegroup_summary",
 ]
 
@@ -116,8 +117,10 @@ def embed_dataset(model, dataset, split: str = "test", levels: Sequence[int] = (
 
 def retrieval_table(embeddings: Sequence[Embeddings], dataset=None, pools=("all", 1000, 256),
                     ks=(1, 3, 5, 10), seed: int = 0) -> pd.DataFrame:
-    """One row per (method, condition, pool): Top-k accuracies in percent; with ``dataset``, also the share of
-    queries whose top-1 candidate has the right space group ("same SG top-1", whole pool only)."""
+    """One row per (method, condition, pool): Top-k accuracies in percent; with ``dataset``, also (whole pool only)
+    the share of queries whose top-1 candidate has the right space group ("same SG top1") and whose top-1 is the
+    right structure or one pymatgen's ``StructureMatcher`` calls the same crystal ("equivalent top1": a duplicate
+    entry under another id is not a wrong answer)."""
     rows = []
     for emb in embeddings:
         for level, q in emb.patterns.items():
@@ -129,8 +132,47 @@ def retrieval_table(embeddings: Sequence[Embeddings], dataset=None, pools=("all"
                     _, top = Index(emb.structures).search(q, k=1)
                     sg = dataset.labels["spacegroup_number"].to_numpy()[emb.index]
                     row["same SG top1"] = float(100 * np.mean(sg[top[:, 0]] == sg))
+                    row["equivalent top1"] = float(100 * np.mean(equivalent_hits(dataset, emb.index, top[:, 0])))
                 rows.append(row)
     return pd.DataFrame(rows)
+
+
+_MATCH_CACHE: dict = {}
+
+
+def equivalent_hits(dataset, rows: np.ndarray, top1: np.ndarray) -> np.ndarray:
+    """Per query: is its top-1 candidate its own structure or one ``StructureMatcher`` (pymatgen defaults) calls
+    the same crystal? ``rows`` [n] are the queries' rows in ``dataset``; ``top1`` [n] positions into ``rows``.
+
+    Only wrong answers with the query's reduced formula are matched (other formulas cannot be the same crystal),
+    and verdicts are cached per (data set, pair), so the check costs little after the first call.
+    """
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    rows = np.asarray(rows)
+    top1 = np.asarray(top1)
+    own = top1 == np.arange(len(rows))
+    formula = dataset.labels["formula"].to_numpy()
+    reduced = {}
+
+    def red(i: int) -> str:
+        if i not in reduced:
+            from pymatgen.core import Composition
+
+            reduced[i] = Composition(formula[i]).reduced_formula
+        return reduced[i]
+
+    matcher = StructureMatcher()
+    out = own.copy()
+    for q in np.flatnonzero(~own):
+        a, b = int(rows[q]), int(rows[top1[q]])
+        if red(a) != red(b):
+            continue
+        key = (dataset.key, min(a, b), max(a, b))
+        if key not in _MATCH_CACHE:
+            _MATCH_CACHE[key] = bool(matcher.fit(dataset.structure(a), dataset.structure(b)))
+        out[q] = _MATCH_CACHE[key]
+    return out
 
 
 def per_spacegroup_accuracy(emb: Embeddings, dataset, level: int = 0, train_split: Sequence[str] = ("train", "val")

@@ -60,3 +60,26 @@ def test_bad_inputs_are_refused():
         Index(np.ones((3, 2))).search(np.ones((1, 3)))
     with pytest.raises(EACNNError, match="zero"):
         Index(np.zeros((0, 4)))
+
+
+def test_equivalent_hits_accept_duplicates_under_another_id():
+    """A top-1 answer that is the same crystal under another id counts as equivalent, a different one does not."""
+    from eacnn.analysis import equivalent_hits
+    from eacnn.config import Config
+    from eacnn.dataset import build_dataset
+    from eacnn.structures import table_from_structures
+
+    data = build_dataset(Config.smoke(), progress=False)
+    rows = np.asarray(data.indices("test"))
+    formula = data.labels["formula"].to_numpy()
+    s = data.structure(int(rows[0]))
+    shifted = s.copy()
+    shifted.translate_sites(range(len(s)), [0.1, 0.2, 0.3])  # the same crystal, another origin and id
+    other = data.structure(int(next(r for r in rows if formula[r] != formula[rows[0]])))
+    table = table_from_structures([s, shifted, other], ids=["a", "a-dup", "other"], progress=False)
+    dup = build_dataset(Config.smoke(), structures_table=table, progress=False)
+    order = {mid: i for i, mid in enumerate(dup.labels["material_id"])}
+    r = np.array([order["a"], order["a-dup"], order["other"]])
+    # a -> a-dup, a-dup -> a (equivalent), other -> a (another formula: wrong)
+    assert equivalent_hits(dup, r, np.array([1, 0, 0])).tolist() == [True, True, False]
+    assert equivalent_hits(dup, r, np.array([0, 1, 2])).tolist() == [True, True, True]  # own structures
