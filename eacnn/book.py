@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BookError
-from .paths import repo_root
+from .paths import atomic_write_bytes, repo_root
 
 log = logging.getLogger(__name__)
 
-__all__ = ["notebooks_in_toc", "execute_notebooks", "build_book", "BookResult"]
+__all__ = ["notebooks_in_toc", "execute_notebooks", "build_book", "build_timings", "BookResult"]
 
 #: Files and folders copied from the repository into the staging copy (besides the notebooks).
 _STAGED = ("_config.yml", "_toc.yml", "book")
@@ -107,8 +107,12 @@ def execute_notebooks(
             shutil.copy2(src, dst)
     parameters = {"smoke": profile == "smoke", "device": "cuda" if profile == "paper" else "auto"}
     timings = {}
-    env_before = {k: os.environ.get(k) for k in ("EACNN_BOOK_PROFILE", "TQDM_DISABLE")}
+    env_before = {k: os.environ.get(k) for k in ("EACNN_BOOK_PROFILE", "TQDM_DISABLE", "EACNN_BOOK_STAGING")}
     os.environ["EACNN_BOOK_PROFILE"] = profile
+    os.environ["EACNN_BOOK_STAGING"] = str(staging)  # where the run-times page finds this build's timings
+    stale = staging / TIMINGS_FILE
+    if stale.is_file() and not only:
+        stale.unlink()  # a fresh build times itself from the start
     os.environ["TQDM_DISABLE"] = "1"  # progress bars are for people at a keyboard, not for rendered pages
     try:
         for rel in notebooks_in_toc(root):
@@ -133,6 +137,7 @@ def execute_notebooks(
                                 f"(executed copy with the traceback: {out})") from err
             timings[str(rel)] = time.perf_counter() - t0
             log.info("  %s: %.1f s", rel, timings[str(rel)])
+            _record_timing(staging, str(rel), timings[str(rel)], profile)
     finally:
         for k, v in env_before.items():
             if v is None:
@@ -172,3 +177,48 @@ def build_book(profile: str = "smoke", root: Path | None = None, keep_going: boo
     if not index.is_file():
         raise BookError(f"jupyter-book reported success but {index} is missing")
     return BookResult(index, timings, time.perf_counter() - t0)
+
+
+TIMINGS_FILE = "_timings.json"
+
+
+def _machine() -> dict:
+    import platform
+
+    info = {"cpu cores": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}
+    try:
+        import torch
+
+        info["torch threads"] = torch.get_num_threads()
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    except ImportError:
+        pass
+    return info
+
+
+def _record_timing(staging: Path, notebook: str, seconds: float, profile: str) -> None:
+    """Append one notebook's execution time to the staging folder's timing file (read by the run-times page)."""
+    import json
+
+    path = staging / TIMINGS_FILE
+    data = json.loads(path.read_text()) if path.is_file() else {"machine": _machine(), "notebooks": {}}
+    data["profile"] = profile
+    data["notebooks"][notebook] = round(seconds, 1)
+    atomic_write_bytes(path, json.dumps(data, indent=1).encode())
+
+
+def build_timings(root: Path | None = None):
+    """(DataFrame of notebook execution times in this build so far, machine and profile dict) from the staging
+    folder's timing file; an empty DataFrame when no build has run."""
+    import json
+
+    import pandas as pd
+
+    env = os.environ.get("EACNN_BOOK_STAGING")
+    staging = Path(env) if env and root is None else _root(root) / "_build" / "staging"
+    path = staging / TIMINGS_FILE
+    if not path.is_file():
+        return pd.DataFrame(columns=["notebook", "seconds"]), {}
+    data = json.loads(path.read_text())
+    df = pd.DataFrame({"notebook": list(data["notebooks"]), "seconds": list(data["notebooks"].values())})
+    return df, {"profile": data.get("profile"), **data.get("machine", {})}
