@@ -160,6 +160,20 @@ def trained_classifier(session: Session, dataset):
     return load_or_train_classifier(cfg, dataset, settings, progress=False)
 
 
+def best_epoch(log):
+    """The row of a training log that selection kept: the best ``val_score`` (mean of clean and perturbed
+    validation Top-1) where the log has one, else the best clean ``val_top1`` (logs of the earlier protocol)."""
+    score = log["val_score"] if "val_score" in log and log["val_score"].notna().any() else log["val_top1"]
+    return log.loc[score.idxmax()]
+
+
+def validation_pool(log, default: int) -> int:
+    """Candidates per validation query of a training log (``val_pool``); ``default`` for logs without it."""
+    if "val_pool" in log and log["val_pool"].notna().any():
+        return int(log["val_pool"].dropna().iloc[-1])
+    return int(default)
+
+
 #: How the book names the two model configurations.
 MODEL_NAMES = {"eacnn": "ours (eacnn)", "paper": "paper tower"}
 

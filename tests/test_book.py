@@ -116,3 +116,16 @@ def test_browser_check_catches_broken_figures_and_dead_links(tmp_path):
     assert "good.html" not in problems
     assert "broken image missing.png" in problems and "dead link nowhere.html" in problems
     assert "ValueError" in problems
+
+
+def test_run_times_page_reads_this_builds_timings(tmp_path, monkeypatch):
+    from eacnn.book import _record_timing, build_timings
+
+    monkeypatch.setenv("EACNN_BOOK_STAGING", str(tmp_path))
+    assert build_timings()[0].empty
+    _record_timing(tmp_path, "notebooks/01.ipynb", 12.34, "smoke")
+    _record_timing(tmp_path, "notebooks/02.ipynb", 5.0, "smoke")
+    df, machine = build_timings()
+    assert df.notebook.tolist() == ["notebooks/01.ipynb", "notebooks/02.ipynb"]
+    assert df.seconds.tolist() == [12.3, 5.0]
+    assert machine["profile"] == "smoke" and machine["cpu cores"] >= 1
