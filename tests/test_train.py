@@ -356,3 +356,19 @@ def test_early_stopping_on_validation_top1(data, tmp_path, monkeypatch):
     assert list(result.history["epoch"]) == [1, 2]  # epoch 2 did not beat 0.5: stop
     assert result.best_top1 == 0.5
     assert torch.load(result.best_path, weights_only=True)["epoch"] == 0
+
+
+@pytest.mark.parametrize("kind", ["eacnn", "paper"])
+def test_shipped_checkpoints_load_safely_and_match_their_logs(kind):
+    """The shipped models load with weights_only=True; the default is exactly what `eacnn train --profile cpu`
+    trains (same config), and each log's selected epoch is the checkpoint's."""
+    from eacnn.checkpoint import SHIPPED, config_mismatch, load_checkpoint, load_pretrained
+
+    ckpt = load_checkpoint(SHIPPED[kind])
+    log = pd.read_csv(SHIPPED[kind].with_name(SHIPPED[kind].stem + "_log.csv"))
+    assert int(ckpt["epoch"]) + 1 in set(log["epoch"])
+    if kind == "eacnn":
+        assert config_mismatch(ckpt["config"], Config.cpu().to_dict()) == []
+        assert int(log.loc[log["val_score"].idxmax(), "epoch"]) == int(ckpt["epoch"]) + 1
+    model = load_pretrained(SHIPPED[kind])
+    assert model.model_config.kind == kind
