@@ -27,6 +27,7 @@ __all__ = [
     "per_spacegroup_accuracy",
     "case_study",
     "neighbour_purity",
+    "top_candidates",
     "spacegroup_predictions",
     "equivalent_hits",
     "spacegroup_summary",
@@ -212,15 +213,22 @@ def case_study(emb: Embeddings, dataset, spacegroup: int = 14, k: int = 3, level
     ranks = index.rank_of(emb.patterns[level][candidates], candidates)
     best = candidates[ranks == ranks.min()]
     q = int(best[np.argmin(scores[best, 0] - scores[best, 1])])
-    scores, top = scores[:, :k], top[:, :k]
-    rows = emb.index[top[q]]
-    table = labels.iloc[rows][["material_id", "formula", "spacegroup_symbol", "crystal_system"]].copy()
-    table.insert(0, "rank", np.arange(1, k + 1))
-    table["similarity"] = scores[q]
-    table["correct"] = top[q] == q
-    return {"query": int(emb.index[q]), "candidates": table.reset_index(drop=True),
+    return {"query": int(emb.index[q]), "candidates": top_candidates(emb, dataset, int(emb.index[q]), k, level),
             "rule": f"among space-group-{spacegroup} test queries whose structure ranks best (rank {int(ranks.min())}), "
                     f"the smallest similarity margin between ranks 1 and 2"}
+
+
+def top_candidates(emb: Embeddings, dataset, query_row: int, k: int = 3, level: int = 0) -> pd.DataFrame:
+    """The ``k`` nearest candidates of one query (``query_row``: its row in the data set, one of ``emb.index``):
+    rank, material_id, formula, space group, crystal system, similarity and whether it is the query's own."""
+    pos = int(np.flatnonzero(emb.index == query_row)[0])
+    scores, top = Index(emb.structures).search(emb.patterns[level][pos : pos + 1], k=k)
+    rows = emb.index[top[0]]
+    table = dataset.labels.iloc[rows][["material_id", "formula", "spacegroup_symbol", "crystal_system"]].copy()
+    table.insert(0, "rank", np.arange(1, len(rows) + 1))
+    table["similarity"] = scores[0]
+    table["correct"] = top[0] == pos
+    return table.reset_index(drop=True)
 
 
 def neighbour_purity(z: np.ndarray, classes: np.ndarray, k: int = 10) -> float:
