@@ -155,7 +155,7 @@ def load_pretrained(path: str | Path | None = None, map_location: Any = "cpu"):
     if not path.is_file():
         raise CheckpointError(
             f"no pretrained checkpoint at {path}. Train one on the embedded data with `eacnn train --profile cpu` "
-            f"(or `eacnn.train.fit(Config.cpu(), build_dataset(Config.cpu()))`, about an hour on 2 CPU cores) and "
+            f"(or `eacnn.train.fit(Config.cpu(), build_dataset(Config.cpu()))`, 30–60 min on 2 CPU cores) and "
             f"copy its run folder's best.pt to {DEFAULT_CHECKPOINT}, or pass path=<your best.pt>"
         )
     return model_from_checkpoint(load_checkpoint(path, map_location="cpu"), map_location)
