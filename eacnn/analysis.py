@@ -31,6 +31,7 @@ __all__ = [
     "spacegroup_predictions",
     "equivalent_hits",
     "spacegroup_summary",
+    "accuracy_by_training_frequency",
 ]
 
 #: The query conditions reported everywhere: 0 = clean simulated (the paper's protocol), 1–3 = perturbed.
@@ -320,3 +321,20 @@ def spacegroup_summary(predictions: pd.DataFrame, methods: Sequence[str]) -> pd.
             row[m] = float(100 * predictions.loc[mask, m].mean()) if mask.any() else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+#: Bins of "training structures of the query's space group" used by :func:`accuracy_by_training_frequency`.
+FREQUENCY_BINS = ([-1, 0, 10, 100, 1000, np.inf], ["0", "1–10", "11–100", "101–1,000", "> 1,000"])
+
+
+def accuracy_by_training_frequency(predictions: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
+    """Space-group accuracy (percent of queries) of each method, by how many training structures the query's space
+    group has (:data:`FREQUENCY_BINS`); ``predictions`` from :func:`spacegroup_predictions`."""
+    edges, names = FREQUENCY_BINS
+    bins = pd.cut(predictions["train_samples"], edges, labels=names)
+    grouped = predictions.groupby(bins, observed=False)
+    out = pd.DataFrame({"groups": grouped["spacegroup_number"].nunique(), "queries": grouped.size()})
+    for m in methods:
+        out[m] = 100 * grouped[m].mean()
+    out.index.name = "training structures"
+    return out

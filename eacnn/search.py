@@ -238,19 +238,20 @@ def phase_report(patterns: dict, model, db: Database, calibration: Calibration, 
     """
     from pymatgen.core import Composition
 
+    reduced = dict(zip(db.labels.formula.unique(), (Composition(f).reduced_formula for f in db.labels.formula.unique())))
     rows = []
     for phase, grid in patterns.items():
         target = Composition(phase).reduced_formula
         for filt in (None, sorted(el.symbol for el in Composition(phase).elements)):
             hits = rank(grid.vector, model, db, top=len(db.labels), elements=filt)
-            right = hits.formula.map(lambda f: Composition(f).reduced_formula == target).to_numpy()
+            right = (hits.formula.map(reduced) == target).to_numpy()
             verdict = "match" if hits.similarity.iloc[0] >= calibration.threshold else "no confident match"
             other = hits[~right].iloc[0] if (~right).any() else None
             absent = ("no candidate left" if other is None else
                       "match" if other.similarity >= calibration.threshold else "no confident match")
             if rerank:
                 hits = refine(grid.vector, hits.head(rerank), db, cfg, covered=grid.covered)
-                right = hits.formula.map(lambda f: Composition(f).reduced_formula == target).to_numpy()
+                right = (hits.formula.map(reduced) == target).to_numpy()
             first = hits[right].iloc[0] if right.any() else None
             top = hits.iloc[0]
             rows.append({

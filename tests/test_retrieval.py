@@ -83,3 +83,15 @@ def test_equivalent_hits_accept_duplicates_under_another_id():
     # a -> a-dup, a-dup -> a (equivalent), other -> a (another formula: wrong)
     assert equivalent_hits(dup, r, np.array([1, 0, 0])).tolist() == [True, True, False]
     assert equivalent_hits(dup, r, np.array([0, 1, 2])).tolist() == [True, True, True]  # own structures
+
+
+def test_accuracy_by_training_frequency_is_the_per_query_mean_per_bin():
+    import pandas as pd
+
+    from eacnn.analysis import accuracy_by_training_frequency
+
+    preds = pd.DataFrame({"spacegroup_number": [1, 1, 2, 3, 3], "train_samples": [0, 0, 5, 500, 500],
+                          "m": [True, False, True, True, True]})
+    out = accuracy_by_training_frequency(preds, ["m"])
+    assert out.loc["0", "m"] == 50.0 and out.loc["1–10", "m"] == 100.0 and out.loc["101–1,000", "queries"] == 2
+    assert out.loc["0", "groups"] == 1 and np.isnan(out.loc["11–100", "m"])
