@@ -24,8 +24,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="eacnn-bench-") as tmp:
         os.environ["EACNN_CACHE"] = tmp  # a fresh cache: the first build is cold
         from eacnn import Config
-        from eacnn.dataset import build_dataset
-        from eacnn.structures import _read_embedded
+        from eacnn.datasets.dataset import build_dataset
+        from eacnn.datasets.structures import _read_embedded
 
         cfg = Config.cpu().replace(**{"data.max_structures": args.limit})
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -21,10 +21,10 @@ def main() -> None:
     import torch
 
     from eacnn.analysis import embed_dataset
-    from eacnn.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, model_from_checkpoint
+    from eacnn.training.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, model_from_checkpoint
     from eacnn.config import Config
-    from eacnn.dataset import build_dataset
-    from eacnn.retrieval import Index, have_faiss, query_latency
+    from eacnn.datasets.dataset import build_dataset
+    from eacnn.retrieval.index import Index, have_faiss, query_latency
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))

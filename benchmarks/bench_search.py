@@ -1,79 +1,129 @@
-"""Identify the measured single-phase patterns of XRD-AutoAnalyzer and time `eacnn search`.
+"""Latency and memory of `eacnn search`, side by side in one run: the first search on an empty cache, warm
+searches, a batch of patterns in one process, and the saved-database index at 150,000 candidates.
 
-    python benchmarks/bench_search.py [--checkpoint PATH]
+    python benchmarks/bench_search.py [--batch 40] [--big 150000]
 
-Prints, for MnO, Mn2O3, MnO2, TiO2 and LiMnO2 (measured, Cu Kα, eacnn/data/measured), the rank of the first
-candidate with the right reduced formula when the database is the embedded set plus the 56 reference CIFs shipped
-with those patterns, with and without an element filter; then the latency of the command end to end and of one
-query over the database and over a synthetic pool of 150,000 embeddings (torch and FAISS).
+* **cold**: `eacnn search` with ``EACNN_HOME`` pointing at an empty folder, so the embedded database is assembled
+  from the shipped embeddings (reflections simulated, files written) before the search;
+* **warm**: the same command again (the database is opened memory-mapped; no torch is imported);
+* **batch**: one `eacnn search` over ``--batch`` pattern files (copies of the shipped measured patterns), patterns per
+  second after loading;
+* **index**: a synthetic database of ``--big`` clustered embeddings written with an IVF index (recall measured at
+  build time), then the time per query of one scale and of a whole multi-scale query.
+
+Each command runs as a real subprocess, as users run it; wall time and peak resident memory (``ru_maxrss`` of the
+child) are printed, with the date and the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
+import platform
+import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED = ROOT / "eacnn" / "data" / "measured"
-REFERENCE_CIFS = ROOT / "eacnn" / "data" / "reference_cifs"
-PHASES = ["MnO", "Mn2O3", "MnO2", "TiO2", "LiMnO2"]
+
+
+def run(args: list[str], env: dict) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in MB of the child, stdout) of ``eacnn ARGS``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "eacnn", *args], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"eacnn {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return wall, max(peak, before) / 1024, proc.stdout
 
 
 def main() -> None:
-    import torch
-
-    from eacnn.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, model_from_checkpoint
-    from eacnn.config import Config
-    from eacnn.measured import read_pattern, to_model_grid
-    from eacnn.retrieval import Index, have_faiss, query_latency
-    from eacnn.search import calibrate, load_database, phase_report, rank
-
     parser = argparse.ArgumentParser()
-    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    parser.add_argument("--cifs", default=str(REFERENCE_CIFS), help="folder of reference CIFs added to the database")
+    parser.add_argument("--batch", type=int, default=40, help="pattern files searched in one process")
+    parser.add_argument("--big", type=int, default=150_000, help="candidates of the synthetic indexed database")
     args = parser.parse_args()
-    torch.set_flush_denormal(True)
-    ckpt = load_checkpoint(args.checkpoint)
-    model, cfg = model_from_checkpoint(ckpt), Config.from_dict(ckpt["config"])
-    sources = ["embedded"] + ([args.cifs] if Path(args.cifs).is_dir() else [])
-    t0 = time.perf_counter()
-    db = load_database(sources, model, cfg, progress=False)
-    print(f"database: {len(db.labels):,} structures from {sources} (embedded in {time.perf_counter() - t0:.0f} s, "
-          f"cached afterwards)")
-    cal = calibrate(model, cfg)
-    print(f"no-confident-match threshold {cal.threshold:.4f} (validation, level {cal.level}, "
-          f"{cal.n_queries} queries present and absent, {100 * cal.target:.0f} % precision of a match)\n")
-    grids = {phase: to_model_grid(read_pattern(MEASURED / f"Example__{phase}.xy.gz")) for phase in PHASES}
-    report = phase_report(grids, model, db, cal)
-    reranked = phase_report(grids, model, db, cal, cfg=cfg, rerank=20)
-    report.insert(3, "rank after --rerank 20", reranked["rank"])
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(report.round(3).to_string(index=False))
+    print(f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    pattern = str(MEASURED / "Example__MnO.xy.gz")
+    with tempfile.TemporaryDirectory() as home:
+        env = {**os.environ, "EACNN_HOME": home}
+        cold, cold_mb, _ = run(["search", pattern, "--json"], env)
+        warm = []
+        for _ in range(3):
+            w, warm_mb, _ = run(["search", pattern, "--json"], env)
+            warm.append(w)
+        files = Path(home) / "patterns"
+        files.mkdir()
+        sources = sorted(MEASURED.glob("*.xy.gz"))
+        for i in range(args.batch):
+            shutil.copy(sources[i % len(sources)], files / f"p{i:03d}_{sources[i % len(sources)].name}")
+        t_one, _, _ = run(["search", str(files / sorted(os.listdir(files))[0]), "--json"], env)
+        t_batch, batch_mb, out = run(["search", str(files), "--json"], env)
+        n_lines = len([line for line in out.splitlines() if line.strip()])
+    per_second = args.batch / max(t_batch - t_one, 1e-9)
+    print(f"{'path':<44} {'wall':>9} {'peak RSS':>10}")
+    print(f"{'cold (empty cache, shipped embeddings)':<44} {cold:8.2f}s {cold_mb:8.0f}MB")
+    print(f"{'warm (median of 3)':<44} {np.median(warm):8.2f}s {warm_mb:8.0f}MB")
+    print(f"{f'batch of {args.batch} files, one process':<44} {t_batch:8.2f}s {batch_mb:8.0f}MB"
+          f"   {per_second:.1f} patterns/s after loading ({n_lines} JSON lines)")
+    _index(args.big)
 
-    # latency: one query over the database, and over a synthetic 150k pool
-    grid = to_model_grid(read_pattern(MEASURED / "Example__MnO.xy.gz"))
-    t = time.perf_counter()
-    for _ in range(20):
-        rank(grid.vector, model, db, top=10)
-    print(f"\nper query over {len(db.labels):,} structures (embed pattern + rank): "
-          f"{1000 * (time.perf_counter() - t) / 20:.1f} ms")
+
+def _index(n: int) -> None:
+    from eacnn.retrieval.database import open_database, write_database
+    from eacnn.retrieval.pattern_tower import PatternTower
+    from eacnn.retrieval.query import SCALES
+
+    import pandas as pd
+
     rng = np.random.default_rng(0)
-    pool = rng.standard_normal((150_000, db.embeddings.shape[1])).astype(np.float32)
-    queries = rng.standard_normal((100, db.embeddings.shape[1])).astype(np.float32)
-    for backend in ["torch"] + (["faiss"] if have_faiss() else []):
-        ms = query_latency(Index(pool, backend=backend), queries, repeat=1)
-        print(f"per query over a synthetic pool of 150,000 ({backend}): {ms:.2f} ms")
+    d = 256
+    centres = rng.normal(size=(max(1, n // 50), d)).astype(np.float32)
+    emb = centres[rng.integers(0, len(centres), n)] + 0.3 * rng.normal(size=(n, d)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    labels = pd.DataFrame({"material_id": [f"s-{i}" for i in range(n)], "formula": "X", "spacegroup_symbol": "P1",
+                           "spacegroup_number": 1, "crystal_system": "triclinic", "source": "synthetic",
+                           "elements": "X"})
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        tower = {"stem.w": np.zeros((1, 1, 7), np.float32)}  # unused here: queries are embeddings
+        folder = write_database(Path(tmp) / "big", labels, emb, tower, {"threshold": 0.5}, "synthetic", ["synthetic"])
+        built = time.perf_counter() - t
+        db = open_database(folder)
+        db.tower = PatternTower(db.tower.a)
+        q = emb[rng.choice(n, 200)] + 0.05 * rng.normal(size=(200, d)).astype(np.float32)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        db.scores(q[0], 10)  # load the index
+        t = time.perf_counter()
+        for z in q:
+            db.scores(z, 10)
+        one = 1000 * (time.perf_counter() - t) / len(q)
+        t = time.perf_counter()
+        for z in q[:50]:
+            for _ in SCALES:
+                db.scores(z, 40)
+        multi = 1000 * (time.perf_counter() - t) / 50
+        exact = 1000 * min(_timed(lambda: np.argsort(-(emb @ q[0]))[:10]) for _ in range(5))
+        info = db.manifest["index"]
+    print(f"\nindex over {n:,} synthetic candidates: {info['kind']} (nlist {info['nlist']}, nprobe {info['nprobe']}, "
+          f"recall@10 {info['recall_at_10']:.3f}), built in {built:.1f} s")
+    print(f"  one query {one:.2f} ms; a multi-scale query ({len(SCALES)} scales) {multi:.1f} ms; "
+          f"exact matrix-vector product {exact:.1f} ms ({exact / one:.0f}x slower than the index)")
+
+
+def _timed(fn) -> float:
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "eacnn", "search", str(MEASURED / "Example__MnO.xy.gz"), "--json"],
-                          capture_output=True, text=True)
-    print(f"`eacnn search` end to end (process start, model load, cached database, query): "
-          f"{time.perf_counter() - t:.1f} s (exit {proc.returncode})")
+    fn()
+    return time.perf_counter() - t
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ import numpy as np
 def _batch(structures, vectors, sticks, r_max: float, n: int, cfg):
     import torch
 
-    from eacnn.augment import augment_patterns
-    from eacnn.graphs import collate_graphs, structure_graph
+    from eacnn.physics.perturb import augment_patterns
+    from eacnn.datasets.graphs import collate_graphs, structure_graph
 
     graphs = [structure_graph(s, r_max) for s in structures[:n]]
     pattern = augment_patterns(sticks[:n], cfg.augment, rng=0, xrd=cfg.xrd)
@@ -43,13 +43,13 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)  # TorchScript notes from e3nn/mace at model build
     import torch
 
-    from eacnn.augment import augment_patterns
+    from eacnn.physics.perturb import augment_patterns
     from eacnn.config import Config
-    from eacnn.graphs import structure_graph
-    from eacnn.losses import clip_loss
+    from eacnn.datasets.graphs import structure_graph
+    from eacnn.training.losses import clip_loss
     from eacnn.models import EACNN
-    from eacnn.structures import embedded_structures
-    from eacnn.xrd import XRDSimulator
+    from eacnn.datasets.structures import embedded_structures
+    from eacnn.physics.xrd import XRDSimulator
 
     torch.set_flush_denormal(True)
     if args.threads:

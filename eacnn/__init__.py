@@ -7,22 +7,24 @@ first access.
 
 from __future__ import annotations
 
-from .config import AugmentConfig, Config, DataConfig, ModelConfig, TrainConfig, XRDConfig
-from .errors import EACNNError
+from eacnn.config import AugmentConfig, Config, DataConfig, ModelConfig, TrainConfig, XRDConfig
+from eacnn.errors import EACNNError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AugmentConfig", "Config", "DataConfig", "ModelConfig", "TrainConfig", "XRDConfig", "EACNNError",
     "XRDSimulator", "XRDPattern", "simulate_vectors", "load_pretrained", "EACNN", "fit", "load_or_train",
-    "clip_loss", "augment_patterns", "build_dataset", "__version__",
+    "clip_loss", "augment_patterns", "build_dataset", "read_pattern", "to_model_grid", "read_cif", "__version__",
 ]
 
 # name -> submodule that defines it; imported on first attribute access (PEP 562)
 _LAZY = {
-    "XRDSimulator": "xrd", "XRDPattern": "xrd", "simulate_vectors": "xrd",
-    "load_pretrained": "checkpoint", "EACNN": "models", "fit": "train", "load_or_train": "train",
-    "clip_loss": "losses", "augment_patterns": "augment", "build_dataset": "dataset",
+    "XRDSimulator": "physics.xrd", "XRDPattern": "physics.xrd", "simulate_vectors": "physics.xrd",
+    "load_pretrained": "training.checkpoint", "EACNN": "models", "fit": "training.loop",
+    "load_or_train": "training.loop", "clip_loss": "training.losses", "augment_patterns": "physics.perturb",
+    "build_dataset": "datasets.dataset", "read_pattern": "measured", "to_model_grid": "measured",
+    "read_cif": "datasets.structures",
 }
 
 

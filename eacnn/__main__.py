@@ -1,5 +1,5 @@
 """``python -m eacnn`` is the ``eacnn`` command."""
 
-from .cli import main
+from eacnn.cli import main
 
 raise SystemExit(main())

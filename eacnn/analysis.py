@@ -1,28 +1,32 @@
 """The paper's analyses on a built data set: retrieval tables under named pools and perturbation levels, the
-search-match baseline, per-space-group accuracy, the symmetry case study and embedding statistics.
+search-match baseline, per-space-group accuracy, the symmetry case study and embedding statistics — and every
+table or number a chapter of the book shows (Table 1 and 2 beside the published values of :mod:`eacnn.published`,
+training summaries, model sizes, the crystal-system separation of the embedding space).
 
-All functions take embeddings or a model plus a :class:`eacnn.dataset.CrystalDataset`; none trains anything.
+All functions take embeddings, training logs or models (plus a :class:`eacnn.datasets.dataset.CrystalDataset`);
+none trains anything. The figures drawn from them are in :mod:`eacnn.book.plots`.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from .config import AugmentConfig
-from .retrieval import Index, normalize, pool_accuracies
+from eacnn.config import AugmentConfig
+from eacnn.paths import DATA_DIR
+from eacnn.published import published, published_table
+from eacnn.retrieval.embed import Embeddings, query_patterns
+from eacnn.retrieval.index import Index, normalize, pool_accuracies
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "PERTURBATION_LEVELS",
-    "Embeddings",
-    "embed_dataset",
-    "query_patterns",
     "retrieval_table",
     "per_spacegroup_accuracy",
     "case_study",
@@ -32,89 +36,29 @@ __all__ = [
     "equivalent_hits",
     "spacegroup_summary",
     "accuracy_by_training_frequency",
+    "whole_pool",
+    "table1_comparison",
+    "table2",
+    "table2_numbers",
+    "rare_groups",
+    "spacegroup_summaries",
+    "loss_reference_points",
+    "perturbation_settings",
+    "perturbed_examples",
+    "best_epoch",
+    "validation_pool",
+    "training_summary",
+    "ablation_table",
+    "ablation_highlights",
+    "model_sizes",
+    "embedding_spaces",
+    "crystal_system_separation",
+    "tsne_maps",
+    "rerank_comparison",
 ]
 
 #: The query conditions reported everywhere: 0 = clean simulated (the paper's protocol), 1–3 = perturbed.
 PERTURBATION_LEVELS = {0: "clean", 1: "mild", 2: "moderate", 3: "strong"}
-
-
-@dataclass
-class Embeddings:
-    """Structure embeddings of some rows of a data set and the pattern embeddings of their queries."""
-
-    index: np.ndarray  # [n] rows of the data set
-    structures: np.ndarray  # [n, d] L2-normalised
-    patterns: dict  # level -> [n, d] L2-normalised query embeddings
-    name: str  # e.g. "eacnn (ours)" or "search-match"
-
-
-def query_patterns(dataset, rows: np.ndarray, level: int, seed: int = 0) -> np.ndarray:
-    """Query patterns [n, n_bins] of the given rows: clean (level 0, the cached vectors) or perturbed from the
-    cached sticks with ``AugmentConfig.level(level)`` and a fixed seed (the same queries for every model)."""
-    from .augment import augment_patterns
-
-    rows = np.asarray(rows)
-    if level == 0:
-        return dataset.vectors[rows]
-    sticks = [dataset.sticks(int(i)) for i in rows]
-    out = []
-    rng = np.random.default_rng(seed + 1000 * level)
-    for start in range(0, len(sticks), 1024):
-        out.append(augment_patterns(sticks[start : start + 1024], AugmentConfig.level(level), rng, dataset.config.xrd))
-    return np.concatenate(out)
-
-
-def _model_digest(model) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def embed_dataset(model, dataset, split: str = "test", levels: Sequence[int] = (0, 1, 2, 3), seed: int = 0,
-                  name: str = "model", progress: bool = True, cache: bool = True) -> Embeddings:
-    """Embed every structure of ``split`` and its query patterns at each perturbation level.
-
-    ``model=None`` gives the search-match baseline: the "embeddings" are the clean simulated patterns themselves
-    (cosine similarity of the query against every candidate's simulated pattern).
-
-    With ``cache``, model embeddings are stored under :func:`eacnn.paths.cache_dir`, keyed by the model's weights,
-    the data set's key, the split, the levels and the seed, so later chapters reuse them.
-    """
-    rows = dataset.indices(split)
-    path = None
-    if cache and model is not None:
-        import hashlib
-
-        from .paths import atomic_write_bytes, cache_dir
-
-        key = hashlib.sha256(repr((_model_digest(model), dataset.key, split, tuple(levels), seed)).encode())
-        path = cache_dir() / f"embeddings-{key.hexdigest()[:20]}.npz"
-        if path.is_file():
-            try:
-                with np.load(path) as f:
-                    if f["index"].shape == rows.shape and np.array_equal(f["index"], rows):
-                        return Embeddings(rows, f["structures"], {lvl: f[f"q{lvl}"] for lvl in levels}, name)
-            except Exception as err:  # a corrupt cache file is reported and recomputed
-                log.warning("embedding cache %s unreadable (%s); recomputing", path, err)
-    queries = {lvl: query_patterns(dataset, rows, lvl, seed) for lvl in levels}
-    if model is None:
-        return Embeddings(rows, normalize(dataset.vectors[rows]), {k: normalize(v) for k, v in queries.items()},
-                          name)
-    graphs = [dataset.graph(int(i)) for i in rows]
-    z_s = model.encode_graphs(graphs, dataset.vectors[rows], progress=progress).numpy()
-    z_q = {lvl: normalize(model.encode_patterns(q, progress=False).numpy()) for lvl, q in queries.items()}
-    emb = Embeddings(rows, normalize(z_s), z_q, name)
-    if path is not None:
-        import io
-
-        buf = io.BytesIO()
-        np.savez(buf, index=rows, structures=emb.structures, **{f"q{lvl}": v for lvl, v in z_q.items()})
-        atomic_write_bytes(path, buf.getvalue())
-    return emb
 
 
 def retrieval_table(embeddings: Sequence[Embeddings], dataset=None, pools=("all", 1000, 256),
@@ -221,12 +165,14 @@ def case_study(emb: Embeddings, dataset, spacegroup: int = 14, k: int = 3, level
 
 def top_candidates(emb: Embeddings, dataset, query_row: int, k: int = 3, level: int = 0) -> pd.DataFrame:
     """The ``k`` nearest candidates of one query (``query_row``: its row in the data set, one of ``emb.index``):
-    rank, material_id, formula, space group, crystal system, similarity and whether it is the query's own."""
+    rank, row (in the data set), material_id, formula, space group, crystal system, similarity and whether it is
+    the query's own."""
     pos = int(np.flatnonzero(emb.index == query_row)[0])
     scores, top = Index(emb.structures).search(emb.patterns[level][pos : pos + 1], k=k)
     rows = emb.index[top[0]]
     table = dataset.labels.iloc[rows][["material_id", "formula", "spacegroup_symbol", "crystal_system"]].copy()
     table.insert(0, "rank", np.arange(1, len(rows) + 1))
+    table.insert(1, "row", rows)
     table["similarity"] = scores[0]
     table["correct"] = top[0] == pos
     return table.reset_index(drop=True)
@@ -277,7 +223,7 @@ def neighbour_symmetry(emb: Embeddings, dataset, level: int = 0) -> pd.DataFrame
 def spacegroup_predictions(embeddings: Sequence[Embeddings], dataset, classifier=None, level: int = 0,
                            seed: int = 0, train_split: Sequence[str] = ("train", "val")) -> pd.DataFrame:
     """Per test query: is its space group named right — by the top-1 structure each retrieval method returns, and
-    by a direct space-group classifier (:class:`eacnn.classifier.SpaceGroupClassifier`) of the same query pattern?
+    by a direct space-group classifier (:class:`eacnn.training.classifier.SpaceGroupClassifier`) of the same query pattern?
 
     Returns:
         one row per query with ``spacegroup_number``, ``spacegroup_symbol``, ``train_samples`` (structures of that
@@ -338,3 +284,254 @@ def accuracy_by_training_frequency(predictions: pd.DataFrame, methods: Sequence[
         out[m] = 100 * grouped[m].mean()
     out.index.name = "training structures"
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Table 1 beside the published numbers (chapter 5)
+# ---------------------------------------------------------------------------------------------------------------
+#: Published Table-1-style rows: label, pool in words, key prefix in :mod:`eacnn.published`.
+PUBLISHED_RETRIEVAL = (("EACNN paper (Zhang et al. 2025)", "the paper's own test split", "eacnn.table1"),
+                       ("PXRDGen contrastive encoder (Li et al. 2024)", "MP-20 test split", "pxrdgen.mp20"))
+
+
+def whole_pool(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a :func:`retrieval_table` scored over each method's whole pool, indexed by (method, condition)."""
+    largest = table.groupby("method")["candidates"].transform("max")
+    return table[table["candidates"] == largest].set_index(["method", "condition"])
+
+
+def table1_comparison(table: pd.DataFrame, condition: str = "clean", ks=(1, 3, 5, 10)) -> pd.DataFrame:
+    """The published retrieval numbers (quoted from :mod:`eacnn.published`, NaN where not published) above this
+    book's methods over the whole pool at ``condition``; ``table`` from :func:`retrieval_table`."""
+    rows = []
+    for label, pool, prefix in PUBLISHED_RETRIEVAL:
+        quoted = published_table(prefix)
+        rows.append({"method": f"{label}, clean", "pool": pool, "source": "published",
+                     **{f"top{k}": quoted["value"].get(f"{prefix}.top{k}", np.nan) for k in ks}})
+    ours = whole_pool(table).xs(condition, level="condition")
+    for method, row in ours.iterrows():
+        rows.append({"method": f"{method}, {condition}", "pool": f"{row['pool']} ({int(row['candidates']):,})",
+                     "source": "this book", **{f"top{k}": row.get(f"top{k}", np.nan) for k in ks}})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Table 2: common and rare space groups (chapter 8)
+# ---------------------------------------------------------------------------------------------------------------
+def _table2_subsets(per_sg: pd.DataFrame) -> dict:
+    return {"Fm-3m (225)": per_sg[per_sg["spacegroup_number"] == 225],
+            "groups with 1 test sample": per_sg[per_sg["test_samples"] == 1],
+            "groups with ≤ 5 test samples": per_sg[per_sg["test_samples"] <= 5]}
+
+
+def _pooled_top1(groups: pd.DataFrame) -> float:
+    """Top-1 over all queries of some space groups (each group weighted by its test samples)."""
+    if len(groups) == 0:
+        return float("nan")
+    return float(np.average(groups["top1"], weights=groups["test_samples"]))
+
+
+def table2(per_sg: dict) -> pd.DataFrame:
+    """The paper's Table 2 (quoted from :mod:`eacnn.published`) above ours: Top-1 (percent of queries) on Fm-3m, on
+    the space groups with one test sample and on those with at most five.
+
+    Args:
+        per_sg: model name -> :func:`per_spacegroup_accuracy` table.
+    """
+    paper = "EACNN paper (published)"
+    n_fm3m, n_single = published("eacnn.table2.fm3m.test_samples"), published("eacnn.table2.single.groups")
+    rows = [{"model": paper, "subset": "Fm-3m (225)", "space groups": 1, "test samples": int(n_fm3m),
+             "Top-1 (%)": published("eacnn.table2.fm3m.top1")},
+            {"model": paper, "subset": "groups with 1 test sample", "space groups": int(n_single),
+             "test samples": int(n_single), "Top-1 (%)": published("eacnn.table2.single.top1")}]
+    for name, t in per_sg.items():
+        for subset, groups in _table2_subsets(t).items():
+            rows.append({"model": name, "subset": subset, "space groups": len(groups),
+                         "test samples": int(groups["test_samples"].sum()), "Top-1 (%)": _pooled_top1(groups)})
+    return pd.DataFrame(rows)
+
+
+def table2_numbers(per_sg: pd.DataFrame) -> dict:
+    """The Table 2 numbers of one model (a :func:`per_spacegroup_accuracy` table) for the prose: ``fm3m_n``
+    (Fm-3m test samples), ``fm3m_top1``, ``n_single`` (groups with one test sample), ``single_top1`` and
+    ``single_unseen`` (how many of those groups have no training structure)."""
+    subsets = _table2_subsets(per_sg)
+    fm3m, single = subsets["Fm-3m (225)"], subsets["groups with 1 test sample"]
+    return {"fm3m_n": int(fm3m["test_samples"].sum()), "fm3m_top1": _pooled_top1(fm3m), "n_single": len(single),
+            "single_top1": _pooled_top1(single), "single_unseen": int((single["train_samples"] == 0).sum())}
+
+
+def rare_groups(per_sg: dict, max_test_samples: int = 2) -> pd.DataFrame:
+    """The space groups with at most ``max_test_samples`` test queries: the first model's table, with every other
+    model's Top-1 beside it as ``top1 (<name>)``, sorted by training structures."""
+    (first, base), *others = per_sg.items()
+    out = base[base["test_samples"] <= max_test_samples]
+    for name, t in others:
+        out = out.merge(t[["spacegroup_number", "top1"]].rename(columns={"top1": f"top1 ({name})"}),
+                        on="spacegroup_number", how="left")
+    return out.sort_values("train_samples", kind="stable").reset_index(drop=True)
+
+
+def spacegroup_summaries(embeddings: Sequence[Embeddings], dataset, classifier=None, levels=(0, 2),
+                         seed: int = 0) -> pd.DataFrame:
+    """:func:`spacegroup_summary` of every retrieval method (and the classifier, if given) at each query level,
+    stacked with a ``condition`` column ("clean", "moderate", ...)."""
+    methods = [e.name for e in embeddings] + (["classifier"] if classifier is not None else [])
+    parts = []
+    for level in levels:
+        preds = spacegroup_predictions(embeddings, dataset, classifier, level=level, seed=seed)
+        parts.append(spacegroup_summary(preds, methods).assign(condition=PERTURBATION_LEVELS.get(level, str(level))))
+    out = pd.concat(parts, ignore_index=True)
+    return out[["condition", *out.columns.drop("condition")]]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training (chapter 4)
+# ---------------------------------------------------------------------------------------------------------------
+def loss_reference_points(n: int = 256, dim: int = 128, temperature: float = 0.07, seed: int = 0) -> dict:
+    """The symmetric InfoNCE loss on two known cases, at a fixed ``temperature``: ``random`` (independent random
+    unit vectors: close to ``log_n`` = log N, every pair equally likely) and ``aligned`` (each pattern equals its
+    structure: towards 0)."""
+    import torch
+
+    from eacnn.training.losses import clip_loss
+
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.nn.functional.normalize(torch.randn(n, dim, generator=gen), dim=1)  # [n, dim]
+    other = torch.nn.functional.normalize(torch.randn(n, dim, generator=gen), dim=1)  # [n, dim]
+    scale = torch.tensor(np.log(1.0 / temperature))
+    return {"random": float(clip_loss(z, other, scale)), "log_n": float(np.log(n)),
+            "aligned": float(clip_loss(z, z, scale))}
+
+
+def perturbation_settings(levels=(1, 2, 3)) -> pd.DataFrame:
+    """The settings of each perturbation level (:meth:`eacnn.config.AugmentConfig.level`), one column per level."""
+    return pd.DataFrame({PERTURBATION_LEVELS[k]: vars(AugmentConfig.level(k)) for k in levels})
+
+
+def perturbed_examples(dataset, row: int, levels=(1, 2, 3), seed: int = 0) -> dict:
+    """One structure's query pattern at each perturbation level, as ``"<name> (level k)"`` -> [n_bins] vector."""
+    return {f"{PERTURBATION_LEVELS[k]} (level {k})": query_patterns(dataset, np.array([row]), k, seed=seed)[0]
+            for k in levels}
+
+
+def best_epoch(log: pd.DataFrame) -> pd.Series:
+    """The row of a training log that selection kept: the best ``val_score`` (mean of clean and perturbed
+    validation Top-1) where the log has one, else the best clean ``val_top1`` (logs of the earlier protocol)."""
+    score = log["val_score"] if "val_score" in log and log["val_score"].notna().any() else log["val_top1"]
+    return log.loc[score.idxmax()]
+
+
+def validation_pool(log: pd.DataFrame, default: int) -> int:
+    """Candidates per validation query of a training log (``val_pool``); ``default`` for logs without it."""
+    if "val_pool" in log and log["val_pool"].notna().any():
+        return int(log["val_pool"].dropna().iloc[-1])
+    return int(default)
+
+
+def training_summary(logs: dict, n_val: int) -> pd.DataFrame:
+    """One row per run (name -> per-epoch training log): epochs trained, the epoch kept, the validation pool, the
+    kept epoch's clean and moderately perturbed validation Top-1 (percent), the final temperature and the
+    training time (minutes). ``n_val``: validation pool of logs that do not record it."""
+    rows = {}
+    for name, log in logs.items():
+        best = best_epoch(log)
+        rows[name] = {"epochs": int(log["epoch"].max()), "best epoch": int(best["epoch"]),
+                      "validation pool": validation_pool(log, n_val), "val Top-1 clean (%)": 100 * best["val_top1"],
+                      "val Top-1 moderate (%)": 100 * best.get("val_top1_perturbed", np.nan),
+                      "final temperature": float(log["temperature"].iloc[-1]),
+                      "training time (min)": float(log["seconds"].sum() / 60)}
+    return pd.DataFrame(rows).T
+
+
+def ablation_table(path=None) -> pd.DataFrame:
+    """The shipped ablation of the structure tower (``eacnn/data/ablation.csv``, written by
+    ``scripts/ablation.py``); an empty DataFrame when the file is absent."""
+    path = DATA_DIR / "ablation.csv" if path is None else path
+    return pd.read_csv(path) if Path(path).is_file() else pd.DataFrame()
+
+
+def ablation_highlights(ablation: pd.DataFrame) -> dict:
+    """From :func:`ablation_table`: ``epochs`` per variant, the variant best on moderately perturbed validation
+    queries (``best``: its structure tower; ``best_clean``, ``best_moderate``: its Top-1) and the paper tower's clean
+    Top-1 (``paper_clean``). Empty for an empty table."""
+    if len(ablation) == 0:
+        return {}
+    best = ablation.loc[ablation["val Top-1 moderate (%)"].idxmax()]
+    paper = ablation[ablation["variant"] == "paper"].iloc[0]
+    return {"epochs": int(ablation["epochs"].iloc[0]), "best": best["structure tower"],
+            "paper_clean": float(paper["val Top-1 clean (%)"]), "best_clean": float(best["val Top-1 clean (%)"]),
+            "best_moderate": float(best["val Top-1 moderate (%)"])}
+
+
+def model_sizes(models: dict) -> pd.DataFrame:
+    """Parameters of each model (name -> :class:`eacnn.models.EACNN`): MACE, the whole structure tower, the XRD
+    tower and the total."""
+    rows = {}
+    for name, m in models.items():
+        s = m.structure_encoder
+        rows[name] = {"MACE": _n_params(s.mace), "structure tower": _n_params(s),
+                      "XRD tower": _n_params(m.xrd_encoder), "total": _n_params(m)}
+    out = pd.DataFrame(rows).T
+    out.index.name = "model"
+    return out
+
+
+def _n_params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The embedding space by crystal system (chapter 7)
+# ---------------------------------------------------------------------------------------------------------------
+def embedding_spaces(embeddings: Sequence[Embeddings], dataset, raw_patterns: bool = True) -> dict:
+    """(method, space) -> [n, d] unit vectors of the same test rows: each model's structure tower and its XRD tower
+    on clean patterns, and (``raw_patterns``) the raw simulated patterns as a reference."""
+    spaces = {}
+    for e in embeddings:
+        spaces[(e.name, "structure tower")] = e.structures
+        spaces[(e.name, "XRD tower (clean patterns)")] = e.patterns[0]
+    if raw_patterns:
+        spaces[("raw simulated patterns", "140 bins")] = normalize(dataset.vectors[embeddings[0].index])
+    return spaces
+
+
+def crystal_system_separation(spaces: dict, classes: np.ndarray, k: int = 10, silhouette_sample: int = 2000,
+                              seed: int = 0) -> pd.DataFrame:
+    """How well each space separates the classes (crystal systems): k-NN purity (:func:`neighbour_purity`, all
+    points) and the cosine silhouette score (on a seeded sample of ``silhouette_sample`` points)."""
+    from sklearn.metrics import silhouette_score  # sklearn: only the embedding-space analyses need it
+
+    classes = np.asarray(classes)
+    sample = np.random.default_rng(seed).choice(len(classes), size=min(silhouette_sample, len(classes)),
+                                                replace=False)
+    rows = {key: {f"{k}-NN crystal-system purity (%)": neighbour_purity(z, classes, k=k),
+                  "silhouette by crystal system": float(silhouette_score(z[sample], classes[sample], metric="cosine"))}
+            for key, z in spaces.items()}
+    return pd.DataFrame(rows).T
+
+
+def tsne_maps(spaces: dict, n: int = 1500, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """2-D t-SNE maps (cosine metric, PCA start) of the same seeded sample of ``n`` points in every space.
+
+    Returns:
+        (sample [n] positions into the spaces' rows, key -> [n, 2] map).
+    """
+    from sklearn.manifold import TSNE  # sklearn: only the embedding-space analyses need it
+
+    size = len(next(iter(spaces.values())))
+    pick = np.random.default_rng(seed).choice(size, size=min(n, size), replace=False)
+    maps = {key: TSNE(n_components=2, metric="cosine", init="pca", random_state=seed,
+                      perplexity=min(30, len(pick) // 4)).fit_transform(z[pick]) for key, z in spaces.items()}
+    return pick, maps
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Measured patterns (chapter 9)
+# ---------------------------------------------------------------------------------------------------------------
+def rerank_comparison(report: pd.DataFrame, reranked: pd.DataFrame, top: int) -> pd.DataFrame:
+    """Rank of the right formula per (phase, filter): by the model, and after re-ranking its ``top`` candidates
+    (both :func:`eacnn.retrieval.search.phase_report` tables of the same patterns)."""
+    return pd.DataFrame({"model rank": report["rank"].to_numpy(),
+                         f"re-ranked (top {top})": reranked["rank"].to_numpy()},
+                        index=pd.MultiIndex.from_frame(report[["phase", "filter"]]))

@@ -1,41 +1,218 @@
 """The ``eacnn`` command line, on the same dataclasses as the notebooks.
 
-    eacnn simulate STRUCTURE.cif [--plot out.png] [--json]   the 140-bin pattern of a structure
+    eacnn simulate STRUCTURE.cif [--wavelength Cu|Å] [--plot out.png] [--json]   the 140-bin pattern of a structure
     eacnn build [--profile P] [--set KEY=VALUE]...          build (or load) the cached data set
     eacnn train [--profile P] [--set KEY=VALUE]... [--run-dir D]   train; resumes D
+    eacnn search PATTERN [--wavelength Cu|Å] [--elements Mn,O] [--top N] [--rerank N] [--plot hits.pdf] [--json]
     eacnn book [--profile smoke|cpu|paper]                   execute every notebook and render the book
+
+Every argument and every file named on the command line is checked before torch, mace or any data set is loaded.
+Bad input exits with code 2 and one line that names the value and the file; Ctrl-C exits with 130 and one line,
+leaving no partial output (outputs are written to a temporary file, then renamed). Library warnings are silenced
+here, on the command path only (``-v`` shows them; ``import eacnn`` sets no filter), and with ``--json`` stdout
+holds the JSON document alone (whatever a library prints while loading goes to stderr).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
+import math
+import os
+import signal
 import sys
+import warnings
 from pathlib import Path
 
-from .errors import EACNNError
+from eacnn.errors import EACNNError
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
+
+#: Formats ``--plot`` writes, chosen by the file name's extension.
+FIGURE_FORMATS = ("png", "pdf", "svg")
+#: Most candidates ``--rerank`` refines (each costs a grid of ~270 profiled patterns).
+MAX_RERANK = 1000
+#: Exit codes: bad input, interrupted by Ctrl-C (128 + SIGINT), out of memory or a broken pipe.
+EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_FAILED = 2, 130, 1
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Argument types: each turns the text into a value or says what is wrong with it (argparse adds the flag's name)
+# ---------------------------------------------------------------------------------------------------------------
+def _whole(minimum: int, maximum: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum or (maximum is not None and value > maximum):
+            bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+            raise argparse.ArgumentTypeError(f"expected a whole number {bounds}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _b_factor(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number of Å² >= 0, got {text!r}")
+    return value
+
+
+def _wavelength(text: str) -> float:
+    from eacnn.measured.io import resolve_wavelength  # numpy only
+
+    try:
+        return resolve_wavelength(text)
+    except EACNNError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _elements(text: str) -> list[str]:
+    from eacnn.datasets.structures import normalize_elements  # pandas and pymatgen's periodic table, no torch
+
+    try:
+        return normalize_elements(text)
+    except EACNNError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _writable(path: Path, text: str) -> Path:
+    """``path`` if a file can be created there: not a folder, and its nearest existing parent a writable folder."""
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; give a file name")
+    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be created: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be created: the folder {parent} is not writable")
+    return path
+
+
+def _figure(text: str) -> Path:
+    path = Path(text)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in FIGURE_FORMATS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the file name must end in {', '.join('.' + f for f in FIGURE_FORMATS)} (the format "
+            f"written), not {path.suffix or 'no extension'!r}"
+        )
+    return _writable(path, text)
+
+
+def _output(text: str) -> Path:
+    return _writable(Path(text), text)
+
+
+def _run_dir(text: str) -> Path:
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a run folder")
+    return path if path.exists() else _writable(path, text)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files named on the command line, checked before anything heavy is imported
+# ---------------------------------------------------------------------------------------------------------------
+def _database_sources(sources: list[str] | None) -> list[str]:
+    """The ``--database`` values, each 'embedded' or a folder holding CIF files; repeats dropped."""
+    out = []
+    for source in sources or ["embedded"]:
+        if source != "embedded":
+            folder = Path(source)
+            if not folder.is_dir():
+                what = "a file" if folder.exists() else "not there"
+                raise EACNNError(f"--database {source!r}: give 'embedded' or a folder of CIF files ({source} is {what})")
+            if not any(folder.glob("*.cif")):
+                raise EACNNError(f"--database {source!r}: the folder holds no *.cif file")
+        if source not in out:
+            out.append(source)
+    return out
+
+
+def _checkpoint_path(given: str | None) -> Path:
+    """The checkpoint to load: it exists and passes its SHA-256 (shipped) or zip CRC check."""
+    from eacnn.errors import CheckpointError
+    from eacnn.integrity import verify_file
+    from eacnn.training.checkpoint import DEFAULT_CHECKPOINT  # torch is imported only when a checkpoint is read
+
+    path = Path(given) if given else DEFAULT_CHECKPOINT
+    if path.is_dir():
+        raise CheckpointError(f"--checkpoint {given!r} is a folder; give a checkpoint file such as its best.pt")
+    if not path.is_file():
+        raise CheckpointError(f"--checkpoint: no checkpoint file at {path}")
+    verify_file(path, error=CheckpointError)
+    return path
+
+
+@contextlib.contextmanager
+def _about(subject):
+    """Name ``subject`` (the file being processed) in any eacnn error raised inside that does not name it yet."""
+    try:
+        yield
+    except EACNNError as err:
+        if str(subject) in str(err):
+            raise
+        raise type(err)(f"{subject}: {err}") from err
+
+
+def _save_figure(fig, path: Path) -> Path:
+    """Write ``fig`` in the format of ``path``'s extension, atomically (no partial file, even on Ctrl-C)."""
+    from eacnn.paths import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lower().lstrip("."), dpi=150, bbox_inches="tight")
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as err:
+        raise EACNNError(f"--plot {str(path)!r}: cannot write it ({err.strerror or err})") from None
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------------------------
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from .config import XRDConfig
-    from .structures import read_cif
-    from .xrd import XRDSimulator
+    from eacnn.config import XRDConfig
+    from eacnn.datasets.structures import read_cif
+    from eacnn.physics.xrd import XRDSimulator
 
-    structure = read_cif(args.structure)
-    cfg = XRDConfig(wavelength=args.wavelength, b_factor=args.b_factor)
+    cfg = XRDConfig(b_factor=args.b_factor, **({"wavelength": args.wavelength} if args.wavelength else {}))
+    structure = read_cif(args.structure)  # names the file in its errors; refuses overlapping atoms
     sim = XRDSimulator(cfg)
-    pattern = sim.get_pattern(structure)
-    vector = sim.vector(structure)
+    with _about(args.structure):
+        pattern = sim.get_pattern(structure)
+        vector = sim.vector(structure)
+    written = None
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from eacnn.book.plots import plot_sticks, plot_vector
+
+        ax = plot_vector(vector, config=cfg, color="k", label="140-bin model input")
+        plot_sticks(pattern.two_theta, pattern.intensity / 100, ax=ax, color="C0", label="reflections",
+                    hkls=pattern.hkls, annotate=6)
+        ax.legend(fontsize=8)
+        ax.set_title(structure.composition.reduced_formula)
+        written = _save_figure(ax.figure, args.plot)
     if args.json:
         print(json.dumps({
+            "structure": str(args.structure), "formula": structure.composition.reduced_formula,
+            "wavelength": cfg.wavelength,
             "two_theta_bin_centers": cfg.bin_centers().round(3).tolist(),
             "vector": [round(float(v), 6) for v in vector],
             "peaks": [{"two_theta": round(float(t), 4), "intensity": round(float(i), 3), "d": round(float(d), 5),
                        "hkl": [list(f["hkl"]) for f in h]}
                       for t, i, d, h in zip(pattern.two_theta, pattern.intensity, pattern.d_hkls, pattern.hkls)],
+            **({"plot": str(written)} if written else {}),
         }))
     else:
         print(f"{structure.composition.reduced_formula}: {len(pattern)} peaks in {cfg.two_theta_min}–"
@@ -44,21 +221,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         for t, i, d, h in zip(pattern.two_theta, pattern.intensity, pattern.d_hkls, pattern.hkls):
             if i >= 1.0:
                 print(f"{t:9.3f} {d:8.4f} {i:7.1f}  {' '.join(''.join(map(str, f['hkl'])) for f in h)}")
-    if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        from .plots import plot_sticks, plot_vector, save_figure
-
-        ax = plot_vector(vector, config=cfg, color="k", label="140-bin model input")
-        plot_sticks(pattern.two_theta, pattern.intensity / 100, ax=ax, color="C0", label="reflections",
-                    hkls=pattern.hkls, annotate=6)
-        ax.legend(fontsize=8)
-        ax.set_title(structure.composition.reduced_formula)
-        from pathlib import Path
-
-        out = Path(args.plot)
-        print(f"plot written to {save_figure(ax, out.stem, folder=out.parent or Path('.'))}", file=sys.stderr)
+    if written:
+        print(f"plot written to {written}", file=sys.stderr)
     return 0
 
 
@@ -67,20 +231,25 @@ def _parse_overrides(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
-        if not sep:
+        if not sep or not key.strip():
             raise EACNNError(f"--set expects KEY=VALUE, got {pair!r}")
         try:
-            out[key] = json.loads(value)
+            out[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
-            out[key] = value
+            out[key.strip()] = value
     return out
 
 
-def _cmd_build(args: argparse.Namespace) -> int:
-    from .config import Config
-    from .dataset import build_dataset
+def _config(args: argparse.Namespace):
+    from eacnn.config import Config
 
-    cfg = Config.from_profile(args.profile).replace(**_parse_overrides(args.set))
+    return Config.from_profile(args.profile).replace(**_parse_overrides(args.set))
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    cfg = _config(args)  # overrides checked before the data set code is imported
+    from eacnn.datasets.dataset import build_dataset
+
     ds = build_dataset(cfg)
     counts = {s: len(ds.indices(s)) for s in ("train", "val", "test")}
     print(f"{len(ds):,} structures {counts}; {len(ds.skipped)} skipped; cache {ds.cache_path}")
@@ -88,14 +257,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .config import Config
-    from .dataset import build_dataset
-    from .train import fit
+    cfg = _config(args)
+    from eacnn.datasets.dataset import build_dataset
+    from eacnn.training.loop import fit
 
-    cfg = Config.from_profile(args.profile).replace(**_parse_overrides(args.set))
     ds = build_dataset(cfg)
     if args.classifier:
-        from .classifier import ClassifierConfig, fit_classifier
+        from eacnn.training.classifier import ClassifierConfig, fit_classifier
 
         out = Path(args.classifier)
         _, history = fit_classifier(cfg, ds, ClassifierConfig(epochs=cfg.train.epochs), path=out)
@@ -110,73 +278,92 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    import torch
+    # 1. the files named on the command line (flags were checked by the parser): numpy and scipy only
+    from eacnn.measured import read_pattern, to_model_grid
 
-    from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, model_from_checkpoint
-    from .config import Config
-    from .measured import read_pattern, to_model_grid
-    from .search import calibrate, load_database, rank, refine
+    grid = to_model_grid(read_pattern(args.pattern, wavelength=args.wavelength))  # errors name the file
+    sources = _database_sources(args.database)
+    checkpoint = _checkpoint_path(args.checkpoint)
 
-    torch.set_flush_denormal(True)
-    grid = to_model_grid(read_pattern(args.pattern, wavelength=args.wavelength))
-    ckpt = load_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT)
-    model = model_from_checkpoint(ckpt)
-    cfg = Config.from_dict(ckpt["config"])
-    db = load_database(args.database or ["embedded"], model, cfg, progress=not args.json)
-    elements = args.elements.split(",") if args.elements else None
-    if args.rerank < 0:
-        raise EACNNError(f"--rerank must be >= 0, got {args.rerank}")
-    hits = rank(grid.vector, model, db, top=max(args.top, args.rerank), elements=elements)
-    cal = calibrate(model, cfg)
-    # the verdict is the model's: its calibrated top-1 similarity, before any re-ranking
-    confident = bool(len(hits)) and float(hits.similarity.iloc[0]) >= cal.threshold
-    if args.rerank:
-        hits = refine(grid.vector, hits.head(args.rerank), db, cfg, covered=grid.covered)
-    hits = hits.head(args.top)
-    verdict = "match" if confident else "no confident match"
+    # 2. the model, the database, the ranking; whatever torch or mace print goes to stderr, not into --json
+    with contextlib.redirect_stdout(sys.stderr):
+        import torch  # heavy: only once every argument has been checked
+
+        from eacnn.config import Config
+        from eacnn.retrieval.search import calibrate, load_database, rank, refine
+        from eacnn.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+        torch.set_flush_denormal(True)
+        ckpt = load_checkpoint(checkpoint)
+        model = model_from_checkpoint(ckpt)
+        cfg = Config.from_dict(ckpt["config"])
+        db = load_database(sources, model, cfg, progress=not args.json)
+        hits = rank(grid.vector, model, db, top=max(args.top, args.rerank), elements=args.elements)
+        cal = calibrate(model, cfg)
+        # the verdict is the model's: its calibrated top-1 similarity, before any re-ranking
+        top1 = float(hits.similarity.iloc[0])
+        verdict = "match" if top1 >= cal.threshold else "no confident match"
+        if args.rerank:
+            hits = refine(grid.vector, hits.head(args.rerank), db, cfg, covered=grid.covered)
+        hits = hits.head(args.top)
+        written = _search_plot(grid, hits, db, args.plot) if args.plot else None
+
+    # 3. the answer
     if args.json:
         print(json.dumps({
-            "pattern": str(args.pattern), "coverage": round(float(grid.coverage), 4), "verdict": verdict,
-            "threshold": round(cal.threshold, 4),
+            "pattern": str(args.pattern), "wavelength": grid.wavelength, "coverage": round(float(grid.coverage), 4),
+            "verdict": verdict,
+            "threshold": round(cal.threshold, 4), "candidates": len(db.labels),
             "results": [{"rank": int(r.rank), "id": r.id, "formula": r.formula, "spacegroup": r.spacegroup,
                          "similarity": round(float(r.similarity), 4),
                          **({"agreement": round(float(r.agreement), 4), "strain": round(float(r.strain), 4),
                              "zero_shift": round(float(r.zero_shift), 3)} if args.rerank else {})}
                         for r in hits.itertuples()],
+            **({"plot": str(written)} if written else {}),
         }))
     else:
-        print(f"{args.pattern}: coverage of 10–80° {100 * grid.coverage:.0f} %; {len(db.labels):,} candidates")
+        n = len(db.labels)
+        print(f"{args.pattern} (λ = {grid.wavelength} Å): coverage of 10–80° {100 * grid.coverage:.0f} %; "
+              f"{n:,} candidate{'s' * (n != 1)}")
         cols = ["rank", "id", "formula", "spacegroup", "similarity"]
         if args.rerank:
             cols += ["agreement", "strain", "zero_shift"]
             print(f"top {args.rerank} re-ranked by pattern agreement after a fitted lattice scale and zero shift")
         print(hits[cols].to_string(index=False, float_format="%.4f"))
-        print(f"verdict: {verdict} (top-1 similarity {hits.similarity.iloc[0]:.4f}; threshold {cal.threshold:.4f}, "
+        print(f"verdict: {verdict} (top-1 similarity {top1:.4f}; threshold {cal.threshold:.4f}, "
               f"fitted on {cal.n_queries} validation queries, each with its structure present and absent, for "
               f"{100 * cal.target:.0f} % precision of a match)")
-    if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        from .plots import plot_vector, save_figure
-
-        n = min(3, len(hits))
-        fig, axes = plt.subplots(n + 1, 1, figsize=(7, 1.6 * (n + 1)), sharex=True, layout="constrained")
-        plot_vector(grid.vector, ax=axes[0], color="k", label="measured (binned)")
-        axes[0].legend(fontsize=7)
-        for ax, r in zip(axes[1:], hits.itertuples()):
-            plot_vector(grid.vector, ax=ax, color="0.7")
-            plot_vector(db.vectors[r.row], ax=ax, color="C0", label=f"#{r.rank} {r.formula} {r.spacegroup} ({r.id})")
-            ax.legend(fontsize=7)
-        out = Path(args.plot)
-        save_figure(fig, out.stem, folder=out.parent)
+    if written:
+        print(f"plot written to {written}", file=sys.stderr)
     return 0
 
 
+def _search_plot(grid, hits, db, path: Path) -> Path:
+    """The measured pattern over the top hits' simulated patterns, written to ``path`` (its extension's format)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from eacnn.book.plots import plot_vector
+
+    n = min(3, len(hits))
+    fig, axes = plt.subplots(n + 1, 1, figsize=(7, 1.6 * (n + 1)), sharex=True, layout="constrained", squeeze=False)
+    axes = axes[:, 0]
+    plot_vector(grid.vector, ax=axes[0], color="k", label="measured (binned)")
+    axes[0].legend(fontsize=7)
+    for ax, r in zip(axes[1:], hits.itertuples()):
+        plot_vector(grid.vector, ax=ax, color="0.7")
+        plot_vector(db.vectors[r.row], ax=ax, color="C0", label=f"#{r.rank} {r.formula} {r.spacegroup} ({r.id})")
+        ax.legend(fontsize=7)
+    try:
+        return _save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
 def _cmd_book(args: argparse.Namespace) -> int:
-    from .book import build_book
+    from eacnn.book.build import build_book
 
     result = build_book(profile=args.profile, keep_going=args.keep_going)
     for nb, sec in result.timings.items():
@@ -185,16 +372,39 @@ def _cmd_book(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Parser and entry point
+# ---------------------------------------------------------------------------------------------------------------
+class _Interrupt(KeyboardInterrupt):
+    """Ctrl-C on the command path. A subclass on purpose: when a plain KeyboardInterrupt once leaves code that
+    CPython evaluates from a string (as some extensions do while they are imported), the interpreter kills itself
+    with SIGINT at exit even though the exception was caught, and the exit code is lost."""
+
+
+def _interrupt(signum, frame):
+    raise _Interrupt
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, ``eacnn search: error: argument --top: ...``, with exit code 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+_WAVELENGTH_HELP = "Å (e.g. 1.5406, 0.71073) or an anode's Kα1 line: Cu, Mo, Co, Cr, Fe, Ag, also as 'Cu Kα1' or CuKa1"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="eacnn", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    parser = _Parser(prog="eacnn", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO) and show library warnings")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("simulate", help="simulate the powder pattern of a CIF file")
     p.add_argument("structure", help="a CIF file")
-    p.add_argument("--wavelength", type=float, default=1.5406, help="Å (default Cu Kα1 1.5406)")
-    p.add_argument("--b-factor", type=float, default=0.5, help="isotropic Debye–Waller B, Å² (default 0.5)")
-    p.add_argument("--plot", help="write a PNG of the pattern here")
+    p.add_argument("--wavelength", type=_wavelength, default=None, help=_WAVELENGTH_HELP + " (default Cu Kα1)")
+    p.add_argument("--b-factor", type=_b_factor, default=0.5, help="isotropic Debye–Waller B, Å² (default 0.5)")
+    p.add_argument("--plot", type=_figure, help="write the pattern as a figure here (.png, .pdf or .svg)")
     p.add_argument("--json", action="store_true", help="print the vector and peaks as JSON")
     p.set_defaults(func=_cmd_simulate)
 
@@ -206,23 +416,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (checkpoints each epoch; resumes a run folder)")
     p.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "paper"])
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. model.kind=paper")
-    p.add_argument("--run-dir", help="run folder (default: under $EACNN_RUNS, named by config and data)")
+    p.add_argument("--run-dir", type=_run_dir, help="run folder (default: under $EACNN_RUNS, named by config and data)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing last.pt instead of resuming")
-    p.add_argument("--classifier", metavar="FILE",
+    p.add_argument("--classifier", metavar="FILE", type=_output,
                    help="train the space-group classifier baseline instead (train.epochs epochs) and save it to FILE")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("search", help="identify a measured pattern: rank database structures by the trained model")
     p.add_argument("pattern", help="a measured pattern (.xy, .txt, .csv, .dat, .xrdml, optionally .gz)")
     p.add_argument("--database", action="append", help="'embedded' (default) or a folder of CIF files; repeatable")
-    p.add_argument("--wavelength", default=None, help="Å or a name (Cu, Mo, Co, Cr, Fe, Ag); default Cu Kα1")
-    p.add_argument("--elements", help="only candidates made of these elements, e.g. Mn,O")
-    p.add_argument("--top", type=int, default=10, help="how many candidates to list (default 10)")
-    p.add_argument("--rerank", type=int, default=0, metavar="N",
+    p.add_argument("--wavelength", type=_wavelength, default=None,
+                   help=_WAVELENGTH_HELP + " (default: the file's Kα1 for .xrdml, else Cu Kα1)")
+    p.add_argument("--elements", type=_elements, help="only candidates made of these elements, e.g. Mn,O (any case)")
+    p.add_argument("--top", type=_whole(1), default=10, help="how many candidates to list (default 10)")
+    p.add_argument("--rerank", type=_whole(0, MAX_RERANK), default=0, metavar="N",
                    help="re-rank the model's top N by pattern agreement after fitting a lattice scale (±2 %%) and "
                         "zero shift (±0.3°) per candidate (default 0: off)")
-    p.add_argument("--plot", help="write a PNG of the pattern over the top hits' simulated patterns")
-    p.add_argument("--json", action="store_true", help="print the ranked list as JSON")
+    p.add_argument("--plot", type=_figure,
+                   help="write the pattern over the top hits' simulated patterns here (.png, .pdf or .svg)")
+    p.add_argument("--json", action="store_true", help="print the ranked list as JSON (stdout holds only the JSON)")
     p.add_argument("--checkpoint", help="a trained checkpoint (default: the shipped one)")
     p.set_defaults(func=_cmd_search)
 
@@ -234,14 +446,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose or args.command in ("book", "train", "build") else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    """Run one command; returns the exit code (0, 2 for bad input, 130 when interrupted, 1 otherwise)."""
+    name = "eacnn"
+    interrupted = False
+    previous = None
+    with contextlib.suppress(ValueError):  # ValueError: not the main thread, where only the default handler runs
+        previous = signal.signal(signal.SIGINT, _interrupt)
     try:
-        return args.func(args)
-    except EACNNError as err:
-        print(f"eacnn {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as err:
-        print(f"eacnn {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as done:  # --help, or a bad argument (already reported in one line)
+            return done.code if isinstance(done.code, int) else EXIT_BAD_INPUT
+        name = f"eacnn {args.command}"
+        logging.basicConfig(level=logging.INFO if args.verbose or args.command in ("book", "train", "build")
+                            else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        with warnings.catch_warnings():
+            if not args.verbose:  # torch, e3nn and mace warn about their own internals on every run
+                warnings.simplefilter("ignore")
+            return args.func(args)
+    except (EACNNError, FileNotFoundError) as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        interrupted = True  # reported below, once the unwound frames (and their progress bars) are closed
+    except BrokenPipeError:  # e.g. `eacnn simulate x.cif | head`
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except MemoryError:
+        print(f"{name}: error: out of memory", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        print(f"{name}: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED

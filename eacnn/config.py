@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from eacnn.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -51,17 +53,28 @@ class XRDConfig:
         return self.two_theta_min + self.step * (np.arange(self.n_bins) + 0.5)
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # a str or NaN would otherwise surface as a TypeError or as no reflection
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                hint = (" (an anode name is resolved by eacnn.measured.resolve_wavelength, e.g. 'Mo' -> 0.70932)"
+                        if f.name == "wavelength" and isinstance(value, str) else "")
+                raise ConfigError(f"xrd.{f.name} must be a finite number, got {value!r}{hint}")
         if not 0 < self.wavelength < 10:
             raise ConfigError(f"xrd.wavelength must be in Å (0, 10), got {self.wavelength!r}")
         if not 0 <= self.two_theta_min < self.two_theta_max < 180:
             raise ConfigError(
                 f"need 0 <= two_theta_min < two_theta_max < 180, got {self.two_theta_min!r}, {self.two_theta_max!r}"
             )
+        if not self.step > 0:
+            raise ConfigError(f"xrd.step must be > 0 degrees, got {self.step!r}")
         span = (self.two_theta_max - self.two_theta_min) / self.step
-        if self.step <= 0 or abs(span - round(span)) > 1e-9:
+        if abs(span - round(span)) > 1e-9:
             raise ConfigError(f"xrd.step={self.step!r} must divide the 2θ window into whole bins")
         if self.fwhm <= 0 or not 0 <= self.eta <= 1 or self.b_factor < 0:
             raise ConfigError(f"bad profile: fwhm={self.fwhm!r} (>0), eta={self.eta!r} (0..1), b={self.b_factor!r} (>=0)")
+        if self.fine_step <= 0 or not 0 <= self.intensity_tol < 1 or self.two_theta_tol < 0:
+            raise ConfigError(f"need fine_step > 0, 0 <= intensity_tol < 1, two_theta_tol >= 0; got "
+                              f"{self.fine_step!r}, {self.intensity_tol!r}, {self.two_theta_tol!r}")
 
 
 @dataclass(frozen=True)
@@ -116,6 +129,9 @@ class ModelConfig:
     xrd_kernel: int = 5  # convolution kernel size, in 0.5° bins
     xrd_positions: int = 35  # 2θ positions kept after stage 2 (average-pooled, then flattened): 2° each
     n_bins: int = 140  # length of the pattern input (must equal xrd.n_bins)
+    # a second input channel of the XRD tower: the coverage mask (1 = the bin was measured), so a partial scan's
+    # zeros are not read as "no peak here"; patterns without a mask are read as fully measured
+    xrd_mask_channel: bool = False
     # -- shared space ---------------------------------------------------------------------------------------------
     init_temperature: float = 0.07  # CLIP: logit_scale starts at log(1 / 0.07)
     max_logit_scale: float = 100.0  # CLIP: exp(logit_scale) is clamped to at most this
@@ -144,11 +160,18 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training-time corruption of the augmented (XRD-tower) pattern (:mod:`eacnn.augment`).
+    """Training-time corruption of the augmented (XRD-tower) pattern (:mod:`eacnn.physics.perturb`).
 
     All zero = the clean pattern. ``AugmentConfig.level(k)`` gives the presets 0 (clean) .. 3 (strong).
     """
 
+    # "legacy": the corruptions below (levels 0-3); "measured": the model of real measurements with the ranges of
+    # Config.measure (eacnn.physics.measurement), the cell strained and re-simulated for anisotropic mismatch,
+    # and the coverage mask given to the XRD tower when model.xrd_mask_channel
+    kind: str = "legacy"
+    # with kind "measured": the fraction of each batch's queries drawn from the measurement model; the others get
+    # the legacy corruptions below, so clean-looking laboratory patterns stay in the training distribution
+    measured_fraction: float = 1.0
     strain: float = 0.005  # max |epsilon|; d-spacings scaled by 1 + epsilon, epsilon ~ U(-strain, strain)
     zero_shift: float = 0.05  # degrees 2θ; sample-displacement / zero error, delta ~ U(-zero_shift, zero_shift)
     size_min_nm: float = 30.0  # nm; crystallite size L ~ log-uniform in [size_min_nm, size_max_nm] (Scherrer)
@@ -178,7 +201,7 @@ class AugmentConfig:
     @property
     def is_identity(self) -> bool:
         """True when every corruption is switched off (the output is the clean vector)."""
-        return not (self.strain or self.zero_shift or self.size_broadening or self.intensity_jitter
+        return self.kind == "legacy" and not (self.strain or self.zero_shift or self.size_broadening or self.intensity_jitter
                     or self.noise or self.counts or self.background)
 
     @property
@@ -186,7 +209,11 @@ class AugmentConfig:
         return self.size_min_nm > 0 and self.size_max_nm > 0
 
     def __post_init__(self) -> None:
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if self.kind not in ("legacy", "measured"):
+            raise ConfigError(f"augment.kind must be 'legacy' or 'measured', got {self.kind!r}")
+        if not 0 <= self.measured_fraction <= 1:
+            raise ConfigError(f"augment.measured_fraction must be in [0, 1], got {self.measured_fraction!r}")
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "kind"}
         negative = {k: v for k, v in values.items() if v < 0}
         if negative:
             raise ConfigError(f"augmentation settings must be >= 0, got {negative}")
@@ -197,8 +224,100 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class MeasurementConfig:
+    """Ranges of the measurement model that training draws from (:func:`eacnn.physics.measurement.perturb_measured`;
+    each effect's cause and the sources of its range are in that module's docstring).
+
+    ``p_*`` fields are the fraction of patterns that show the effect; ``MeasurementConfig.off()`` switches every
+    effect off (sticks binned with a fixed Gaussian instrument width, full coverage, no noise).
+    """
+
+    scale_mean: float = -0.005  # mean of the isotropic mismatch ε = Δd/d: PBE's ~+1 % less ~0.5 % thermal expansion
+    scale_sd: float = 0.015  # sd of ε before truncation; 0 = ε is always scale_mean
+    scale_max: float = 0.03  # |ε| <= this (XRD-AutoAnalyzer's ±3 %, Szymanski et al. 2021); < 0.1
+    aniso_max: float = 0.015  # principal strains of the anisotropic strain E ~ U(-aniso_max, aniso_max); < 0.1
+    p_aniso: float = 0.7  # fraction with anisotropic strain (only where hkl and the cell are given)
+    displacement_mm: float = 0.2  # mm; sample displacement s ~ U(-, +); Δ2θ = -2 s cos θ / R
+    radius_mm: float = 240.0  # mm; goniometer radius R (lab Bragg–Brentano: 185–300 mm)
+    zero_shift: float = 0.05  # degrees 2θ; goniometer zero offset ~ U(-, +)
+    p_texture: float = 0.5  # fraction with March–Dollase texture (only where hkl and the cell are given)
+    march_r_min: float = 0.6  # March parameter r, log-uniform in [min, max]; r < 1 platelets, r > 1 needles
+    march_r_max: float = 1.4  # (r = 1: random powder)
+    texture_index: int = 2  # the preferred direction [uvw]* has integer components in [-index, index], not all 0
+    intensity_jitter: float = 0.1  # σ of the log-normal factor per peak (particle statistics, extinction)
+    b_min: float = -0.3  # Å²; extra Debye–Waller ΔB ~ U(b_min, b_max) on top of the simulator's B
+    b_max: float = 1.5  # Å²
+    caglioti_u: float = 0.02  # deg²; U ~ U(0, caglioti_u) of FWHM² = U tan²θ + V tanθ + W (Caglioti 1958)
+    caglioti_v: float = 0.8  # V = -2 v √(U W) with v ~ U(0, caglioti_v) < 1, so FWHM² > 0 everywhere
+    caglioti_w_min: float = 0.002  # deg²; W ~ U(min, max), > 0
+    caglioti_w_max: float = 0.02  # deg²
+    lorentz_min: float = 0.01  # degrees 2θ; instrumental Lorentzian FWHM ~ U(min, max)
+    lorentz_max: float = 0.05  # degrees 2θ
+    size_min_nm: float = 15.0  # nm; crystallite size, log-uniform (Scherrer); 0 in either bound = no size width
+    size_max_nm: float = 1000.0  # nm
+    scherrer_k: float = 0.9  # Scherrer shape factor K
+    microstrain_max: float = 0.003  # microstrain e ~ U(0, max) (Δd/d); Gaussian width 4 e tan θ (radians)
+    p_ka2: float = 0.5  # fraction measured with Cu Kα2 present
+    ka2_ratio_min: float = 0.48  # Kα2 / Kα1 area ratio ~ U(min, max) (ideal 0.5)
+    ka2_ratio_max: float = 0.52
+    p_impurity: float = 0.3  # fraction with an impurity phase (where impurity sticks are given)
+    impurity_min: float = 0.02  # strongest impurity stick / strongest main stick ~ U(min, max)
+    impurity_max: float = 0.2
+    p_amorphous: float = 0.3  # fraction with an amorphous hump
+    amorphous_max: float = 0.15  # hump height ~ U(0, max), fraction of the strongest crystalline bin
+    amorphous_center_min: float = 18.0  # degrees 2θ; hump centre ~ U(min, max) (silica glass: ~22° with Cu Kα)
+    amorphous_center_max: float = 32.0
+    amorphous_fwhm_min: float = 6.0  # degrees 2θ; hump FWHM ~ U(min, max)
+    amorphous_fwhm_max: float = 14.0
+    p_fluorescence: float = 0.3  # fraction with a fluorescence background
+    fluorescence_max: float = 0.3  # flat level ~ U(0, max), fraction of the strongest crystalline bin
+    air_max: float = 0.05  # air scatter at 10° ~ U(0, max), decaying with a length ~ U(3, 15)° of 2θ
+    counts_min: float = 1e3  # counts in the strongest bin, log-uniform (Poisson); 0 in either bound = no noise
+    counts_max: float = 1e5
+    p_window: float = 0.25  # fraction scanned over a random window only
+    window_lo_max: float = 30.0  # degrees 2θ; window start ~ U(two_theta_min, window_lo_max)
+    window_hi_min: float = 50.0  # degrees 2θ; window end ~ U(window_hi_min, two_theta_max)
+    min_span: float = 20.0  # degrees 2θ; shortest window
+    p_low_angle: float = 0.15  # fraction with a low-angle-only scan, two_theta_min to U(low_hi_min, low_hi_max)
+    low_hi_min: float = 30.0  # degrees 2θ
+    low_hi_max: float = 60.0  # degrees 2θ
+
+    @classmethod
+    def off(cls) -> "MeasurementConfig":
+        """Every effect off: sticks binned with a 0.15° Gaussian, full coverage, no noise."""
+        return cls(scale_mean=0.0, scale_sd=0.0, scale_max=0.0, aniso_max=0.0, p_aniso=0.0, displacement_mm=0.0,
+                   zero_shift=0.0, p_texture=0.0, intensity_jitter=0.0, b_min=0.0, b_max=0.0, caglioti_u=0.0,
+                   caglioti_v=0.0, caglioti_w_min=0.0225, caglioti_w_max=0.0225, lorentz_min=0.0, lorentz_max=0.0,
+                   size_min_nm=0.0, size_max_nm=0.0, microstrain_max=0.0, p_ka2=0.0, p_impurity=0.0,
+                   p_amorphous=0.0, p_fluorescence=0.0, air_max=0.0, counts_min=0.0, counts_max=0.0,
+                   p_window=0.0, p_low_angle=0.0)
+
+    def __post_init__(self) -> None:
+        bad = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name != "scale_mean" and f.name != "b_min" and getattr(self, f.name) < 0}
+        bad.update({k: v for k, v in vars(self).items() if k.startswith("p_") and v > 1})
+        if self.p_window + self.p_low_angle > 1:
+            bad["p_window + p_low_angle"] = self.p_window + self.p_low_angle
+        if self.scale_max >= 0.1 or self.aniso_max >= 0.1 or self.caglioti_v >= 1 or self.caglioti_w_min <= 0:
+            bad.update(scale_max=self.scale_max, aniso_max=self.aniso_max, caglioti_v=self.caglioti_v,
+                       caglioti_w_min=self.caglioti_w_min)
+        pairs = [("march_r_min", "march_r_max"), ("b_min", "b_max"), ("caglioti_w_min", "caglioti_w_max"),
+                 ("lorentz_min", "lorentz_max"), ("size_min_nm", "size_max_nm"), ("ka2_ratio_min", "ka2_ratio_max"),
+                 ("impurity_min", "impurity_max"), ("amorphous_center_min", "amorphous_center_max"),
+                 ("amorphous_fwhm_min", "amorphous_fwhm_max"), ("counts_min", "counts_max"),
+                 ("low_hi_min", "low_hi_max")]
+        bad.update({f"{lo} > {hi}": (getattr(self, lo), getattr(self, hi)) for lo, hi in pairs
+                    if getattr(self, lo) > getattr(self, hi)})
+        if self.march_r_min <= 0 or self.texture_index < 1:
+            bad.update(march_r_min=self.march_r_min, texture_index=self.texture_index)
+        if bad:
+            raise ConfigError(f"MeasurementConfig: bad values {bad} (probabilities in [0, 1], scales < 0.1, "
+                              "caglioti_v < 1, caglioti_w_min > 0, march_r_min > 0, min <= max)")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    """One training run (paper §2.5; :func:`eacnn.train.fit`)."""
+    """One training run (paper §2.5; :func:`eacnn.training.loop.fit`)."""
 
     epochs: int = 30  # passes over the training split (the maximum; early stopping may end sooner)
     batch_size: int = 256  # structures per optimiser step, over all processes (also the in-batch retrieval pool)
@@ -219,8 +338,14 @@ class TrainConfig:
     # augmentation level (AugmentConfig.level) of a second, seeded set of validation queries; the epoch is scored
     # by the mean of the clean and this level's Top-1 (clean only when 0), so selection also rewards robustness
     val_level: int = 0
+    # fraction of each batch drawn as groups of 4 structures sharing a space group (look-alikes: hard negatives)
+    lookalike_fraction: float = 0.0
+    # other structures of the batch with the same reduced formula and space group are not negatives (masked)
+    mask_duplicates: bool = False
 
     def __post_init__(self) -> None:
+        if not 0 <= self.lookalike_fraction <= 1:
+            raise ConfigError(f"train.lookalike_fraction must be in [0, 1], got {self.lookalike_fraction!r}")
         if self.epochs < 1 or self.batch_size < 2 or self.eval_batch_size < 1:
             raise ConfigError(
                 f"need epochs >= 1, batch_size >= 2, eval_batch_size >= 1; got {self.epochs!r}, "
@@ -248,6 +373,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    measure: MeasurementConfig = field(default_factory=MeasurementConfig)  # used when augment.kind == "measured"
 
     # ---- presets -------------------------------------------------------------------------------------------
     @classmethod
@@ -310,27 +436,30 @@ class Config:
         return _from_dict(cls, d)
 
 
-def _replace(obj: Any, dotted: dict[str, Any]) -> Any:
+def _replace(obj: Any, dotted: dict[str, Any], prefix: str = "") -> Any:
     names = {f.name: f for f in dataclasses.fields(obj)}
     direct: dict[str, Any] = {}
     nested: dict[str, dict[str, Any]] = {}
     for key, value in dotted.items():
         head, _, rest = key.partition(".")
         if head not in names:
-            raise ConfigError(f"{type(obj).__name__} has no field {head!r} (from override {key!r}); fields: {sorted(names)}")
+            raise ConfigError(f"{type(obj).__name__} has no field {head!r} (from override {prefix + key!r}); "
+                              f"fields: {sorted(names)}")
         if rest:
             nested.setdefault(head, {})[rest] = value
         else:
             current = getattr(obj, head)
             if dataclasses.is_dataclass(current):
-                raise ConfigError(f"override {key!r} replaces a whole section; name a field, e.g. {key}.<field>")
+                raise ConfigError(f"override {prefix + key!r} replaces a whole section; name a field, e.g. "
+                                  f"{prefix + key}.<field>")
             if current is not None and not isinstance(value, type(current)) and not (
                 isinstance(current, float) and isinstance(value, int)
             ):
-                raise ConfigError(f"{key}={value!r} has type {type(value).__name__}, expected {type(current).__name__}")
+                raise ConfigError(f"{prefix + key}={value!r} has type {type(value).__name__}, expected "
+                                  f"{type(current).__name__}")
             direct[head] = float(value) if isinstance(current, float) else value
     for head, sub in nested.items():
-        direct[head] = _replace(getattr(obj, head), sub)
+        direct[head] = _replace(getattr(obj, head), sub, f"{prefix}{head}.")
     return dataclasses.replace(obj, **direct)
 
 
@@ -353,4 +482,5 @@ _TYPES: dict[str, type] = {
     "ModelConfig": ModelConfig,
     "TrainConfig": TrainConfig,
     "AugmentConfig": AugmentConfig,
+    "MeasurementConfig": MeasurementConfig,
 }

@@ -35,6 +35,11 @@ class CheckpointError(EACNNError, RuntimeError):
     """A checkpoint is unreadable, corrupt, or was made for another config or data set."""
 
 
+class IntegrityError(EACNNError, RuntimeError):
+    """A file fails its check: a shipped file differs from the SHA-256 recorded in the package, or a zip archive
+    (a checkpoint) fails its CRC. The message names the file and says how to get a good copy."""
+
+
 class ConfigError(EACNNError, ValueError):
     """A config override names a field that does not exist, or gives a value of the wrong type."""
 

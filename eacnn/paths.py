@@ -9,7 +9,7 @@ variable                  meaning                                         defaul
                                                                           checkout, else ``~/.cache/eacnn``
 ``EACNN_CACHE``           built datasets (vectors, sticks, graphs)         ``$EACNN_HOME/datasets``
 ``EACNN_RUNS``            training runs (checkpoints, logs)                ``$EACNN_HOME/runs``
-``EACNN_FIGURES``         figures written by :func:`eacnn.plots.save_figure` ``$EACNN_HOME/figures``
+``EACNN_FIGURES``         figures written by :func:`eacnn.book.plots.save_figure` ``$EACNN_HOME/figures``
 ========================  ==============================================  ===========================
 """
 
@@ -73,8 +73,12 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or Ctrl-C mid-write leaves neither a partial file nor the temporary one
+        tmp.unlink(missing_ok=True)
+        raise

@@ -31,10 +31,10 @@ VARIANTS = {
 
 def main() -> None:
     from eacnn.config import Config
-    from eacnn.dataset import build_dataset
+    from eacnn.datasets.dataset import build_dataset
     from eacnn.models import count_parameters
     from eacnn.paths import runs_dir
-    from eacnn.train import fit
+    from eacnn.training.loop import fit
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=5)

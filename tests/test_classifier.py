@@ -7,15 +7,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from eacnn.checkpoint import save_checkpoint  # noqa: E402
-from eacnn.classifier import ClassifierConfig, fit_classifier, load_classifier, load_or_train_classifier  # noqa: E402
+from eacnn.training.checkpoint import save_checkpoint  # noqa: E402
+from eacnn.training.classifier import ClassifierConfig, fit_classifier, load_classifier, load_or_train_classifier  # noqa: E402
 from eacnn.config import Config  # noqa: E402
 from eacnn.errors import CheckpointError, PatternError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def data():
-    from eacnn.dataset import build_dataset
+    from eacnn.datasets.dataset import build_dataset
 
     return build_dataset(Config.smoke(), progress=False)
 
@@ -66,7 +66,7 @@ def test_load_or_train_reuses_a_finished_run(data, tmp_path, monkeypatch):
     monkeypatch.setenv("EACNN_RUNS", str(tmp_path))
     settings = ClassifierConfig(epochs=1, batch_size=32)
     first, _ = load_or_train_classifier(Config.smoke(), data, settings, progress=False)
-    import eacnn.classifier as clf
+    import eacnn.training.classifier as clf
 
     monkeypatch.setattr(clf, "fit_classifier", lambda *a, **k: pytest.fail("trained again"))
     again, _ = load_or_train_classifier(Config.smoke(), data, settings, progress=False)

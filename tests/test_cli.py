@@ -70,3 +70,123 @@ def test_search_unknown_wavelength_exits_2():
     proc = subprocess.run([sys.executable, "-m", "eacnn", "search", str(pattern), "--wavelength", "Unobtainium"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Unobtainium" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Every README example of `eacnn search` / `eacnn simulate`, and every documented wavelength form, as real commands
+# ---------------------------------------------------------------------------------------------------------------
+import gzip  # noqa: E402
+import re  # noqa: E402
+import shlex  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def readme_examples(command: str) -> list[list[str]]:
+    """The ``eacnn <command> ...`` lines of the README's command-line block, split like a shell, comments cut."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("## Command line", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    lines = [re.split(r"\s+#", line)[0].strip() for line in block.splitlines()]
+    return [shlex.split(line)[1:] for line in lines if line.startswith(f"eacnn {command} ")]
+
+
+def run_example(args: list[str], folder: Path) -> subprocess.CompletedProcess:
+    """Run ``eacnn ARGS`` in ``folder``, where the README's placeholder files exist (repository paths made absolute)."""
+    (folder / "scan.xy").write_bytes(gzip.decompress((MEASURED / "Example__MnO.xy.gz").read_bytes()))
+    (folder / "scan.xrdml").write_bytes((FIXTURES / "measured" / "synthetic.xrdml").read_bytes())
+    (folder / "structure.cif").write_bytes((CIFS / "TiO2_136.cif").read_bytes())
+    argv = [str(REPO / a) if a.startswith("eacnn/") else a for a in args]
+    return subprocess.run([sys.executable, "-m", "eacnn", *argv], capture_output=True, text=True, cwd=folder,
+                          timeout=900)
+
+
+def check_clean_run(proc: subprocess.CompletedProcess, args: list[str], folder: Path) -> None:
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "Warning:" not in proc.stderr  # library warnings filtered
+    if "--json" in args:
+        json.loads(proc.stdout)  # stdout holds the JSON document alone (mace's import line goes to stderr)
+    if "--plot" in args:
+        out = folder / args[args.index("--plot") + 1]
+        magic = {".png": b"\x89PNG", ".pdf": b"%PDF", ".svg": b"<?xml"}[out.suffix]
+        assert out.read_bytes().startswith(magic), out
+        assert f"plot written to {out.name}" in proc.stderr
+        assert sorted(p.name for p in folder.iterdir() if ".tmp" in p.name) == []
+
+
+def test_the_readme_documents_search_and_simulate():
+    assert len(readme_examples("search")) >= 4 and len(readme_examples("simulate")) >= 4
+
+
+@pytest.mark.parametrize("args", readme_examples("simulate"), ids=" ".join)
+def test_readme_simulate_examples_run(args, tmp_path):
+    proc = run_example(args, tmp_path)
+    check_clean_run(proc, args, tmp_path)
+    assert "TiO2" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", readme_examples("search"), ids=" ".join)
+def test_readme_search_examples_run(args, tmp_path):
+    proc = run_example(args, tmp_path)
+    check_clean_run(proc, args, tmp_path)
+    if "--json" in args:
+        payload = json.loads(proc.stdout)
+        assert payload["results"] and payload["verdict"] in ("match", "no confident match")
+        if "--elements" in args:  # Mn,O: every candidate is made of Mn and O only
+            assert all(set(re.findall(r"[A-Z][a-z]?", r["formula"])) <= {"Mn", "O"} for r in payload["results"])
+    else:
+        assert "verdict:" in proc.stdout
+
+
+# name, "Cu Kα1"-style and number forms, as documented in the README and `--help`
+WAVELENGTH_FORMS = [("Cu", 1.5406), ("cu", 1.5406), ("Cu Kα1", 1.5406), ("CuKa1", 1.5406), ("1.5406", 1.5406),
+                    ("Mo", 0.70932), ("Mo Kα1", 0.70932), ("MoKa1", 0.70932), ("0.71073", 0.71073), ("Co", 1.78896)]
+
+
+@pytest.mark.parametrize("form, angstrom", WAVELENGTH_FORMS, ids=[f for f, _ in WAVELENGTH_FORMS])
+def test_simulate_accepts_every_wavelength_form(form, angstrom, tmp_path):
+    proc = run_example(["simulate", "structure.cif", "--wavelength", form], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"at λ = {angstrom} Å" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form, angstrom", [("1.5406", 1.5406), ("Cu Kα1", 1.5406), ("Cu", 1.5406)],
+                         ids=["number", "Cu Kα1", "name"])
+def test_search_accepts_every_wavelength_form(form, angstrom, tmp_path):
+    """Issue 12's crash: a numeric --wavelength exited 2 with 'unknown wavelength name'."""
+    proc = run_example(["search", "scan.xy", "--wavelength", form, "--top", "3", "--json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads(proc.stdout)
+    assert payload["wavelength"] == angstrom and len(payload["results"]) == 3
+
+
+@pytest.mark.parametrize("suffix, magic", [(".png", b"\x89PNG"), (".pdf", b"%PDF"), (".svg", b"<?xml")])
+def test_simulate_plot_writes_the_format_of_its_extension(suffix, magic, tmp_path, capsys):
+    out = tmp_path / f"p{suffix}"
+    assert main(["simulate", str(CIFS / "TiO2_136.cif"), "--plot", str(out)]) == 0
+    assert out.read_bytes().startswith(magic)
+    assert f"plot written to {out}" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left
+
+
+def test_importing_eacnn_sets_no_warning_filter():
+    code = ("import numpy, warnings; before = list(warnings.filters); import eacnn, eacnn.cli, eacnn.measured, "
+            "eacnn.integrity; assert warnings.filters == before, 'import eacnn changed the warning filters'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_cli_restores_the_warning_filters(tmp_path):
+    import warnings
+
+    before = list(warnings.filters)
+    assert main(["simulate", str(CIFS / "TiO2_136.cif"), "--json"]) == 0
+    assert warnings.filters == before
+
+
+def test_bad_arguments_return_2_in_process(capsys):
+    assert main(["search", "scan.xy", "--top", "0"]) == 2
+    assert capsys.readouterr().err.strip() == ("eacnn search: error: argument --top: expected a whole number >= 1, "
+                                               "got '0' (see eacnn search --help)")

@@ -13,16 +13,15 @@ import pytest
 from pymatgen.core import DummySpecies, Lattice, Structure
 
 from eacnn import Config
-from eacnn.dataset import (
+from eacnn.datasets.dataset import (
     SPLITS,
     assign_splits,
     build_dataset,
-    collate_items,
     count_cross_split_duplicates,
 )
-from eacnn.graphs import structure_graph
-from eacnn.structures import load_embedded, row_to_structure, table_from_structures
-from eacnn.xrd import XRDSimulator
+from eacnn.datasets.graphs import structure_graph
+from eacnn.datasets.structures import load_embedded, row_to_structure, table_from_structures
+from eacnn.physics.xrd import XRDSimulator
 
 N_PER_SPLIT = 40
 
@@ -62,7 +61,7 @@ def _same_content(a, b) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 def test_build_then_cache_hit(cache, caplog):
     cfg = _cfg()
-    with caplog.at_level(logging.INFO, logger="eacnn.dataset"):
+    with caplog.at_level(logging.INFO, logger="eacnn.datasets.dataset"):
         first = build_dataset(cfg, progress=False, n_jobs=1)
         assert not first.from_cache and "building dataset" in caplog.text
         caplog.clear()
@@ -119,7 +118,7 @@ def test_bad_cache_is_warned_about_and_rebuilt(cache, caplog, mode, reason):
     original = build_dataset(cfg, progress=False, n_jobs=1)
     written = original.cache_path.read_bytes()
     _corrupt(mode, original.cache_path, original.cache_path.with_suffix(".json"))
-    with caplog.at_level(logging.WARNING, logger="eacnn.dataset"):
+    with caplog.at_level(logging.WARNING, logger="eacnn.datasets.dataset"):
         rebuilt = build_dataset(cfg, progress=False, n_jobs=1)
     assert not rebuilt.from_cache
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "unusable" in r.getMessage()]
@@ -195,7 +194,7 @@ def _planted_table() -> pd.DataFrame:
 
 def test_unusable_structures_are_reported(cache, caplog):
     cfg = _cfg(**{"data.disorder": "reject", "data.max_sites": 20})
-    with caplog.at_level(logging.WARNING, logger="eacnn.dataset"):
+    with caplog.at_level(logging.WARNING, logger="eacnn.datasets.dataset"):
         ds = build_dataset(cfg, _planted_table(), progress=False, n_jobs=1)
     reasons = ds.skipped.set_index("material_id")["reason"].to_dict()
     assert reasons == {
@@ -292,17 +291,18 @@ def test_torch_dataset_and_collate(smoke):
     import torch
     from torch.utils.data import DataLoader, Dataset
 
-    from eacnn.dataset import GraphPatternDataset
+    from eacnn.training.loop import _collate, _Pairs  # the training loader's items and batches
 
     train = smoke.indices("train")
-    tds = GraphPatternDataset(smoke, train)
+    tds = _Pairs(smoke, train)
     assert isinstance(tds, Dataset) and len(tds) == len(train)
     item = tds[2]
     assert item["index"] == train[2]
-    assert item["vector"].shape == (140,) and item["stick_two_theta"].shape == item["stick_intensity"].shape
+    tt, inten = item["sticks"]
+    assert item["vector"].shape == (140,) and tt.shape == inten.shape
     assert item["graph"]["edge_index"].dtype == np.int64
 
-    batch = next(iter(DataLoader(tds, batch_size=4, shuffle=False, collate_fn=collate_items)))
+    batch = next(iter(DataLoader(tds, batch_size=4, shuffle=False, collate_fn=_collate)))
     assert batch["index"].dtype == torch.long and batch["index"].tolist() == train[:4].tolist()
     assert batch["vector"].shape == (4, 140) and batch["vector"].dtype == torch.float32
     graph = batch["graph"]
@@ -317,7 +317,7 @@ def test_torch_dataset_and_collate(smoke):
 
 
 def test_import_is_light():
-    code = "import sys, eacnn.dataset; print('torch' in sys.modules, 'mace' in sys.modules)"
+    code = "import sys, eacnn.datasets.dataset; print('torch' in sys.modules, 'mace' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 

@@ -16,7 +16,7 @@ pytest.importorskip("torch")
 CHILD = """
 import json, os, sys
 from test_train import TinyDataset, _cfg
-from eacnn.train import fit
+from eacnn.training.loop import fit
 
 out = sys.argv[1]
 cfg = _cfg(**{"train.epochs": 1, "train.max_steps_per_epoch": 2, "train.device": "cpu"})

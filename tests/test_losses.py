@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from eacnn.losses import clip_logits, clip_loss  # noqa: E402
+from eacnn.training.losses import clip_logits, clip_loss  # noqa: E402
 
 
 def _reference(a: list[list[float]], b: list[list[float]], t: float) -> float:

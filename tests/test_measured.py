@@ -27,8 +27,8 @@ from eacnn.measured import (
     strip_kalpha2,
     to_model_grid,
 )
-from eacnn.structures import read_cif
-from eacnn.xrd import XRDSimulator, bin_profile
+from eacnn.datasets.structures import read_cif
+from eacnn.physics.xrd import XRDSimulator, bin_profile
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MEASURED = FIXTURES / "measured"  # synthetic reader fixtures
@@ -106,7 +106,7 @@ def test_xrdml_wavelength_comes_from_the_file(caplog):
     ka1, ka2, ratio = SYNTHETIC.CO_KALPHA
     assert p.wavelength == pytest.approx(ka1) and p.metadata["wavelength_from"] == "file"
     assert p.metadata["kalpha2"] == pytest.approx(ka2) and p.metadata["kalpha2_ratio"] == pytest.approx(ratio)
-    with caplog.at_level(logging.WARNING, logger="eacnn.measured_io"):
+    with caplog.at_level(logging.WARNING, logger="eacnn.measured.io"):
         forced = read_pattern(MEASURED / "synthetic.xrdml", wavelength="Cu")
     assert forced.wavelength == CU and forced.metadata["wavelength_from"] == "argument"
     assert "the file says" in caplog.text
@@ -153,7 +153,7 @@ def test_semicolons_decimal_commas_descending_and_extra_columns(tmp_path):
 def test_unordered_scan_is_sorted_with_a_warning(caplog):
     x, y = SYNTHETIC.pattern()
     order = np.random.default_rng(0).permutation(len(x))
-    with caplog.at_level(logging.WARNING, logger="eacnn.measured_io"):
+    with caplog.at_level(logging.WARNING, logger="eacnn.measured.io"):
         p = MeasuredPattern(x[order], y[order], source="shuffled.xy")
     np.testing.assert_array_equal(p.two_theta, x)
     np.testing.assert_array_equal(p.intensity, y)
@@ -164,7 +164,7 @@ def test_a_few_nan_points_are_dropped_with_a_warning(caplog):
     x, y = SYNTHETIC.pattern()
     y = y.copy()
     y[[3, 500]] = np.nan
-    with caplog.at_level(logging.WARNING, logger="eacnn.measured_io"):
+    with caplog.at_level(logging.WARNING, logger="eacnn.measured.io"):
         p = MeasuredPattern(x, y, source="holes.xy")
     assert len(p) == len(x) - 2 and p.metadata["n_nonfinite_dropped"] == 2
     assert "holes.xy" in caplog.text and "NaN" in caplog.text
@@ -289,7 +289,7 @@ def test_mo_scan_maps_onto_the_cu_grid(tmp_path, rutile, reference):
 
 def test_short_mo_scan_reports_the_uncovered_part(caplog, rutile, reference):
     mo = XRDConfig(wavelength=MO, two_theta_min=4.0, two_theta_max=30.0, step=0.01)
-    with caplog.at_level(logging.WARNING, logger="eacnn.preprocess"):
+    with caplog.at_level(logging.WARNING, logger="eacnn.measured.preprocess"):
         result = to_model_grid(MeasuredPattern(*_dense(rutile, mo), wavelength="Mo", source="mo30.xy"),
                                background=False)
     top = 2 * np.degrees(np.arcsin(CU / MO * np.sin(np.radians(15.0))))  # Mo 30° at Cu: 68.40°
@@ -323,7 +323,7 @@ def test_map_wavelength_keeps_peak_areas():
 def test_partial_scan_covers_57_percent(caplog, rutile):
     x, y = _dense(rutile, XRDConfig(step=0.01))
     inside = (x >= 20.0) & (x <= 60.0)
-    with caplog.at_level(logging.WARNING, logger="eacnn.preprocess"):
+    with caplog.at_level(logging.WARNING, logger="eacnn.measured.preprocess"):
         result = to_model_grid(MeasuredPattern(x[inside], y[inside], source="part.xy"))
     centres = XRDConfig().bin_centers()
     np.testing.assert_array_equal(result.covered, (centres > 20.0) & (centres < 60.0))

@@ -11,9 +11,9 @@ torch = pytest.importorskip("torch")
 
 from eacnn.config import ModelConfig  # noqa: E402
 from eacnn.errors import PatternError, StructureError  # noqa: E402
-from eacnn.graphs import collate_graphs, structure_graph  # noqa: E402
+from eacnn.datasets.graphs import collate_graphs, structure_graph  # noqa: E402
 from eacnn.models import EACNN, XRDEncoder, lattice_descriptors  # noqa: E402
-from eacnn.xrd import XRDSimulator  # noqa: E402
+from eacnn.physics.xrd import XRDSimulator  # noqa: E402
 
 # A small model with vector (L=1) features, so that the test exercises equivariant channels, not only scalars
 SMALL = dict(channels=8, max_L=1, max_ell=2, correlation=2, radial_mlp=16, readout_dim=8, mlp_dim=32, embed_dim=16,
@@ -23,7 +23,7 @@ TOL = 1e-4  # on unit-norm embeddings, float32
 
 @pytest.fixture(scope="module")
 def structures():
-    from eacnn.structures import embedded_structures
+    from eacnn.datasets.structures import embedded_structures
 
     _, structs = embedded_structures("val", limit=16)
     usable = []

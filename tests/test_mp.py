@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eacnn import mp
+from eacnn.datasets import mp
 from eacnn.errors import MissingAPIKeyError, StructureError
-from eacnn.structures import TABLE_COLUMNS, load_embedded, row_to_structure
+from eacnn.datasets.structures import TABLE_COLUMNS, load_embedded, row_to_structure
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mp_docs.json"
 
@@ -145,7 +145,7 @@ def test_download_is_resumable(fixture, tmp_path, caplog):
 
     # a truncated chunk is reported and fetched again, never trusted
     chunks[1].write_bytes(chunks[1].read_bytes()[:20])
-    with caplog.at_level(logging.WARNING, logger="eacnn.mp"):
+    with caplog.at_level(logging.WARNING, logger="eacnn.datasets.mp"):
         resumed = mp.download_table(max_sites=20, chunk_size=2, folder=tmp_path, progress=False, client=client)
     assert [c["material_ids"] for c in summary.calls[4:]] == [["mp-569593"]]
     assert "unreadable" in caplog.text and chunks[1].name in caplog.text
@@ -154,7 +154,7 @@ def test_download_is_resumable(fixture, tmp_path, caplog):
 
 def test_downloaded_table_builds_a_dataset(fixture, tmp_path, monkeypatch):
     from eacnn import Config
-    from eacnn.dataset import build_dataset
+    from eacnn.datasets.dataset import build_dataset
 
     monkeypatch.setenv("EACNN_CACHE", str(tmp_path / "cache"))
     table = mp.download_table(folder=tmp_path / "mp", progress=False, client=_client(fixture["docs"]))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from eacnn.errors import EACNNError
-from eacnn.retrieval import Index, have_faiss, pool_accuracies, topk_accuracy
+from eacnn.retrieval.index import Index, have_faiss, pool_accuracies, topk_accuracy
 
 
 def planted(n=500, d=32, noise=0.0, seed=0):
@@ -66,8 +66,8 @@ def test_equivalent_hits_accept_duplicates_under_another_id():
     """A top-1 answer that is the same crystal under another id counts as equivalent, a different one does not."""
     from eacnn.analysis import equivalent_hits
     from eacnn.config import Config
-    from eacnn.dataset import build_dataset
-    from eacnn.structures import table_from_structures
+    from eacnn.datasets.dataset import build_dataset
+    from eacnn.datasets.structures import table_from_structures
 
     data = build_dataset(Config.smoke(), progress=False)
     rows = np.asarray(data.indices("test"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from eacnn.errors import EACNNError
-from eacnn.search import Database, rank
+from eacnn.retrieval.search import Database, rank
 
 
 class _IdentityModel:
@@ -57,9 +57,9 @@ class _Sticks:
 
 
 def test_refine_recovers_strain_and_zero_shift_and_reranks():
-    from eacnn.augment import bragg_shift, profile_patterns
+    from eacnn.physics.perturb import bragg_shift, profile_patterns
     from eacnn.config import Config
-    from eacnn.search import refine
+    from eacnn.retrieval.search import refine
 
     cfg = Config.smoke()
     rng = np.random.default_rng(3)
@@ -84,7 +84,7 @@ def test_refine_recovers_strain_and_zero_shift_and_reranks():
 
 
 def test_open_set_threshold_counts_absent_phases_as_wrong():
-    from eacnn.search import open_set_threshold
+    from eacnn.retrieval.search import open_set_threshold
 
     present = np.array([0.95, 0.9, 0.85, 0.6])
     correct = np.array([True, True, True, False])

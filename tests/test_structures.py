@@ -12,7 +12,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from eacnn.errors import DisorderError, StructureError
-from eacnn.structures import (
+from eacnn.datasets.structures import (
     TABLE_COLUMNS,
     check_structure,
     embedded_structures,
@@ -99,7 +99,7 @@ def test_read_cif_missing_file(tmp_path):
 def test_read_cif_folder_lists_bad_files(tmp_path, caplog):
     for f in list((FIXTURES / "cifs").glob("*.cif")) + list((FIXTURES / "bad_cifs").glob("*.cif")):
         shutil.copy(f, tmp_path / f.name)
-    with caplog.at_level(logging.WARNING, logger="eacnn.structures"):
+    with caplog.at_level(logging.WARNING, logger="eacnn.datasets.structures"):
         found = read_cif_folder(tmp_path, progress=False)
     table, structures, skipped = found
     assert sorted(table["material_id"]) == sorted(GOOD_CIFS)

@@ -13,18 +13,18 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from eacnn.augment import augment_patterns, bragg_shift, profile_patterns  # noqa: E402
+from eacnn.physics.perturb import augment_patterns, bragg_shift, profile_patterns  # noqa: E402
 from eacnn.config import AugmentConfig, Config, XRDConfig  # noqa: E402
 from eacnn.errors import CheckpointError, ConfigError  # noqa: E402
-from eacnn.xrd import XRDSimulator, bin_profile  # noqa: E402
+from eacnn.physics.xrd import XRDSimulator, bin_profile  # noqa: E402
 
 
 class TinyDataset:
-    """An in-memory stand-in for eacnn.dataset.CrystalDataset: real structures, graphs, sticks and vectors."""
+    """An in-memory stand-in for eacnn.datasets.dataset.CrystalDataset: real structures, graphs, sticks and vectors."""
 
     def __init__(self, n: int = 22, n_val: int = 6, r_max: float = 5.0):
-        from eacnn.graphs import structure_graph
-        from eacnn.structures import embedded_structures
+        from eacnn.datasets.graphs import structure_graph
+        from eacnn.datasets.structures import embedded_structures
 
         _, structs = embedded_structures("val", limit=n + 6)
         sim = XRDSimulator()
@@ -70,7 +70,7 @@ def _cfg(**overrides) -> Config:
 def test_level_zero_reproduces_the_clean_vector(data):
     sticks = [data.sticks(i) for i in range(8)]
     out = augment_patterns(sticks, AugmentConfig.level(0), rng=0)
-    # the clean vectors use eacnn.xrd's fine-grid kernel (linear split on a 0.005° grid), exact to ~3e-4
+    # the clean vectors use eacnn.physics.xrd's fine-grid kernel (linear split on a 0.005° grid), exact to ~3e-4
     np.testing.assert_allclose(out, data.vectors[:8], atol=1e-3)
     assert np.allclose(out.max(axis=1), 1.0)
 
@@ -152,8 +152,8 @@ def test_augment_levels():
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.mark.slow  # ~3 s on 2 idle cores, 10+ s when the machine is shared
 def test_twenty_steps_lower_the_loss_deterministically(data):
-    from eacnn.graphs import collate_graphs
-    from eacnn.losses import clip_loss
+    from eacnn.datasets.graphs import collate_graphs
+    from eacnn.training.losses import clip_loss
     from eacnn.models import EACNN
 
     torch.set_flush_denormal(True)
@@ -186,7 +186,7 @@ def test_twenty_steps_lower_the_loss_deterministically(data):
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
-    from eacnn.train import fit
+    from eacnn.training.loop import fit
 
     cfg = _cfg()
     run_dir = tmp_path_factory.mktemp("run")
@@ -215,7 +215,7 @@ def test_fit_writes_the_run_folder(trained, data):
 
 
 def test_distractors_only_make_validation_harder(trained, data):
-    from eacnn.train import _collate, _Pairs, evaluate_retrieval
+    from eacnn.training.loop import _collate, _Pairs, evaluate_retrieval
 
     _, result = trained
     val = _Pairs(data, data.indices("val"))
@@ -230,7 +230,7 @@ def test_distractors_only_make_validation_harder(trained, data):
 
 
 def test_checkpoint_round_trip(trained, data):
-    from eacnn.checkpoint import load_checkpoint, model_from_checkpoint
+    from eacnn.training.checkpoint import load_checkpoint, model_from_checkpoint
 
     cfg, result = trained
     ckpt = load_checkpoint(result.best_path, config=cfg, data_key=data.key)
@@ -247,7 +247,7 @@ def test_checkpoint_round_trip(trained, data):
 
 
 def test_checkpoint_for_another_config_or_dataset_is_refused(trained, data):
-    from eacnn.checkpoint import load_checkpoint
+    from eacnn.training.checkpoint import load_checkpoint
 
     cfg, result = trained
     with pytest.raises(CheckpointError, match=r"best\.pt.*train\.lr: 0\.002 -> 0\.5"):
@@ -271,7 +271,7 @@ class _Hostile:
 def test_pickled_objects_are_refused_even_after_importing_mace(tmp_path):
     import mace  # noqa: F401  -- sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 for the process
 
-    from eacnn.checkpoint import load_checkpoint
+    from eacnn.training.checkpoint import load_checkpoint
 
     assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") == "1"
     marker = tmp_path / "code-ran"
@@ -283,7 +283,7 @@ def test_pickled_objects_are_refused_even_after_importing_mace(tmp_path):
 
 
 def test_corrupt_or_truncated_checkpoints_raise(trained, tmp_path):
-    from eacnn.checkpoint import load_checkpoint, load_pretrained
+    from eacnn.training.checkpoint import load_checkpoint, load_pretrained
 
     _, result = trained
     raw = result.best_path.read_bytes()
@@ -305,7 +305,7 @@ def test_corrupt_or_truncated_checkpoints_raise(trained, tmp_path):
 
 @pytest.mark.slow
 def test_resume_continues_as_if_uninterrupted(trained, data, tmp_path, monkeypatch):
-    import eacnn.train as train
+    import eacnn.training.loop as train
 
     cfg, full = trained
     real = train.evaluate_retrieval
@@ -332,7 +332,7 @@ def test_resume_continues_as_if_uninterrupted(trained, data, tmp_path, monkeypat
 
 
 def test_load_or_train_loads_a_finished_run(trained, data, monkeypatch):
-    import eacnn.train as train
+    import eacnn.training.loop as train
 
     cfg, result = trained
     monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
@@ -342,7 +342,7 @@ def test_load_or_train_loads_a_finished_run(trained, data, monkeypatch):
 
 
 def test_early_stopping_on_validation_top1(data, tmp_path, monkeypatch):
-    import eacnn.train as train
+    import eacnn.training.loop as train
 
     scores = iter([0.5, 0.4, 0.6, 0.3, 0.2])
     def fake(*a, **k):
@@ -362,7 +362,7 @@ def test_early_stopping_on_validation_top1(data, tmp_path, monkeypatch):
 def test_shipped_checkpoints_load_safely_and_match_their_logs(kind):
     """The shipped models load with weights_only=True; the default is exactly what `eacnn train --profile cpu`
     trains (same config), and each log's selected epoch is the checkpoint's."""
-    from eacnn.checkpoint import SHIPPED, config_mismatch, load_checkpoint, load_pretrained
+    from eacnn.training.checkpoint import SHIPPED, config_mismatch, load_checkpoint, load_pretrained
 
     ckpt = load_checkpoint(SHIPPED[kind])
     log = pd.read_csv(SHIPPED[kind].with_name(SHIPPED[kind].stem + "_log.csv"))

@@ -1,6 +1,9 @@
-"""eacnn.xrd: physics against pymatgen, symmetry invariances, the 140-bin grid, and clear errors."""
+"""eacnn.physics.xrd: physics against pymatgen, symmetry invariances, the 140-bin grid, and clear errors."""
 
 from __future__ import annotations
+
+import re
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -10,15 +13,13 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from eacnn.config import XRDConfig
 from eacnn.errors import NoReflectionsError, StructureError, UnknownElementError
-from eacnn.structures import load_embedded, row_to_structure
-from eacnn.xrd import XRDSimulator, bin_profile, scattering_factor, simulate_batch, simulate_vectors
+from eacnn.datasets.structures import load_embedded, row_to_structure
+from eacnn.physics.reference import INTENSITY_TOL, TWO_THETA_TOL, compare_sticks
+from eacnn.physics import xrd
+from eacnn.physics.xrd import XRDSimulator, bin_profile, scattering_factor, simulate_batch, simulate_vectors
 
 CU_KA1 = 1.5406  # Å
 WINDOW = (10.0, 80.0)  # degrees 2θ
-TWO_THETA_TOL = 0.01  # degrees: allowed peak-position difference to pymatgen
-INTENSITY_TOL = 1.0  # allowed intensity difference, in % of the strongest peak
-COMPARE_ABOVE = 1.0  # only peaks stronger than this (% of the strongest) are compared
-CLUSTER_GAP = 0.005  # degrees: peaks closer than this (either code) are one observable peak
 N_REFERENCE = 240  # MP-20 structures compared to pymatgen
 
 # spglib (through SpacegroupAnalyzer) warns about its own error-handling switch; not ours to fix
@@ -76,40 +77,9 @@ def pymatgen_reference(reference_rows):
 # ---------------------------------------------------------------------------------------------------------------
 # Comparison with pymatgen
 # ---------------------------------------------------------------------------------------------------------------
-def _clusters(two_theta: np.ndarray, gap: float) -> np.ndarray:
-    """Label of each peak after single-linkage grouping of peaks closer than ``gap`` degrees."""
-    order = np.argsort(two_theta)
-    label = np.empty(len(two_theta), dtype=int)
-    label[order] = np.cumsum(np.concatenate([[True], np.diff(two_theta[order]) > gap])) - 1
-    return label
-
-
 def compare_to_pymatgen(ours, ref) -> tuple[float, float]:
-    """Largest peak-position difference (degrees) and intensity difference (% of the strongest).
-
-    pymatgen merges reflections by rounding 2θ to multiples of its TWO_THETA_TOL (1e-5°). The MP-20 cells are
-    rounded to 1e-6 Å, which splits symmetry-equivalent reflections by up to ~1e-5°, so one observable peak can
-    straddle a rounding boundary and come out as two entries, each with part of the intensity (and pymatgen then
-    scales to the larger part). Both codes' peaks are therefore grouped into observable peaks (closer than
-    CLUSTER_GAP), whose summed intensities are compared after scaling each side to a strongest group of 100.
-    pymatgen drops peaks below SCALED_INTENSITY_TOL (0.001 %) and we below 0.1 %: both far below the tolerance.
-    Positions: every pymatgen peak above 1 % has one of ours within TWO_THETA_TOL, and vice versa.
-    """
-    ref_tt, ref_i = np.asarray(ref.x, dtype=float), np.asarray(ref.y, dtype=float)
-    tt = np.concatenate([ref_tt, ours.two_theta])
-    label = _clusters(tt, CLUSTER_GAP)
-    n = label.max() + 1
-    ref_sum = np.bincount(label[: len(ref_tt)], ref_i, n)
-    our_sum = np.bincount(label[len(ref_tt) :], ours.intensity, n)
-    ref_sum, our_sum = 100 * ref_sum / ref_sum.max(), 100 * our_sum / our_sum.max()
-    d_intensity = np.abs(ref_sum - our_sum)[np.maximum(ref_sum, our_sum) > COMPARE_ABOVE].max()
-    ref_big = ref_tt[100 * ref_i / ref_i.max() > COMPARE_ABOVE]
-    our_big = ours.two_theta[ours.intensity > COMPARE_ABOVE]
-    d_tt = max(
-        np.abs(ours.two_theta[:, None] - ref_big[None, :]).min(axis=0).max(),
-        np.abs(ref_tt[:, None] - our_big[None, :]).min(axis=0).max(),
-    )
-    return float(d_tt), float(d_intensity)
+    """(max |Δ2θ| in degrees, max |ΔI| in %) between our pattern and pymatgen's, both directions."""
+    return compare_sticks(ours.two_theta, ours.intensity, ref.x, ref.y)
 
 
 @pytest.mark.slow
@@ -329,6 +299,47 @@ def test_batch_equals_one_by_one(batch_structures, n_jobs):
     np.testing.assert_allclose(result.stick_intensity[3], inten, atol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def dozens(table):
+    """36 MP-20 structures, other rows than ``batch_structures``."""
+    return [row_to_structure(r) for r in table.iloc[225::500].to_dict("records")]
+
+
+def test_one_structure_per_call_equals_batch(dozens):
+    """vector / sticks / get_pattern / simulate of one structure (dense, no batch machinery) give the batch's
+    numbers."""
+    sim = XRDSimulator()
+    batch = simulate_batch(dozens, progress=False)
+    patterns = sim.get_patterns(dozens)
+    assert len(dozens) == 36 and not batch.failures
+    for i, s in enumerate(dozens):
+        pattern, vector = sim.simulate(s)
+        assert vector.dtype == np.float32 and vector.max() == 1.0
+        np.testing.assert_allclose(vector, batch.vectors[i], rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(vector, sim.vector(s))
+        tt, area = sim.sticks(s)
+        assert len(tt) == len(batch.stick_two_theta[i])
+        np.testing.assert_allclose(tt, batch.stick_two_theta[i], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(area, batch.stick_intensity[i], rtol=1e-5, atol=1e-12)
+        single = sim.get_pattern(s)
+        for other in (pattern, patterns[i]):
+            assert len(other) == len(single) and other.hkls == single.hkls
+            np.testing.assert_allclose(other.two_theta, single.two_theta, rtol=0, atol=1e-9)
+            np.testing.assert_allclose(other.intensity, single.intensity, rtol=1e-5, atol=1e-9)
+            np.testing.assert_allclose(other.d_hkls, single.d_hkls, rtol=1e-9)
+
+
+def test_phases_in_blocks_give_the_same_result(few, monkeypatch):
+    """Phases are computed in blocks of WORK_PER_CHUNK (reflection, site) pairs to bound memory: blocks change
+    nothing."""
+    sim, structures = XRDSimulator(), list(few.values())
+    expected = [sim.vector(s) for s in structures]
+    monkeypatch.setattr(xrd, "WORK_PER_CHUNK", 50)  # a few reflections per block
+    for s, e in zip(structures, expected):
+        np.testing.assert_allclose(sim.vector(s), e, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(simulate_batch(structures, progress=False).vectors, expected, rtol=0, atol=1e-6)
+
+
 def test_batch_collects_failures_by_index(batch_structures):
     bad = {
         1: Structure(Lattice.cubic(3.0), [DummySpecies("X")], [[0, 0, 0]]),
@@ -349,6 +360,34 @@ def test_batch_collects_failures_by_index(batch_structures):
 # ---------------------------------------------------------------------------------------------------------------
 # Errors
 # ---------------------------------------------------------------------------------------------------------------
+def test_huge_cell_is_refused_before_allocating():
+    """A 300 Å cubic cell has ~7e7 reflections below 81.5° (it used to take > 13 GB): a clear error, at once."""
+    huge = _cubic("Cu", "Pm-3m", 300.0)
+    sim = XRDSimulator()
+    limit = f"MAX_REFLECTIONS = {XRDSimulator.MAX_REFLECTIONS:,}"
+    tracemalloc.start()
+    try:
+        for call in (sim.vector, sim.get_pattern, sim.simulate, sim.sticks):
+            with pytest.raises(StructureError, match=limit) as err:
+                call(huge)
+            assert re.search(r"27,000,000 Å³ has about 6\d,\d{3},\d{3} reflections", str(err.value))  # V, estimate
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20e6, f"{peak / 1e6:.0f} MB allocated before refusing"
+    result = simulate_batch([huge, _cubic("Cu", "Fm-3m", 3.615)], progress=False, ids=["huge", "cu"])
+    assert list(result.failures) == [0] and "huge" in str(result.failures[0]) and limit in str(result.failures[0])
+    with pytest.raises(StructureError, match=limit):
+        sim.get_patterns([huge])
+
+
+def test_oblique_cell_is_refused():
+    """Three nearly parallel 300 Å vectors: few reflections (7,500 Å³) but a hkl search box of ~1e8 points."""
+    needle = Structure(Lattice([[300, 0, 0], [299.9, 5, 0], [299.9, 0, 5]]), ["Cu"], [[0, 0, 0]])
+    with pytest.raises(StructureError, match="oblique.*get_reduced_structure"):
+        XRDSimulator().vector(needle)
+
+
 def test_unknown_element_is_named():
     dummy = Structure(Lattice.cubic(3.0), ["Fe", DummySpecies("X")], [[0, 0, 0], [0.5, 0.5, 0.5]])
     with pytest.raises(UnknownElementError, match="X"):

@@ -5,11 +5,13 @@ sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` for the process; eacnn's own checkpo
 ``weights_only=True`` explicitly).
 """
 
-from .clip import EACNN
-from .structure import StructureEncoder, lattice_descriptors
-from .xrd_tower import XRDEncoder
+from eacnn.models.classifier import N_SPACEGROUPS, SpaceGroupClassifier
+from eacnn.models.clip import EACNN, check_patterns
+from eacnn.models.structure import StructureEncoder, lattice_descriptors
+from eacnn.models.xrd_tower import XRDEncoder
 
-__all__ = ["EACNN", "StructureEncoder", "XRDEncoder", "lattice_descriptors", "count_parameters"]
+__all__ = ["EACNN", "StructureEncoder", "XRDEncoder", "SpaceGroupClassifier", "N_SPACEGROUPS", "lattice_descriptors",
+           "check_patterns", "count_parameters"]
 
 
 def count_parameters(module) -> int:

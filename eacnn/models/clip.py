@@ -11,10 +11,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import Config, ModelConfig, XRDConfig
-from ..errors import PatternError
-from .structure import StructureEncoder
-from .xrd_tower import XRDEncoder
+from eacnn.config import Config, ModelConfig, XRDConfig
+from eacnn.errors import PatternError
+from eacnn.models.structure import StructureEncoder
+from eacnn.models.xrd_tower import XRDEncoder
 
 __all__ = ["EACNN"]
 
@@ -27,7 +27,7 @@ class EACNN(nn.Module):
         xrd: the XRD settings used to simulate the structures' own patterns in :meth:`encode_structures`
             (and the pattern length n_bins).
 
-    ``forward(batch)`` takes a dict with ``graph`` (from :func:`eacnn.graphs.collate_graphs`), ``pattern``
+    ``forward(batch)`` takes a dict with ``graph`` (from :func:`eacnn.datasets.graphs.collate_graphs`), ``pattern``
     ([B, n_bins], the input of the XRD tower, possibly augmented) and, for ``kind="eacnn"`` with
     ``use_sim_pattern``, ``structure_pattern`` ([B, n_bins], the structures' own clean patterns).
     """
@@ -83,9 +83,9 @@ class EACNN(nn.Module):
             raise ValueError(f"structure_pattern has {structure_pattern.shape[0]} rows for {num_graphs} graphs")
         return structure_pattern
 
-    def embed_patterns(self, pattern: torch.Tensor) -> torch.Tensor:
-        """L2-normalised pattern embeddings [B, embed_dim] of patterns [B, n_bins]."""
-        return nn.functional.normalize(self.xrd_encoder(pattern), dim=-1)
+    def embed_patterns(self, pattern: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """L2-normalised pattern embeddings [B, embed_dim] of patterns [B, n_bins] (coverage mask [B, n_bins])."""
+        return nn.functional.normalize(self.xrd_encoder(pattern, mask), dim=-1)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(z_struct [B, d], z_xrd [B, d], logit_scale []) with z L2-normalised and logit_scale clamped."""
@@ -93,13 +93,16 @@ class EACNN(nn.Module):
             # one pass of the XRD tower over queries and own patterns: its batch norm sees both in training
             pattern = batch["pattern"]
             own = self._own_pattern(batch.get("structure_pattern"), int(batch["graph"]["num_graphs"]))
-            x = self.xrd_encoder(torch.cat([pattern, own.to(pattern.dtype)]))  # [2B, embed_dim]
+            mask = batch.get("mask")
+            if mask is not None:  # own patterns are simulated over the whole range
+                mask = torch.cat([mask.to(pattern.dtype), torch.ones_like(own, dtype=pattern.dtype)])
+            x = self.xrd_encoder(torch.cat([pattern, own.to(pattern.dtype)]), mask)  # [2B, embed_dim]
             b = pattern.shape[0]
             z_s = nn.functional.normalize(self.structure_encoder(batch["graph"]) + x[b:], dim=-1)
             z_x = nn.functional.normalize(x[:b], dim=-1)
             return z_s, z_x, self.clamped_logit_scale()
         z_s = self.embed_structures(batch["graph"], batch.get("structure_pattern"))
-        z_x = self.embed_patterns(batch["pattern"])
+        z_x = self.embed_patterns(batch["pattern"], batch.get("mask"))
         return z_s, z_x, self.clamped_logit_scale()
 
     # -- inference --------------------------------------------------------------------------------------------------
@@ -141,19 +144,19 @@ class EACNN(nn.Module):
         batch_size: int = 256,
         progress: bool = True,
     ) -> torch.Tensor:
-        """Embeddings [n, embed_dim] of graph dicts (:func:`eacnn.graphs.structure_graph` format), e.g. cached ones.
+        """Embeddings [n, embed_dim] of graph dicts (:func:`eacnn.datasets.graphs.structure_graph` format), e.g. cached ones.
 
         Args:
             graphs: n graph dicts.
             structure_patterns: [n, n_bins] the structures' own clean patterns (needed for ``kind="eacnn"``
                 with ``use_sim_pattern``; ignored otherwise).
         """
-        from ..graphs import collate_graphs
+        from eacnn.datasets.graphs import collate_graphs
 
         if self.needs_structure_pattern:
             if structure_patterns is None:
                 raise ValueError("this model reads each structure's own pattern: pass structure_patterns [n, n_bins]")
-            structure_patterns = _check_patterns(structure_patterns, self.xrd_config.n_bins)
+            structure_patterns = check_patterns(structure_patterns, self.xrd_config.n_bins)
             if len(structure_patterns) != len(graphs):
                 raise ValueError(f"{len(structure_patterns)} structure patterns for {len(graphs)} graphs")
 
@@ -170,13 +173,13 @@ class EACNN(nn.Module):
         """Embeddings [n, embed_dim] (CPU, L2-normalised) of pymatgen ``Structure`` objects.
 
         Builds each periodic graph with cutoff ``model.r_max`` and, for ``kind="eacnn"``, simulates its own
-        pattern with :class:`eacnn.xrd.XRDSimulator`.
+        pattern with :class:`eacnn.physics.xrd.XRDSimulator`.
 
         Raises:
             StructureError, NoReflectionsError: a structure cannot be turned into a graph or a pattern.
         """
-        from ..graphs import structure_graph
-        from ..xrd import simulate_vectors
+        from eacnn.datasets.graphs import structure_graph
+        from eacnn.physics.xrd import simulate_vectors
 
         structures = list(structures)
         graphs = [
@@ -188,26 +191,36 @@ class EACNN(nn.Module):
             patterns = simulate_vectors(structures, self.xrd_config, progress=progress)
         return self.encode_graphs(graphs, patterns, batch_size=batch_size, progress=progress)
 
-    def encode_patterns(self, patterns, batch_size: int = 1024, progress: bool = True) -> torch.Tensor:
+    def encode_patterns(self, patterns, batch_size: int = 1024, progress: bool = True, masks=None) -> torch.Tensor:
         """Embeddings [n, embed_dim] (CPU, L2-normalised) of patterns [n, n_bins] (each max-normalised here).
+
+        Args:
+            masks: [n, n_bins] coverage (True = measured); unmeasured bins are zeroed. All measured when None.
 
         Raises:
             PatternError: wrong shape, NaN/inf, or an all-zero pattern.
         """
-        patterns = _check_patterns(patterns, self.xrd_config.n_bins)
+        patterns = check_patterns(patterns, self.xrd_config.n_bins)
+        m = None
+        if masks is not None:
+            m = np.broadcast_to(np.asarray(masks, dtype=np.float32).reshape(-1, patterns.shape[1]), patterns.shape)
+            patterns = patterns * m
+            if (patterns.max(axis=1) <= 0).any():
+                raise PatternError("a pattern has no positive intensity inside its coverage mask")
         patterns = patterns / patterns.max(axis=1, keepdims=True)
         out = []
         with self._inference():
             starts = range(0, len(patterns), batch_size)
             for i in tqdm(starts, desc="embedding patterns", unit="batch", disable=not progress):
                 x = torch.from_numpy(patterns[i : i + batch_size]).to(self.device)
-                out.append(self.embed_patterns(x).float().cpu())
+                mi = None if m is None else torch.from_numpy(np.array(m[i : i + batch_size])).to(self.device)
+                out.append(self.embed_patterns(x, mi).float().cpu())
         if not out:
             return torch.zeros(0, self.model_config.embed_dim)
         return torch.cat(out)
 
 
-def _check_patterns(patterns, n_bins: int) -> np.ndarray:
+def check_patterns(patterns, n_bins: int) -> np.ndarray:
     """Patterns as a float32 array [n, n_bins]; PatternError naming the problem otherwise."""
     if torch.is_tensor(patterns):
         patterns = patterns.detach().cpu().numpy()

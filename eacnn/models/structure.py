@@ -20,26 +20,31 @@ embedding the same for any supercell of the same crystal.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from functools import lru_cache
 
-import mace  # noqa: F401  -- must precede e3nn: e3nn 0.4.4 cannot load its constants under torch >= 2.6 otherwise
 import torch
-from e3nn import o3
-from mace.modules.blocks import (
-    EquivariantProductBasisBlock,
-    LinearNodeEmbeddingBlock,
-    LinearReadoutBlock,
-    RadialEmbeddingBlock,
-    RealAgnosticInteractionBlock,
-    RealAgnosticResidualInteractionBlock,
-)
-from mace.modules.utils import get_edge_vectors_and_lengths
-from mace.tools.scatter import scatter_sum
+
+# mace prints a notice about the optional cuequivariance package to stdout on import: not for the book or the CLI
+with contextlib.redirect_stdout(io.StringIO()):
+    import mace  # noqa: F401  -- must precede e3nn: e3nn 0.4.4 cannot load its constants under torch >= 2.6 otherwise
+    from e3nn import o3
+    from mace.modules.blocks import (
+        EquivariantProductBasisBlock,
+        LinearNodeEmbeddingBlock,
+        LinearReadoutBlock,
+        RadialEmbeddingBlock,
+        RealAgnosticInteractionBlock,
+        RealAgnosticResidualInteractionBlock,
+    )
+    from mace.modules.utils import get_edge_vectors_and_lengths
+    from mace.tools.scatter import scatter_sum
 from torch import nn
 
-from ..config import ModelConfig
-from ..errors import StructureError
+from eacnn.config import ModelConfig
+from eacnn.errors import StructureError
 
 __all__ = ["StructureEncoder", "MACEFeatures", "PatternCNN", "lattice_descriptors", "NUM_ELEMENTS", "EXTINCTION_TOL"]
 
@@ -271,7 +276,7 @@ class StructureEncoder(nn.Module):
         cfg: the model section of the config.
 
     Forward inputs:
-        graph: a batch from :func:`eacnn.graphs.collate_graphs` (``atomic_numbers``, ``positions``, ``edge_index``,
+        graph: a batch from :func:`eacnn.datasets.graphs.collate_graphs` (``atomic_numbers``, ``positions``, ``edge_index``,
             ``shifts``, ``batch``, ``ptr``, ``cell``, ``num_graphs``).
         structure_pattern: [B, n_bins] clean simulated patterns of the same structures; required when
             ``uses_sim_pattern``.

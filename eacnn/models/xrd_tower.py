@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from eacnn.config import ModelConfig
 
 __all__ = ["XRDEncoder", "ResidualBlock1d"]
 
@@ -50,7 +50,9 @@ class XRDEncoder(nn.Module):
         if cfg.xrd_kernel % 2 == 0 or cfg.xrd_kernel < 1:
             raise ValueError(f"model.xrd_kernel must be odd and positive, got {cfg.xrd_kernel!r}")
         c = cfg.xrd_channels
-        self.stem = nn.Sequential(nn.Conv1d(1, c, 7, padding=3, bias=False), nn.BatchNorm1d(c), nn.ReLU())
+        self.mask_channel = cfg.xrd_mask_channel
+        c_in = 2 if cfg.xrd_mask_channel else 1  # (pattern, coverage mask) or the pattern alone
+        self.stem = nn.Sequential(nn.Conv1d(c_in, c, 7, padding=3, bias=False), nn.BatchNorm1d(c), nn.ReLU())
         stage1 = [ResidualBlock1d(c, c, cfg.xrd_kernel) for _ in range(cfg.xrd_blocks)]
         stage2 = [ResidualBlock1d(c, 2 * c, cfg.xrd_kernel, stride=2)]
         stage2 += [ResidualBlock1d(2 * c, 2 * c, cfg.xrd_kernel) for _ in range(cfg.xrd_blocks - 1)]
@@ -60,14 +62,24 @@ class XRDEncoder(nn.Module):
         self.fc = nn.Linear(2 * c * cfg.xrd_positions, cfg.xrd_dim)  # every (channel, 2θ position) of stage 2
         self.proj = nn.Linear(cfg.xrd_dim, cfg.embed_dim)
 
-    def features(self, pattern: torch.Tensor) -> torch.Tensor:
-        """The tower's representation before projection, [B, xrd_dim]."""
+    def features(self, pattern: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The tower's representation before projection, [B, xrd_dim].
+
+        Args:
+            pattern: [B, n_bins], zero where not measured.
+            mask: [B, n_bins] coverage (1 = measured); read only with ``model.xrd_mask_channel`` (all ones when
+                None).
+        """
         if pattern.ndim != 2:
             raise ValueError(f"patterns must be [B, n_bins], got shape {tuple(pattern.shape)}")
-        h = self.stem(pattern[:, None, :])  # [B, C, n_bins]
+        x = pattern[:, None, :]  # [B, 1, n_bins]
+        if self.mask_channel:
+            m = torch.ones_like(pattern) if mask is None else mask.to(pattern.dtype)
+            x = torch.stack([pattern, m], dim=1)  # [B, 2, n_bins]
+        h = self.stem(x)  # [B, C, n_bins]
         h = self.stage2(self.stage1(h))  # [B, 2C, n_bins / 2]
         h = self.pool(h).flatten(1)  # [B, 2C * xrd_positions]
         return self.fc(h)  # [B, xrd_dim]
 
-    def forward(self, pattern: torch.Tensor) -> torch.Tensor:
-        return self.proj(nn.functional.silu(self.features(pattern)))  # [B, embed_dim]
+    def forward(self, pattern: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.proj(nn.functional.silu(self.features(pattern, mask)))  # [B, embed_dim]

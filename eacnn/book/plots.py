@@ -1,0 +1,409 @@
+"""Every figure of the book. The only module that imports matplotlib; each function draws on ``ax`` (or a new
+one) and returns the Axes, like pymatgen's ``get_plot``. :func:`save_figure` writes stable names."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from eacnn.config import XRDConfig
+from eacnn.paths import figures_dir
+
+__all__ = [
+    "CRYSTAL_SYSTEMS",
+    "STYLE",
+    "apply_style",
+    "pretty_spacegroup",
+    "SYSTEM_COLORS",
+    "save_figure",
+    "plot_vector",
+    "plot_sticks",
+    "plot_pattern_comparison",
+    "plot_spacegroup_frequency",
+    "plot_patterns_by_system",
+    "plot_training_curves",
+    "plot_augmentation",
+    "plot_model_input",
+    "plot_case_study",
+    "plot_top_hits",
+    "plot_scan",
+    "plot_preprocessing",
+    "plot_robustness",
+    "plot_accuracy_vs_frequency",
+    "plot_classifier_vs_retrieval",
+    "plot_embedding_map",
+    "plot_tsne_panels",
+]
+
+#: The seven crystal systems, from lowest to highest symmetry.
+CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
+#: One colour per crystal system, used in every figure (colour-blind friendly, Okabe–Ito).
+SYSTEM_COLORS = dict(zip(CRYSTAL_SYSTEMS, ("#999999", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2",
+                                            "#D55E00")))
+
+
+#: The smallest text on any figure (points): at :data:`STYLE`'s 150 dpi it stays legible when a page scales the
+#: figure down to its column.
+SMALL_FONT = 9
+#: The book's matplotlib defaults, set by :func:`apply_style` (from the notebook setup; importing eacnn sets none).
+STYLE = {
+    "font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": SMALL_FONT,
+    "ytick.labelsize": SMALL_FONT, "legend.fontsize": SMALL_FONT, "figure.dpi": 150, "savefig.dpi": 150,
+}
+
+
+def apply_style() -> None:
+    """Set :data:`STYLE` in matplotlib's rcParams (called by :func:`eacnn.book.notebook.setup`)."""
+    import matplotlib.pyplot as plt  # activates a notebook's inline backend first, so that it cannot undo these
+
+    plt.rcParams.update(STYLE)
+
+
+def pretty_spacegroup(symbol: str) -> str:
+    """A Hermann–Mauguin symbol as printed in crystallography: ``"P2_1/c"`` -> ``"P2₁/c"``,
+    ``"Fm-3m"`` -> ``"Fm3̄m"`` (screw axes as subscripts, rotoinversions overlined); anything else unchanged."""
+    if not isinstance(symbol, str) or not re.fullmatch(r"[PIFCABR][0-9a-z_/ \-]*", symbol.strip()):
+        return symbol
+    s = re.sub(r"_(\d)", lambda m: "₀₁₂₃₄₅₆₇₈₉"[int(m.group(1))], symbol.strip())
+    return re.sub(r"-(\d)", "\\1\u0305", s)
+
+
+def _ax(ax=None, figsize=(7, 3)):
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize, layout="constrained")
+    return ax
+
+
+def save_figure(fig_or_ax, name: str, folder: Path | None = None, dpi: int = 150) -> Path:
+    """Save a figure as ``<folder>/<name>.png`` (default :func:`eacnn.paths.figures_dir`); returns the path."""
+    fig = getattr(fig_or_ax, "figure", fig_or_ax)
+    path = Path(folder or figures_dir()) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def plot_vector(vector: np.ndarray, ax=None, config: XRDConfig | None = None, label: str | None = None,
+                offset: float = 0.0, **kwargs):
+    """The 140-bin model input as a step curve over 2θ (degrees)."""
+    cfg = config or XRDConfig()
+    ax = _ax(ax)
+    edges = cfg.bin_edges()
+    ax.stairs(np.asarray(vector) + offset, edges, baseline=offset, label=label, **kwargs)
+    ax.set_xlabel("2θ (°)")
+    ax.set_ylabel("intensity (bin integral, max 1)")
+    ax.set_xlim(edges[0], edges[-1])
+    return ax
+
+
+def plot_sticks(two_theta: np.ndarray, intensity: np.ndarray, ax=None, scale: float = 1.0, label: str | None = None,
+                hkls: Sequence | None = None, annotate: int = 0, **kwargs):
+    """Stick pattern (one vertical line per reflection); the ``annotate`` strongest get their (hkl)."""
+    ax = _ax(ax)
+    inten = np.asarray(intensity, dtype=float) * scale
+    ax.vlines(two_theta, 0, inten, label=label, **kwargs)
+    if annotate and hkls is not None:
+        for i in np.argsort(inten)[::-1][:annotate]:
+            fam = hkls[i][0]["hkl"] if hkls[i] else ()
+            ax.annotate("".join(str(v) for v in fam), (two_theta[i], inten[i]), textcoords="offset points",
+                        xytext=(0, 2), ha="center", fontsize=SMALL_FONT)
+    ax.set_xlabel("2θ (°)")
+    return ax
+
+
+def plot_pattern_comparison(ours, reference, vector: np.ndarray | None = None, ax=None, title: str | None = None,
+                            config: XRDConfig | None = None):
+    """Our sticks (up) against pymatgen's (down, mirrored), optionally with the binned vector on top."""
+    ax = _ax(ax, figsize=(8, 3.5))
+    plot_sticks(ours.two_theta, ours.intensity / 100, ax=ax, color="C0", label="eacnn", lw=1.2,
+                hkls=ours.hkls, annotate=5)
+    plot_sticks(reference.x, -np.asarray(reference.y) / 100, ax=ax, color="C3", label="pymatgen XRDCalculator",
+                lw=1.2)
+    if vector is not None:
+        plot_vector(vector, ax=ax, config=config, color="k", lw=0.8, label="140-bin model input")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_ylabel("relative intensity")
+    ax.legend(fontsize=SMALL_FONT, loc="lower right")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_spacegroup_frequency(spacegroup_numbers: np.ndarray, crystal_systems: np.ndarray, ax=None,
+                              title: str | None = None):
+    """Structures per space group (log scale), bars coloured by crystal system (the paper's Fig. 2)."""
+    import pandas as pd
+
+    ax = _ax(ax, figsize=(9, 3.5))
+    df = pd.DataFrame({"sg": np.asarray(spacegroup_numbers), "cs": np.asarray(crystal_systems)})
+    counts = df.groupby("sg").agg(n=("sg", "size"), cs=("cs", "first")).reset_index()
+    ax.bar(counts["sg"], counts["n"], width=1.0, color=[SYSTEM_COLORS.get(c, "k") for c in counts["cs"]])
+    ax.set_yscale("log")
+    ax.set_xlim(0.5, 230.5)
+    ax.set_xlabel("space group number")
+    ax.set_ylabel("structures")
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=SYSTEM_COLORS[c], label=c) for c in CRYSTAL_SYSTEMS], fontsize=SMALL_FONT, ncol=4)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_patterns_by_system(vectors: np.ndarray, crystal_systems: Sequence[str], titles: Sequence[str], axes=None,
+                            config: XRDConfig | None = None):
+    """One example pattern per crystal system, stacked, coloured like every other figure."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(len(vectors), 1, figsize=(7, 1.1 * len(vectors) + 0.6), sharex=True,
+                               layout="constrained")
+    for ax, vec, cs, title in zip(np.atleast_1d(axes), vectors, crystal_systems, titles):
+        plot_vector(vec, ax=ax, config=config, color=SYSTEM_COLORS.get(cs, "k"), fill=True)
+        ax.set_ylabel("")
+        ax.set_yticks([])
+        ax.text(0.99, 0.85, title, transform=ax.transAxes, ha="right", va="top", fontsize=SMALL_FONT)
+    return axes
+
+
+def plot_training_curves(logs: dict, axes=None):
+    """Training loss, validation Top-1 and learned temperature per epoch, one line per model (name -> log)."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=(11, 3), layout="constrained")
+    for (name, log), color in zip(logs.items(), ("C0", "C3", "C2", "C1")):
+        axes[0].plot(log["epoch"], log["train_loss"], color=color, label=f"{name} (train)")
+        axes[0].plot(log["epoch"], log["val_loss"], color=color, ls="--", label=f"{name} (validation)")
+        axes[1].plot(log["epoch"], 100 * log["val_top1"], color=color, marker="o", ms=3, label=name)
+        axes[2].plot(log["epoch"], log["temperature"], color=color, label=name)
+    axes[0].set(xlabel="epoch", ylabel="InfoNCE loss", title="loss")
+    axes[1].set(xlabel="epoch", ylabel="Top-1 (%)", title="validation retrieval (clean patterns)")
+    axes[2].set(xlabel="epoch", ylabel="temperature", title="learned temperature")
+    axes[0].legend(fontsize=SMALL_FONT)
+    axes[1].legend(fontsize=SMALL_FONT)
+    return axes
+
+
+def plot_augmentation(clean: np.ndarray, perturbed: dict, ax=None, config: XRDConfig | None = None):
+    """A clean pattern and its perturbed versions (level name -> vector), stacked."""
+    ax = _ax(ax, figsize=(8, 3.5))
+    plot_vector(clean, ax=ax, config=config, color="k", label="clean")
+    for k, (name, vec) in enumerate(perturbed.items(), start=1):
+        plot_vector(vec, ax=ax, config=config, offset=1.1 * k, color=f"C{k}", label=name)
+    ax.set_ylabel("intensity (offset)")
+    ax.legend(fontsize=SMALL_FONT, loc="upper right")
+    return ax
+
+
+def plot_model_input(two_theta: np.ndarray, intensity: np.ndarray, vector: np.ndarray, ax=None,
+                     config: XRDConfig | None = None, fine_step: float = 0.01, title: str | None = None):
+    """The pseudo-Voigt profile of the sticks (``two_theta`` degrees, ``intensity``) drawn on ``fine_step``° bins,
+    under the binned model input ``vector`` [n_bins] (the paper's 0.5° bins); both scaled to a maximum of 1."""
+    from dataclasses import replace
+
+    from eacnn.physics.profile import bin_profile
+
+    cfg = config or XRDConfig()
+    ax = _ax(ax, figsize=(8, 3))
+    fine = replace(cfg, step=fine_step)
+    dense = bin_profile(two_theta, intensity, fine)  # [n_fine_bins]
+    ax.plot(fine.bin_centers(), dense / dense.max(), lw=0.8, color="C1",
+            label=f"pseudo-Voigt profile ({fine_step:g}° bins)")
+    plot_vector(vector, ax=ax, config=cfg, color="k", label=f"{cfg.n_bins}-bin model input")
+    ax.legend(fontsize=SMALL_FONT)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def _stacked(n: int, axes=None, height: float = 1.6):
+    """``n`` panels above each other sharing the 2θ axis."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(n, 1, figsize=(7, height * n), sharex=True, layout="constrained")
+    return np.atleast_1d(axes)
+
+
+def plot_case_study(vectors: np.ndarray, labels, query_row: int, candidates, axes=None,
+                    config: XRDConfig | None = None):
+    """The paper's Fig. 3: a query's clean pattern (top, black), then each candidate's pattern coloured by its
+    crystal system over the query's (grey).
+
+    Args:
+        vectors: [n, n_bins] patterns of the data set; ``labels`` its label table (formula, spacegroup_symbol).
+        query_row: row of the query in the data set.
+        candidates: :func:`eacnn.analysis.top_candidates` table (rank, row, formula, spacegroup_symbol,
+            crystal_system, similarity, correct).
+    """
+    axes = _stacked(len(candidates) + 1, axes, height=1.5)
+    plot_vector(vectors[query_row], ax=axes[0], config=config, color="k", fill=True)
+    symbol = pretty_spacegroup(labels["spacegroup_symbol"].iloc[query_row])
+    axes[0].set_title(f"query: {labels['formula'].iloc[query_row]}, {symbol} (clean pattern)", fontsize=SMALL_FONT)
+    for ax, c in zip(axes[1:], candidates.itertuples()):
+        plot_vector(vectors[query_row], ax=ax, config=config, color="0.7")
+        plot_vector(vectors[c.row], ax=ax, config=config, color=SYSTEM_COLORS.get(c.crystal_system, "C0"))
+        ax.set_title(f"#{c.rank}: {c.formula}, {pretty_spacegroup(c.spacegroup_symbol)} ({c.crystal_system}), "
+                     f"cosine {c.similarity:.3f}{' ✓' if c.correct else ''}", fontsize=9)
+    _tidy_stack(axes)
+    return axes
+
+
+def _tidy_stack(axes) -> None:
+    """Stacked patterns share the 2θ axis (named once, under the last panel) and need no intensity label each."""
+    for ax in axes:
+        ax.set_ylabel("")
+    for ax in axes[:-1]:
+        ax.set_xlabel("")
+
+
+def plot_top_hits(query: np.ndarray, hits, vectors: np.ndarray, query_label: str = "query", axes=None,
+                  config: XRDConfig | None = None):
+    """A measured pattern on the model grid (top) and the simulated pattern of each hit over it (grey: the query).
+
+    Args:
+        query: [n_bins] the measured pattern on the model's grid.
+        hits: :func:`eacnn.retrieval.search.rank` table (rank, row, id, formula, spacegroup, similarity).
+        vectors: [n, n_bins] simulated patterns of the database, indexed by ``hits.row``.
+    """
+    axes = _stacked(len(hits) + 1, axes)
+    plot_vector(query, ax=axes[0], config=config, color="k", label=query_label)
+    for ax, h in zip(axes[1:], hits.itertuples()):
+        plot_vector(query, ax=ax, config=config, color="0.75")
+        name = f"#{h.rank} {h.formula} {pretty_spacegroup(h.spacegroup)} ({h.id})"
+        plot_vector(vectors[h.row], ax=ax, config=config, color="C0", label=f"{name}, similarity {h.similarity:.3f}")
+    for ax in axes:
+        ax.legend(fontsize=SMALL_FONT)
+    _tidy_stack(axes)
+    return axes
+
+
+def plot_scan(two_theta: np.ndarray, intensity: np.ndarray, ax=None, title: str | None = None):
+    """A measured scan as recorded: counts against 2θ (degrees)."""
+    ax = _ax(ax, figsize=(7, 2.6))
+    ax.plot(two_theta, intensity, lw=0.6, color="k")
+    ax.set(xlabel="2θ (°)", ylabel="counts")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_preprocessing(grid, axes=None, config: XRDConfig | None = None):
+    """The steps of :func:`eacnn.measured.to_model_grid` on one scan (a ``GridResult``): the mapped scan and its
+    SNIP background (log scale), the scan after background removal, and the binned model input."""
+    cfg = config or XRDConfig()
+    st = grid.steps
+    axes = _stacked(3, axes, height=2.0)
+    axes[0].plot(st["two_theta"], st["mapped"], lw=0.6, color="k", label="measured")
+    axes[0].plot(st["two_theta"], st["background"], lw=1.2, color="C3", label="SNIP background")
+    axes[0].set_yscale("log")
+    axes[1].plot(st["two_theta"], st["corrected"], lw=0.6, color="k", label="background removed")
+    plot_vector(grid.vector, ax=axes[2], config=cfg, color="C0", label=f"{cfg.n_bins}-bin model input")
+    for ax in axes:
+        ax.legend(fontsize=SMALL_FONT)
+    axes[2].set_xlim(cfg.two_theta_min, cfg.two_theta_max)
+    axes[0].set_ylabel("counts")
+    return axes
+
+
+def plot_robustness(whole_pool, ax=None):
+    """Top-1 over the whole pool against the query condition, one line per method (``whole_pool``: the output of
+    :func:`eacnn.analysis.whole_pool`, indexed by method and condition)."""
+    ax = _ax(ax, figsize=(6, 3.5))
+    flat = whole_pool.reset_index()
+    for (name, group), marker in zip(flat.groupby("method", sort=False), "osv^D"):
+        ax.plot(group["condition"], group["top1"], marker=marker, label=name)
+    ax.set(ylabel=f"Top-1 over {int(flat['candidates'].max()):,} candidates (%)", xlabel="query condition",
+           ylim=(0, 102))
+    ax.legend(fontsize=SMALL_FONT)
+    return ax
+
+
+def plot_accuracy_vs_frequency(per_sg: dict, ax=None):
+    """Top-1 of each space group against its training structures (log scale; marker area grows with the test
+    queries), one marker style per model (name -> :func:`eacnn.analysis.per_spacegroup_accuracy` table)."""
+    ax = _ax(ax, figsize=(7, 3.5))
+    for (name, t), marker in zip(per_sg.items(), "os^D"):
+        ax.scatter(t["train_samples"] + 0.5, t["top1"], s=12 + 2 * np.sqrt(t["test_samples"]), marker=marker,
+                   alpha=0.6, label=name)
+    ax.set_xscale("log")
+    ax.set(xlabel="training structures of the space group (+0.5)", ylabel="Top-1 over the test pool (%)")
+    ax.legend(fontsize=SMALL_FONT)
+    return ax
+
+
+def plot_classifier_vs_retrieval(binned, retrieval: str, classifier: str = "classifier", ax=None):
+    """Space group right (%) by how often the query's group occurs in training: retrieval (column ``retrieval``:
+    the space group of its top-1 structure) beside the classifier (``binned``: the output of
+    :func:`eacnn.analysis.accuracy_by_training_frequency`)."""
+    ax = _ax(ax, figsize=(6, 3.2))
+    x = np.arange(len(binned))
+    ax.bar(x - 0.2, binned[retrieval], 0.4, label=f"retrieval ({retrieval}): top-1's space group")
+    ax.bar(x + 0.2, binned[classifier], 0.4, label="space-group classifier")
+    ax.set_xticks(x, [f"{n}\n({int(q)} queries)" for n, q in zip(binned.index, binned["queries"])], fontsize=SMALL_FONT)
+    ax.set(xlabel="training structures of the query's space group", ylabel="space group right (%)", ylim=(0, 105))
+    ax.legend(fontsize=SMALL_FONT)
+    return ax
+
+
+def plot_embedding_map(xy: np.ndarray, systems: Sequence[str], ax=None, title: str | None = None,
+                       legend: bool = False):
+    """A 2-D map of embeddings ([n, 2], e.g. t-SNE) coloured by crystal system ([n] names)."""
+    ax = _ax(ax, figsize=(4.5, 4))
+    systems = np.asarray(systems)
+    for cs in CRYSTAL_SYSTEMS:
+        m = systems == cs
+        ax.scatter(xy[m, 0], xy[m, 1], s=4, color=SYSTEM_COLORS[cs], label=cs)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=SMALL_FONT)
+    if legend:
+        ax.legend(fontsize=SMALL_FONT, markerscale=3)
+    return ax
+
+
+def plot_tsne_panels(maps: dict, systems: Sequence[str], axes=None, ncols: int = 2):
+    """One :func:`plot_embedding_map` per map (key -> [n, 2]; a (method, space) key is titled on two lines), the
+    legend on the first panel."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        nrows = -(-len(maps) // ncols)
+        _, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 4 * nrows), layout="constrained", squeeze=False)
+    flat = np.ravel(axes)
+    for i, (ax, (key, xy)) in enumerate(zip(flat, maps.items())):
+        title = "\n".join(key) if isinstance(key, tuple) else str(key)
+        plot_embedding_map(xy, systems, ax=ax, title=title, legend=i == 0)
+    for ax in flat[len(maps):]:
+        ax.set_visible(False)
+    return axes
+
+
+def plot_robustness_conditions(best: "pd.DataFrame", ax=None):  # noqa: F821
+    """Top-1 per query condition: a bar per method for the query as measured and a black tick for the same query
+    read at every lattice scale (where computed); ``best``: :func:`eacnn.robustness.best_query`."""
+    ax = _ax(ax, figsize=(9, 3.8))
+    conditions = list(dict.fromkeys(best["condition"].astype(str)))
+    methods = list(dict.fromkeys(best["method"]))
+    width = 0.8 / max(len(methods), 1)
+    x = np.arange(len(conditions))
+    for k, method in enumerate(methods):
+        mine = best[best["method"] == method]
+        rows = mine.set_index(mine["condition"].astype(str)).reindex(conditions)
+        pos = x - 0.4 + width * (k + 0.5)
+        ax.bar(pos, rows["as measured"], width, label=method)
+        if "multi-scale" in rows:
+            ms = rows["multi-scale"].to_numpy(dtype=float)
+            ax.scatter(pos[np.isfinite(ms)], ms[np.isfinite(ms)], marker="_", s=120, color="k", zorder=3,
+                       label="read at lattice scales 0.96–1.04" if k == 0 else None)
+    ax.set_xticks(x, conditions, rotation=35, ha="right")
+    ax.set(ylabel="Top-1 (%)", ylim=(0, 102))
+    ax.legend(fontsize=SMALL_FONT, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return ax

@@ -1,0 +1,568 @@
+"""Mixtures: name every phase of a multi-phase pattern, with its approximate weight fraction (issue 16).
+
+:func:`identify_phases` searches a saved database (:class:`eacnn.retrieval.database.SavedDatabase`) one phase at a
+time and fits the phases found to the pattern on the model's 140-bin grid:
+
+1. **Fit.** The chosen phases and a smooth background are fitted jointly to the pattern over the covered bins:
+   each phase's reflections under its own lattice strain Δd/d, zero shift and peak width, profiled onto the bins
+   (:func:`eacnn.retrieval.identify._profiles`), times a non-negative scale; the background is a non-negative
+   combination of Bernstein polynomials of degree :data:`BACKGROUND_DEGREE` in 2θ (smooth, never negative, too
+   broad to take up a Bragg peak). Scales come from one non-negative least-squares fit of all of them together
+   (``scipy.optimize.nnls``); each phase's strain, shift and width from a grid search against the pattern less
+   everything else (:data:`STRAIN_OFFSETS`, :data:`SHIFTS`, :data:`WIDTHS`), alternating twice.
+2. **Search the residual.** The positive part of pattern − fit is identified like a pattern of its own
+   (:func:`eacnn.retrieval.identify.identify`: multi-scale query, refinement, calibrated verdict); the best
+   candidate that is not already chosen (same id, or same formula and space group) and whose profile is not
+   collinear with a chosen phase's (cosine ≥ :data:`COLLINEAR`) is added, and step 1 runs again.
+3. **Stop** (``phases="auto"``) before adding a phase when any of:
+
+   * *no significant peak*: the largest residual bin is below max(``significance`` × σ, ``min_peak``), σ the
+     noise of the pattern (1.4826 × the median absolute difference of neighbouring residual bins / √2, robust to
+     the peaks and blind to a smooth background) and ``min_peak`` a fraction of the strongest bin (default 5 σ and
+     3 %);
+   * *no confident match*: the candidate's refined agreement with the residual is below the database's calibrated
+     agreement threshold (``manifest["calibration"]["agreement"]``);
+   * *no gain*: with the candidate the fit's agreement (1 − Rwp²) grows by less than ``min_gain`` (default 0.02),
+     or its NNLS scale is zero.
+
+   With ``phases=N`` the search goes on to N phases whatever the rules say (each phase still reports whether its
+   step passed them), stopping only when no candidate is left or a new phase gets a zero scale.
+4. **Re-check each slot.** Every chosen phase is tried against the other candidates of the step that found it
+   (:data:`ALTERNATIVES` of them): the swap is kept when the joint fit's weighted residual falls by more than
+   :data:`SWAP_GAIN` (relative).
+
+**Weight fractions (approximate, RIR-style).** With the joint fit's scale s_i of phase i's stored reflections
+(strongest stick 1) and A_i the ratio of its absolute cell scattering (Σ |F_hkl|² × Lorentz-polarisation, the
+simulator's Debye–Waller B, computed from the candidate's structure with pymatgen's ``XRDCalculator``) to those
+stored areas, the scale on the absolute scale is S_i = s_i / A_i and (Hill & Howard, J. Appl. Cryst. 20, 467
+(1987)) W_i = S_i (Z M V)_i / Σ_j S_j (Z M V)_j, Z M the cell's mass and V its volume. Neglected: absorption
+contrast and microabsorption (Brindley) between phases, preferred orientation, extinction, amorphous content
+(fractions are of the crystalline part and sum to 1), and intensity that overlapping peaks trade between phases.
+Fractions are only meaningful when the named phases are right.
+
+**Agreement.** ``rwp``: √(Σ w (y − ŷ)² / Σ w y²) over the covered bins with Poisson-like weights
+w = 1 / max(y, 0.01) (y max-normalised); ``explained``: Σ min(ŷ_phases, y⁺) / Σ y⁺, the share of the
+background-free intensity the phases account for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from functools import lru_cache
+from math import comb
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+from scipy.optimize import nnls
+
+from eacnn.config import XRDConfig
+from eacnn.errors import ConfigError, EACNNError, PatternError
+from eacnn.physics.measurement import CU_KALPHA2
+from eacnn.physics.perturb import bragg_shift
+from eacnn.physics.profile import bin_kernel
+from eacnn.retrieval.identify import identify
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MixturePhase", "MixtureResult", "identify_phases", "fit_phases", "cell_scattering", "weight_fractions",
+           "MAX_PHASES"]
+
+MAX_PHASES = 4  # most phases one pattern is searched for
+KALPHA2_RATIO = 0.5  # Cu Kα2 / Kα1 area ratio tried when the pattern may carry Kα2 (2p3/2 : 2p1/2 vacancies)
+BACKGROUND_DEGREE = 6  # Bernstein polynomials of this degree in 2θ make the smooth background
+STRAIN_OFFSETS = np.linspace(-0.006, 0.006, 13)  # Δd/d around the current strain, 0.1 % steps
+SHIFTS = np.linspace(-0.3, 0.3, 13)  # degrees 2θ, zero shift, 0.05° steps
+WIDTHS = (1.0, 1.5, 2.5, 4.0)  # peak FWHM in units of the model's xrd.fwhm
+# the coarser grids every candidate is screened on (strains over the ±3 % a measured cell may differ from the
+# database's, and a little more) before the chosen one is fitted on the grids above
+SCREEN = (np.linspace(-0.035, 0.035, 29), np.linspace(-0.3, 0.3, 5), (1.0, 2.5))
+COLLINEAR = 0.95  # a candidate whose profile has this cosine with a chosen phase's is the same pattern
+ALTERNATIVES = 5  # candidates per slot tried in the final re-check
+SWAP_GAIN = 0.01  # a swap must lower the weighted residual by this fraction
+WEIGHT_FLOOR = 0.01  # Poisson-like weights 1 / max(y, floor) of the fit and of rwp
+
+
+@dataclass
+class MixturePhase:
+    """One phase of a mixture."""
+
+    id: str  # the database's material_id
+    formula: str
+    spacegroup: str
+    source: str  # "embedded" or the CIF folder it came from
+    row: int  # row in the database
+    strain: float  # fitted lattice strain Δd/d (> 0: the measured cell is larger)
+    zero_shift: float  # fitted zero shift, degrees 2θ
+    width: float  # fitted peak FWHM, degrees 2θ
+    scale: float  # NNLS scale of the stored reflections (strongest stick 1) on the max-1 pattern
+    intensity_fraction: float  # share of the phases' fitted intensity over the covered bins
+    weight_fraction: float  # approximate (RIR-style, see the module docstring); NaN when no structure was found
+    agreement: float  # cosine of the phase's profile with the pattern less the other phases and background
+    confident: bool  # its step passed the stopping rules (always True in "auto" mode)
+    step: int  # the search step that found it (1 = the first)
+
+    def to_dict(self) -> dict:
+        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class MixtureResult:
+    """The phases of one pattern, the fit and what to plot. Curves are on the model grid [n_bins]."""
+
+    phases: list  # MixturePhase, by intensity fraction (largest first); empty when nothing was found
+    explained: float  # fraction of the background-free intensity explained by the phases
+    rwp: float  # Rwp-like agreement of the fit (module docstring)
+    noise: float  # σ, the noise estimate of the max-1 pattern
+    stop_reason: str  # why the search ended
+    two_theta: np.ndarray  # [n_bins] bin centres, degrees
+    measured: np.ndarray  # [n_bins] the pattern (max 1), 0 where not covered
+    covered: np.ndarray  # [n_bins] bool
+    curves: np.ndarray  # [k, n_bins] each phase's fitted contribution (same order as phases)
+    background: np.ndarray  # [n_bins] the fitted background
+    kalpha2: float = 0.0  # the Kα2 / Kα1 area ratio the phase profiles carry (given, or decided on the first phase)
+    steps: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per candidate tried: step, id, formula,
+    # agreement, verdict, accepted, reason
+
+    @property
+    def total(self) -> np.ndarray:
+        """[n_bins] background + every phase."""
+        return self.background + self.curves.sum(axis=0)
+
+    @property
+    def residual(self) -> np.ndarray:
+        """[n_bins] measured − total over the covered bins (0 elsewhere)."""
+        return np.where(self.covered, self.measured - self.total, 0.0)
+
+    def table(self) -> pd.DataFrame:
+        """One row per phase."""
+        return pd.DataFrame([p.to_dict() for p in self.phases], columns=list(MixturePhase.__dataclass_fields__))
+
+    def to_dict(self) -> dict:
+        """JSON-ready: ``phases`` (list of dicts with id, formula, spacegroup, weight_fraction, ...) and the fit."""
+        return {"phases": [p.to_dict() for p in self.phases], "explained": self.explained, "rwp": self.rwp,
+                "noise": self.noise, "kalpha2": self.kalpha2, "stop_reason": self.stop_reason,
+                "weight_fraction_note": "approximate: RIR-style from the fitted scales with Z·M·V; absorption, "
+                                        "microabsorption, texture and amorphous content neglected"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fitting
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class _Slot:
+    """A chosen phase while fitting: its database row, reflections, profile parameters and alternatives."""
+
+    row: int
+    tt: np.ndarray  # [p] degrees
+    area: np.ndarray  # [p]
+    strain: float
+    shift: float
+    width: float
+    profile: np.ndarray  # [n_bins] at the current parameters
+    kalpha2: float = 0.0  # Kα2 / Kα1 area ratio its profile carries
+    step: int = 0
+    confident: bool = True
+    alternatives: list = field(default_factory=list)  # (row, strain) of the step's next candidates
+
+
+FINE = 0.02  # degrees; reflections are split between two points of this grid before the bin integrals
+
+
+@lru_cache(maxsize=16)
+def _kernel(xrd: XRDConfig, width: float) -> tuple[float, np.ndarray]:
+    """(origin, [n_fine, n_bins] bin integrals of a unit pseudo-Voigt of FWHM ``width`` at each fine-grid point)."""
+    return bin_kernel(xrd.two_theta_min, xrd.two_theta_max, xrd.step, width, xrd.eta, FINE, max(1.0, 10 * width))
+
+
+def profile_grid(two_theta: np.ndarray, area: np.ndarray, strains: np.ndarray, shifts: np.ndarray, width: float,
+                 xrd: XRDConfig, kalpha2: float = 0.0) -> np.ndarray:
+    """Binned patterns [V, n_bins] (float64, not normalised) of one phase's reflections (2θ [p] degrees, areas [p])
+    under each (lattice strain Δd/d, zero shift in degrees) pair [V], peaks of FWHM ``width`` (degrees).
+
+    ``kalpha2``: area ratio of a Cu Kα2 copy of every reflection (its d-spacings read at λ(Kα2), i.e. a strain of
+    (1 + ε) λ₁/λ₂ − 1, then the same zero shift). Without it, the same numbers as
+    :func:`eacnn.retrieval.identify._profiles`, through a sparse deposit matrix (two entries per reflection and
+    variant), so a grid of hundreds of variants costs milliseconds.
+    """
+    lo, kernel = _kernel(xrd, float(width))  # [n_fine, n_bins]
+    strains, shifts = np.asarray(strains, np.float64)[:, None], np.asarray(shifts, np.float64)[:, None]
+    pos = bragg_shift(two_theta[None, :], strains, shifts, xrd.wavelength)  # [V, p]
+    if kalpha2 > 0:
+        second = bragg_shift(two_theta[None, :], (1 + strains) * xrd.wavelength / CU_KALPHA2 - 1, shifts,
+                             xrd.wavelength)
+        pos, area = np.concatenate([pos, second], axis=1), np.concatenate([area, kalpha2 * area])  # [V, 2p], [2p]
+    x = (pos - lo) / FINE
+    i0 = np.clip(np.floor(x).astype(np.int64), 0, kernel.shape[0] - 2)
+    w1 = np.clip(x - i0, 0.0, 1.0)
+    v, p = pos.shape
+    rows = np.repeat(np.arange(v), 2 * p)
+    cols = np.stack([i0, i0 + 1], axis=-1).ravel()
+    vals = np.stack([area[None, :] * (1 - w1), area[None, :] * w1], axis=-1).ravel()
+    dep = sparse.csr_matrix((vals, (rows, cols)), shape=(v, kernel.shape[0]))  # duplicates are summed
+    return np.asarray(dep @ kernel, dtype=np.float64)
+
+
+@lru_cache(maxsize=4)
+def _background_basis(xrd: XRDConfig, degree: int) -> np.ndarray:
+    """[degree + 1, n_bins] Bernstein polynomials of 2θ over the window (non-negative, summing to 1)."""
+    x = (xrd.bin_centers() - xrd.two_theta_min) / (xrd.two_theta_max - xrd.two_theta_min)
+    return np.stack([comb(degree, k) * x**k * (1 - x) ** (degree - k) for k in range(degree + 1)])
+
+
+def _weights(y: np.ndarray) -> np.ndarray:
+    return 1.0 / np.maximum(y, WEIGHT_FLOOR)
+
+
+def _nnls(y: np.ndarray, mask: np.ndarray, profiles: Sequence[np.ndarray], basis: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Non-negative scales of the profiles [k] and of the background basis [m], weighted, over the masked bins."""
+    a = np.concatenate([np.asarray(profiles, np.float64).reshape(-1, len(y)), basis], axis=0)[:, mask].T  # [c, k+m]
+    sw = np.sqrt(_weights(y[mask]))
+    coef, _ = nnls(a * sw[:, None], y[mask] * sw, maxiter=50 * a.shape[1])
+    return coef[: len(profiles)], coef[len(profiles):]
+
+
+def _refit_profile(slot: _Slot, target: np.ndarray, mask: np.ndarray, xrd: XRDConfig, weights: np.ndarray,
+                   screen: bool = False) -> float:
+    """Grid-search the slot's strain, shift and width for the least weighted misfit to ``target`` at the best
+    non-negative scale, i.e. the largest (Σ w t p)² / Σ w p² with Σ w t p > 0 (the :data:`SCREEN` grids, over
+    every plausible strain, when ``screen``; else the fine grids around the slot's strain). Updates the slot and
+    returns the cosine of its new profile with the positive part of the target (the agreement)."""
+    t = np.where(mask, target, 0.0)
+    w = np.where(mask, weights, 0.0)
+    if screen:
+        strains, shifts, widths = SCREEN
+    else:
+        strains, shifts, widths = slot.strain + STRAIN_OFFSETS, SHIFTS, WIDTHS
+    eps, delta = np.meshgrid(strains, shifts, indexing="ij")
+    eps, delta = eps.ravel(), delta.ravel()
+    best = (-np.inf, slot.strain, slot.shift, slot.width)
+    for factor in widths:
+        y = profile_grid(slot.tt, slot.area, eps, delta, factor * xrd.fwhm, xrd, slot.kalpha2)  # [V, n_bins]
+        num = y @ (w * t)  # [V]
+        score = np.where(num > 0, num * num / np.maximum((y * y) @ w, 1e-300), -1.0)
+        j = int(np.argmax(score))
+        if score[j] > best[0]:
+            best = (float(score[j]), float(eps[j]), float(delta[j]), factor * xrd.fwhm)
+    slot.strain, slot.shift, slot.width = best[1:]
+    slot.profile = _profile(slot, xrd)
+    return _cosine(slot.profile, np.clip(t, 0.0, None), mask)
+
+
+def _profile(slot: _Slot, xrd: XRDConfig) -> np.ndarray:
+    """[n_bins] the slot's profile at its current strain, shift, width and Kα2 ratio."""
+    return profile_grid(slot.tt, slot.area, np.array([slot.strain]), np.array([slot.shift]), slot.width, xrd,
+                        slot.kalpha2)[0]
+
+
+def fit_phases(y: np.ndarray, mask: np.ndarray, slots: list, xrd: XRDConfig, rounds: int = 2
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Jointly fit the slots' profiles and the background to ``y`` over ``mask`` (module docstring, step 1); the
+    slots' strain, shift, width and profile are updated in place.
+
+    Returns:
+        scales [k], background [n_bins], agreements [k]: the cosine of each phase's profile with the positive part
+        of y less the background and the other phases (the phase seen alone).
+    """
+    basis = _background_basis(xrd, BACKGROUND_DEGREE)  # [m, n_bins]
+    scales, bg = _nnls(y, mask, [s.profile for s in slots], basis)
+    for _ in range(rounds):
+        for i, slot in enumerate(slots):
+            _refit_profile(slot, y - _others(scales, bg @ basis, slots, i), mask, xrd, _weights(y))
+            scales, bg = _nnls(y, mask, [s.profile for s in slots], basis)
+    agree = np.array([_cosine(s.profile, np.clip(y - _others(scales, bg @ basis, slots, i), 0.0, None), mask)
+                      for i, s in enumerate(slots)])
+    return scales, bg @ basis, agree
+
+
+def _others(scales: np.ndarray, background: np.ndarray, slots: list, i: int) -> np.ndarray:
+    """[n_bins] background + every fitted phase but slot i."""
+    return background + sum((scales[j] * s.profile for j, s in enumerate(slots) if j != i), np.zeros(len(background)))
+
+
+def _rwp(y: np.ndarray, fit: np.ndarray, mask: np.ndarray) -> float:
+    w = _weights(y[mask])
+    return float(np.sqrt(np.sum(w * (y[mask] - fit[mask]) ** 2) / max(np.sum(w * y[mask] ** 2), 1e-12)))
+
+
+def _noise(residual: np.ndarray, mask: np.ndarray) -> float:
+    """σ of a residual from neighbouring covered bins' differences (median absolute value, Gaussian-consistent)."""
+    both = mask[1:] & mask[:-1]
+    d = np.diff(residual)[both]
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2.0)) if len(d) else 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Weight fractions
+# ---------------------------------------------------------------------------------------------------------------
+def cell_scattering(structure, two_theta: np.ndarray, area: np.ndarray, xrd: XRDConfig | None = None) -> float:
+    """A_i: the absolute scattering of the structure's cell (Σ |F|² × Lorentz-polarisation with the simulator's
+    Debye–Waller B, pymatgen's ``XRDCalculator``) over the 2θ range of the stored reflections, divided by their
+    summed stored areas (strongest stick 1)."""
+    from pymatgen.analysis.diffraction.xrd import XRDCalculator  # pymatgen's calculator: only fractions need it
+
+    xrd = xrd or XRDConfig()
+    lo, hi = float(np.min(two_theta)) - 1e-3, float(np.max(two_theta)) + 1e-3
+    b = {el.symbol: xrd.b_factor for el in structure.composition.elements}
+    pattern = XRDCalculator(wavelength=xrd.wavelength, debye_waller_factors=b).get_pattern(
+        structure, scaled=False, two_theta_range=(max(lo, 0.0), min(hi, 180.0)))
+    return float(np.sum(pattern.y) / max(float(np.sum(area)), 1e-12))
+
+
+def weight_fractions(scales: Sequence[float], scattering: Sequence[float], masses: Sequence[float],
+                     volumes: Sequence[float]) -> np.ndarray:
+    """W_i = S_i (Z M V)_i / Σ_j S_j (Z M V)_j with S_i = scale_i / scattering_i (Hill & Howard 1987).
+
+    Args:
+        scales: fitted scales of the stored (max-1) reflections; scattering: A_i (:func:`cell_scattering`);
+        masses: cell masses Z·M (g/mol); volumes: cell volumes V (Å³). NaN entries give NaN fractions.
+    """
+    s = np.asarray(scales, float) / np.asarray(scattering, float) * np.asarray(masses, float) * np.asarray(volumes,
+                                                                                                          float)
+    total = np.nansum(s)
+    return s / total if total > 0 and np.isfinite(s).all() else np.full(len(s), np.nan)
+
+
+def _structure_of(db, row: int):
+    """The candidate's structure: the embedded table by id, or ``<source>/<id>.cif``; None when not found."""
+    from eacnn.datasets.structures import load_embedded, read_cif, row_to_structure
+
+    label = db.labels.iloc[row]
+    try:
+        if label["source"] == "embedded":
+            table = load_embedded()
+            hit = table[table["material_id"] == label["material_id"]]
+            return row_to_structure(hit.iloc[0].to_dict()) if len(hit) else None
+        path = Path(label["source"]) / f"{label['material_id']}.cif"
+        return read_cif(path) if path.is_file() else None
+    except EACNNError as err:
+        log.warning("no structure for %s (%s): its weight fraction is unknown", label["material_id"], err)
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The search
+# ---------------------------------------------------------------------------------------------------------------
+def _check_phases(phases) -> int | None:
+    """None for "auto", else the number asked for (1..MAX_PHASES)."""
+    if isinstance(phases, str):
+        if phases.strip().lower() == "auto":
+            return None
+        try:
+            phases = int(phases)
+        except ValueError:
+            raise ConfigError(f"phases must be 'auto' or an integer 1..{MAX_PHASES}, got {phases!r}") from None
+    if isinstance(phases, bool) or not isinstance(phases, (int, np.integer)) or not 1 <= phases <= MAX_PHASES:
+        raise ConfigError(f"phases must be 'auto' or an integer 1..{MAX_PHASES}, got {phases!r}")
+    return int(phases)
+
+
+def _label(db, row: int) -> tuple[str, str, str, str]:
+    lab = db.labels.iloc[row]
+    return str(lab["material_id"]), str(lab["formula"]), str(lab["spacegroup_symbol"]), str(lab["source"])
+
+
+def _slot(db, row: int, strain: float, xrd: XRDConfig, step: int, kalpha2: float) -> _Slot:
+    tt, area = db.sticks(int(row))
+    tt, area = np.asarray(tt, np.float64), np.asarray(area, np.float64)
+    return _Slot(int(row), tt, area, float(strain), 0.0, xrd.fwhm, np.zeros(xrd.n_bins), float(kalpha2), step)
+
+
+def _fit_state(y, mask, slots, xrd, rounds: int = 2):
+    """(scales, background, agreements, fit, rwp) of the slots."""
+    scales, bg, agree = fit_phases(y, mask, slots, xrd, rounds)
+    fit = bg + sum((s * sl.profile for s, sl in zip(scales, slots)), np.zeros_like(y))
+    return scales, bg, agree, fit, _rwp(y, fit, mask)
+
+
+def _chi2(y: np.ndarray, mask: np.ndarray, profiles: list, basis: np.ndarray) -> tuple[float, float]:
+    """(weighted residual sum of squares, scale of the last profile) of a quick NNLS with fixed profiles."""
+    scales, bg = _nnls(y, mask, profiles, basis)
+    fit = bg @ basis + (scales @ np.asarray(profiles) if len(profiles) else 0.0)
+    return float(np.sum(_weights(y[mask]) * (y[mask] - fit[mask]) ** 2)), float(scales[-1]) if len(scales) else 0.0
+
+
+def _candidates(y, mask, residual, slots, db, found, xrd, step: int, kalpha2: float) -> list:
+    """The shortlist's candidates, each fitted to the residual, as (gain, agreement, slot, hit), best gain first.
+
+    The gain is 1 − χ²(with the candidate) / χ²(without), both quick NNLS fits with the chosen phases' profiles
+    fixed: the share of the remaining weighted misfit the candidate removes."""
+    basis = _background_basis(xrd, BACKGROUND_DEGREE)
+    base, _ = _chi2(y, mask, [s.profile for s in slots], basis)
+    taken = {_label(db, s.row)[1:3] for s in slots} | {("", "")}
+    out = []
+    for h in found.hits.itertuples():
+        if int(h.row) in {s.row for s in slots} or (h.formula, h.spacegroup) in taken:
+            continue
+        cand = _slot(db, int(h.row), 1.0 / float(h.scale) - 1.0, xrd, step, kalpha2)
+        agreement = _refit_profile(cand, residual, mask, xrd, _weights(y), screen=True)
+        if any(_cosine(cand.profile, s.profile, mask) >= COLLINEAR for s in slots):
+            continue
+        chi2, scale = _chi2(y, mask, [s.profile for s in slots] + [cand.profile], basis)
+        if scale > 0:
+            out.append((1.0 - chi2 / max(base, 1e-300), agreement, cand, h))
+    return sorted(out, key=lambda c: -c[0])
+
+
+def identify_phases(vector: np.ndarray, covered: np.ndarray | None, db, phases: str | int = "auto",
+                    elements: Sequence[str] | None = None, shortlist: int = 50, significance: float = 5.0,
+                    min_peak: float = 0.03, min_gain: float = 0.25, min_agreement: float = 0.5,
+                    kalpha2: float | None = None, structures: Callable | None = None,
+                    xrd: XRDConfig | None = None) -> MixtureResult:
+    """Name every phase of a (possibly multi-phase) pattern with its approximate weight fraction.
+
+    The search, its stopping rule and the fraction method are in the module docstring.
+
+    Args:
+        vector: [n_bins] the pattern on the model grid (background-subtracted or not: a smooth background is
+            fitted); covered: [n_bins] bool, the bins the scan measured (all when None).
+        db: a :class:`eacnn.retrieval.database.SavedDatabase` (with reflections: ``sticks``).
+        phases: ``"auto"`` (stop by the rules) or the number of phases to name, 1..:data:`MAX_PHASES`.
+        elements: keep only candidates made of these elements (and no others).
+        shortlist: candidates the model proposes per step (multi-scale query of the residual), each then fitted.
+        significance, min_peak: the residual's largest bin must reach max(significance × σ, min_peak) (fraction of
+            the strongest bin) for another phase to be searched.
+        min_gain: the least share of the remaining weighted misfit (χ²) a new phase must remove.
+        min_agreement: the least cosine of a new phase's fitted profile with the residual.
+        kalpha2: Kα2 / Kα1 area ratio of the profiles: 0 for Kα1-only (or Kα2-stripped) patterns, None to decide
+            on the first phase (0 or :data:`KALPHA2_RATIO`, whichever fits better).
+        structures: ``structures(row) -> pymatgen Structure`` for the weight fractions; by default the embedded
+            table or ``<source>/<id>.cif``.
+
+    Returns:
+        a :class:`MixtureResult`; no phase when the pattern holds no significant peak that a candidate explains.
+
+    Raises:
+        ConfigError: ``phases`` is neither "auto" nor 1..4 (the message shows the value).
+        PatternError: the vector is not [n_bins] finite values with a positive maximum over the covered bins.
+    """
+    xrd = xrd or XRDConfig()
+    limit = _check_phases(phases)
+    y = np.asarray(vector, np.float64)
+    if y.shape != (xrd.n_bins,) or not np.isfinite(y).all():
+        raise PatternError(f"need a finite pattern of shape ({xrd.n_bins},), got shape {y.shape}")
+    mask = np.ones(xrd.n_bins, bool) if covered is None else np.asarray(covered, bool)
+    top = float(np.max(np.where(mask, y, -np.inf))) if mask.any() else 0.0
+    if not top > 0:
+        raise PatternError("the pattern has no positive intensity over its covered bins")
+    y = np.where(mask, np.clip(y, 0.0, None) / top, 0.0)
+
+    slots: list[_Slot] = []
+    steps: list[dict] = []
+    state = _fit_state(y, mask, slots, xrd)
+    stop = f"reached {limit or MAX_PHASES} phases"
+    for step in range(1, (limit or MAX_PHASES) + 1):
+        residual = np.where(mask, y - state[3], 0.0)
+        sigma = max(_noise(residual, mask), 1e-6)
+        height = float(residual.max())
+        significant = height >= max(significance * sigma, min_peak)
+        if not significant and (limit is None or height <= 0):
+            stop = (f"no significant residual peak ({height:.3f} < max({significance:g} σ = "
+                    f"{significance * sigma:.3f}, {min_peak:g}))")
+            break
+        found = identify(np.clip(residual, 0.0, None) / height, mask, db, top=shortlist, elements=elements,
+                         rerank=0, xrd=xrd)
+        ranked = _candidates(y, mask, residual, slots, db, found, xrd, step, kalpha2 or 0.0)
+        if not ranked:
+            stop = f"step {step}: no candidate explains any of the residual"
+            break
+        gain0, agreement, cand, hit = ranked[0]
+        trial = _fit_state(y, mask, slots + [cand], xrd)
+        if kalpha2 is None:  # the first phase decides whether the pattern carries Kα2
+            other = dataclasses.replace(cand, kalpha2=KALPHA2_RATIO)
+            with_ka2 = _fit_state(y, mask, slots + [other], xrd)
+            kalpha2 = KALPHA2_RATIO if with_ka2[4] < trial[4] else 0.0
+            cand, trial = (other, with_ka2) if kalpha2 else (cand, trial)
+            agreement = _cosine(cand.profile, np.clip(residual, 0.0, None), mask)
+        gain = 1.0 - (trial[4] / max(state[4], 1e-12)) ** 2
+        diag = {"height": height, "snr": height / sigma, "gain": gain, "similarity": float(hit.similarity)}
+        reason = ("" if significant else "residual not significant") or (
+            f"agreement {agreement:.3f} < {min_agreement:g}" if agreement < min_agreement else
+            f"gain {gain:.3f} < {min_gain:g}" if gain < min_gain else
+            "zero scale in the joint fit" if trial[0][-1] <= 0 else "")
+        if reason and (limit is None or trial[0][-1] <= 0):
+            steps.append(_log(step, hit, agreement, False, reason, diag))
+            stop = f"step {step}: {reason} (best candidate {hit.formula} {hit.spacegroup})"
+            break
+        cand.confident = not reason
+        cand.alternatives = [(c[2].row, c[2].strain) for c in ranked[1: ALTERNATIVES + 1]]
+        steps.append(_log(step, hit, agreement, True, reason, diag))
+        slots.append(cand)
+        state = trial
+    if slots:
+        state = _recheck(y, mask, slots, state, db, xrd)
+    sigma = max(_noise(np.where(mask, y - state[3], 0.0), mask), 1e-6)
+    result = _result(y, mask, slots, state, sigma, stop, pd.DataFrame(steps), db, structures, xrd)
+    result.kalpha2 = float(kalpha2 or 0.0)
+    return result
+
+
+def _cosine(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    a, b = a[mask], b[mask]
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+
+
+def _log(step: int, hit, agreement: float, accepted: bool, reason: str, diag: dict | None = None) -> dict:
+    return {"step": step, "id": hit.id, "row": int(hit.row), "formula": hit.formula, "spacegroup": hit.spacegroup,
+            "agreement": agreement, **(diag or {}), "accepted": accepted, "reason": reason}
+
+
+def _recheck(y, mask, slots, state, db, xrd):
+    """Swap each slot for one of its step's other candidates when the joint fit improves (module docstring, 4)."""
+    for i in range(len(slots)):
+        for row, strain in slots[i].alternatives:
+            if any(s.row == row for s in slots):
+                continue
+            cand = _slot(db, row, strain, xrd, slots[i].step, slots[i].kalpha2)
+            _refit_profile(cand, y - _others(state[0], state[1], slots, i), mask, xrd, _weights(y))
+            trial = _fit_state(y, mask, slots[:i] + [cand] + slots[i + 1:], xrd, rounds=1)
+            if trial[4] < state[4] * (1 - SWAP_GAIN) and trial[0][i] > 0:
+                log.info("slot %d: %s replaces %s (Rwp %.3f -> %.3f)", i + 1, _label(db, row)[0],
+                         _label(db, slots[i].row)[0], state[4], trial[4])
+                cand.confident, cand.alternatives = slots[i].confident, slots[i].alternatives
+                slots[i] = cand
+                state = trial
+    return state
+
+
+def _result(y, mask, slots, state, sigma, stop, steps, db, structures, xrd) -> MixtureResult:
+    scales, bg, agree, fit, rwp = state
+    keep = [i for i in range(len(slots)) if scales[i] > 0]
+    curves = np.array([scales[i] * slots[i].profile for i in keep]).reshape(len(keep), len(y))  # [k, n_bins]
+    curves = np.where(mask, curves, 0.0)
+    intensity = curves.sum(axis=1)
+    frac_i = intensity / max(intensity.sum(), 1e-12)
+    wf = _fractions([slots[i] for i in keep], scales[keep] if keep else np.zeros(0), db, structures, xrd)
+    phases = []
+    for n, i in enumerate(keep):
+        ident, formula, sg, source = _label(db, slots[i].row)
+        phases.append(MixturePhase(ident, formula, sg, source, slots[i].row, slots[i].strain, slots[i].shift,
+                                   slots[i].width, float(scales[i]), float(frac_i[n]), float(wf[n]),
+                                   float(agree[i]), slots[i].confident, slots[i].step))
+    order = np.argsort([-p.intensity_fraction for p in phases], kind="stable")
+    phases = [phases[j] for j in order]
+    curves = curves[order] if len(order) else curves
+    positive = np.clip(np.where(mask, y - bg, 0.0), 0.0, None)
+    explained = float(np.minimum(curves.sum(axis=0), positive).sum() / max(positive.sum(), 1e-12)) if keep else 0.0
+    return MixtureResult(phases, explained, rwp, sigma, stop, xrd.bin_centers(), y, mask, curves,
+                         np.where(mask, bg, 0.0), steps=steps)
+
+
+def _fractions(slots, scales, db, structures, xrd) -> np.ndarray:
+    if not len(slots):
+        return np.zeros(0)
+    a, m, v = [], [], []
+    for s in slots:
+        st = structures(s.row) if structures is not None else _structure_of(db, s.row)
+        if st is None:
+            a.append(np.nan), m.append(np.nan), v.append(np.nan)
+            continue
+        a.append(cell_scattering(st, s.tt, s.area, xrd))
+        m.append(float(st.composition.weight))
+        v.append(float(st.volume))
+    return weight_fractions(scales, a, m, v)

@@ -1,0 +1,422 @@
+"""Saved databases: everything a search needs, on disk, opened in milliseconds without torch.
+
+A database folder holds, for one model (checkpoint) and one set of sources:
+
+==================  ==============================================================================================
+``manifest.json``   format, the checkpoint's SHA-256, the sources and their content hashes, the calibrated verdict
+                    threshold, the index kind and its measured recall, and the SHA-256 of every file below
+``labels.csv.gz``   one row per candidate: material_id, formula, spacegroup_symbol/number, crystal_system, source,
+                    elements (space-separated symbols)
+``embeddings.npy``  [n, d] float32 L2-normalised structure embeddings (memory-mapped on open)
+``tower.npz``       the model's XRD tower as numpy arrays (:mod:`eacnn.retrieval.pattern_tower`)
+``sticks.npz``      every candidate's reflections: offsets [n + 1], two_theta [P] (degrees), area [P]
+``vectors.npy``     [n, n_bins] float16 clean simulated patterns (plots)
+``index.faiss``     above :data:`EXACT_LIMIT` candidates: an inverted-file FAISS index (exact search below)
+==================  ==============================================================================================
+
+Writing goes to a temporary folder renamed into place, so a reader sees a whole database or none. The embedded
+database of the shipped model is assembled on first use from embeddings shipped in the package
+(``eacnn/data/databases``, float16, verified by SHA-256) and cached under :func:`eacnn.paths.cache_dir`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from eacnn.errors import EACNNError
+from eacnn.paths import DATA_DIR, atomic_write_bytes, cache_dir
+from eacnn.retrieval.pattern_tower import PatternTower
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SavedDatabase", "open_database", "write_database", "build_database", "default_database",
+           "database_key", "file_sha256", "EXACT_LIMIT", "SHIPPED_DIR"]
+
+FORMAT_VERSION = 1
+#: Up to this many candidates a search is exact (a matrix-vector product); above, an IVF index answers.
+EXACT_LIMIT = 50_000
+#: Recall at 10 the IVF index must reach on held-out queries at build time (``nprobe`` is raised until it does).
+TARGET_RECALL = 0.95
+#: The shipped embeddings of the embedded database for the shipped checkpoint.
+SHIPPED_DIR = DATA_DIR / "databases"
+LABEL_COLUMNS = ["material_id", "formula", "spacegroup_symbol", "spacegroup_number", "crystal_system", "source",
+                 "elements"]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def database_key(checkpoint_sha: str, sources: Sequence[str]) -> str:
+    """Cache key of a database: the checkpoint's hash and each source's content (embedded CSV, CIF files)."""
+    h = hashlib.sha256(checkpoint_sha.encode())
+    for source in sources:
+        h.update(b"\x1e" + source.encode())
+        if source == "embedded":
+            from eacnn.datasets.structures import EMBEDDED_FILE
+
+            h.update(file_sha256(EMBEDDED_FILE).encode())
+        else:
+            for f in sorted(Path(source).glob("*.cif")):
+                h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:20]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class SavedDatabase:
+    """An opened database folder (see the module docstring); the interface :func:`eacnn.retrieval.search.rank`
+    and :func:`~eacnn.retrieval.search.refine` use."""
+
+    folder: Path
+    manifest: dict
+    labels: pd.DataFrame  # LABEL_COLUMNS
+    embeddings: np.ndarray  # [n, d] float32 (memory-mapped)
+    tower: PatternTower
+    _sticks: dict | None = None
+    _vectors: np.ndarray | None = None
+    _elements: list | None = None
+    _index: object = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def threshold(self) -> float:
+        """The calibrated "no confident match" similarity threshold."""
+        return float(self.manifest["calibration"]["threshold"])
+
+    @property
+    def elements(self) -> list[set]:
+        """[n] the element symbols of each candidate (parsed on first use)."""
+        if self._elements is None:
+            self._elements = [set(s.split()) for s in self.labels["elements"].fillna("")]
+        return self._elements
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """[n, n_bins] clean simulated patterns (float32 view of the float16 file)."""
+        if self._vectors is None:
+            self._vectors = np.load(self.folder / "vectors.npy", mmap_mode="r")
+        return self._vectors
+
+    def sticks(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """Reflections (2θ [p] in degrees, areas [p]) of candidate ``row``."""
+        if self._sticks is None:
+            with np.load(self.folder / "sticks.npz") as f:
+                self._sticks = {k: f[k] for k in f.files}
+        a, b = self._sticks["offsets"][row : row + 2]
+        return self._sticks["two_theta"][a:b], self._sticks["area"][a:b]
+
+    def scores(self, z: np.ndarray, k: int, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities [k], rows [k]) of the ``k`` candidates most similar to one embedding ``z`` [d], best first,
+        among the rows where ``keep`` [n] is True (all when None)."""
+        z = np.asarray(z, dtype=np.float32)
+        if keep is None and self.manifest["index"]["kind"] == "ivf":
+            index = self._faiss()
+            sim, rows = index.search(z[None], k)
+            ok = rows[0] >= 0
+            return sim[0][ok], rows[0][ok].astype(np.int64)
+        sim = np.asarray(self.embeddings @ z)  # [n]
+        idx = np.arange(len(sim)) if keep is None else np.flatnonzero(keep)
+        k = min(k, len(idx))
+        part = idx[np.argpartition(-sim[idx], k - 1)[:k]] if 0 < k < len(idx) else idx
+        best = part[np.argsort(-sim[part], kind="stable")][:k]
+        return sim[best], best
+
+    def _faiss(self):
+        if self._index is None:
+            import faiss  # optional dependency: only large databases need it
+
+            self._index = faiss.read_index(str(self.folder / "index.faiss"))
+            self._index.nprobe = int(self.manifest["index"]["nprobe"])
+        return self._index
+
+
+def open_database(folder: str | Path, verify: bool = False) -> SavedDatabase:
+    """Open a database folder written by :func:`write_database`.
+
+    Args:
+        verify: recompute every file's SHA-256 against the manifest (slow for large databases).
+
+    Raises:
+        EACNNError: not a database folder, an unknown format, or (with ``verify``) a file that changed.
+    """
+    folder = Path(folder)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise EACNNError(f"{folder} is not an eacnn database (no manifest.json); build one with "
+                         f"`eacnn database build SOURCE --out {folder}`")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as err:
+        raise EACNNError(f"{manifest_path} is unreadable ({err}); rebuild the database") from err
+    if manifest.get("format") != FORMAT_VERSION:
+        raise EACNNError(f"{folder} has database format {manifest.get('format')!r}, this eacnn reads "
+                         f"{FORMAT_VERSION}; rebuild it with `eacnn database build`")
+    if verify:
+        for name, digest in manifest["files"].items():
+            if file_sha256(folder / name) != digest:
+                raise EACNNError(f"{folder / name} does not match its SHA-256 in the manifest: the database is "
+                                 f"damaged; delete {folder} and build it again")
+    try:
+        labels = pd.read_csv(folder / "labels.csv.gz", dtype={"material_id": str, "elements": str},
+                             keep_default_na=False)
+        emb = np.load(folder / "embeddings.npy", mmap_mode="r")
+        with np.load(folder / "tower.npz") as f:
+            tower = PatternTower({k: f[k] for k in f.files})
+    except (OSError, ValueError, KeyError) as err:
+        raise EACNNError(f"database {folder} is damaged ({type(err).__name__}: {err}); delete it and build again"
+                         ) from err
+    if emb.shape[0] != len(labels):
+        raise EACNNError(f"database {folder}: {emb.shape[0]} embeddings for {len(labels)} labels; rebuild it")
+    return SavedDatabase(folder, manifest, labels, emb, tower)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------------------------
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def _npz_bytes(arrays: dict) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _ivf_index(emb: np.ndarray, seed: int = 0) -> tuple[object, dict]:
+    """An inner-product IVF index over ``emb`` [n, d] and its recall@10 on 200 held-out perturbed queries."""
+    import faiss  # optional dependency: only large databases need it
+
+    n, d = emb.shape
+    nlist = int(np.sqrt(n))  # ~390 lists of ~390 candidates at 150k
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(seed)
+    train = emb[rng.choice(n, min(n, 40 * nlist), replace=False)]  # FAISS asks for >= 39 per list
+    index.train(np.ascontiguousarray(train, dtype=np.float32))
+    index.add(np.ascontiguousarray(emb, dtype=np.float32))
+    # queries near real candidates (a candidate plus noise, renormalised), as a measured pattern's embedding is
+    q = emb[rng.choice(n, 200, replace=False)] + rng.normal(0, 0.05, (200, d)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    exact = np.argsort(-(q @ emb.T), axis=1)[:, :10]
+    recall, nprobe = 0.0, 1
+    while nprobe <= nlist:
+        index.nprobe = nprobe
+        _, got = index.search(q, 10)
+        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, got)]))
+        if recall >= TARGET_RECALL:
+            break
+        nprobe *= 2
+    return index, {"kind": "ivf", "nlist": nlist, "nprobe": min(nprobe, nlist), "recall_at_10": round(recall, 4)}
+
+
+def write_database(folder: str | Path, labels: pd.DataFrame, embeddings: np.ndarray, tower: dict,
+                   calibration: dict, checkpoint_sha: str, sources: Sequence[str], sticks: dict | None = None,
+                   vectors: np.ndarray | None = None, xrd: dict | None = None) -> Path:
+    """Write a database folder atomically (a temporary folder renamed into place).
+
+    Args:
+        labels: one row per candidate with :data:`LABEL_COLUMNS`.
+        embeddings: [n, d] L2-normalised structure embeddings.
+        tower: :func:`eacnn.retrieval.pattern_tower.export_tower` arrays of the same model.
+        calibration: at least ``threshold`` (cosine similarity), with how it was fitted.
+        checkpoint_sha: SHA-256 of the checkpoint the embeddings come from.
+        sticks: ``offsets`` [n + 1], ``two_theta`` [P], ``area`` [P] (optional; needed to refine).
+        vectors: [n, n_bins] clean patterns (optional; for plots).
+        xrd: the model's ``XRDConfig`` as a dict (grid, wavelength, profile), so a search reads patterns as the
+            model was trained.
+    """
+    folder = Path(folder)
+    missing = [c for c in LABEL_COLUMNS if c not in labels.columns]
+    if missing:
+        raise EACNNError(f"database labels lack the columns {missing}")
+    emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] != len(labels) or emb.shape[0] == 0:
+        raise EACNNError(f"database needs [n, d] embeddings for its {len(labels)} labels, got {emb.shape}")
+    tmp = folder.with_name(folder.name + f".{os.getpid()}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    buf = io.BytesIO()
+    labels[LABEL_COLUMNS].to_csv(buf, index=False, compression={"method": "gzip", "mtime": 0})
+    files = {"labels.csv.gz": buf.getvalue(), "embeddings.npy": _npy_bytes(emb), "tower.npz": _npz_bytes(tower)}
+    if sticks is not None:
+        files["sticks.npz"] = _npz_bytes(sticks)
+    if vectors is not None:
+        files["vectors.npy"] = _npy_bytes(np.asarray(vectors, dtype=np.float16))
+    index_info = {"kind": "exact"}
+    if len(emb) > EXACT_LIMIT:
+        import faiss  # optional dependency: only large databases need it
+
+        index, index_info = _ivf_index(emb)
+        faiss.write_index(index, str(tmp / "index.faiss"))
+    for name, payload in files.items():
+        (tmp / name).write_bytes(payload)
+    manifest = {
+        "format": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoint_sha256": checkpoint_sha,
+        "sources": list(sources), "n": int(len(emb)), "dim": int(emb.shape[1]), "calibration": calibration,
+        "index": index_info, **({"xrd": xrd} if xrd else {}), "files": {name: file_sha256(tmp / name) for name in sorted(os.listdir(tmp))},
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    if folder.exists():
+        old = folder.with_name(folder.name + f".{os.getpid()}.old")
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, folder)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building
+# ---------------------------------------------------------------------------------------------------------------
+def _element_string(species_json: str) -> str:
+    species = json.loads(species_json)
+    out = set()
+    for sp in species:
+        out.update(sp.keys() if isinstance(sp, dict) else [sp])
+    return " ".join(sorted(out))
+
+
+def _sticks_arrays(two_theta: Sequence[np.ndarray], area: Sequence[np.ndarray]) -> dict:
+    counts = np.array([len(t) for t in two_theta], dtype=np.int64)
+    return {"offsets": np.concatenate([[0], np.cumsum(counts)]),
+            "two_theta": np.concatenate(list(two_theta)).astype(np.float64) if len(counts) else np.zeros(0),
+            "area": np.concatenate(list(area)).astype(np.float32) if len(counts) else np.zeros(0, np.float32)}
+
+
+def shipped_embeddings(checkpoint_sha: str) -> tuple[np.ndarray, np.ndarray, dict] | None:
+    """(material ids [n], float32 embeddings [n, d], calibration) shipped for the checkpoint with this SHA-256, or
+    None when the package ships none for it.
+
+    Raises:
+        EACNNError: the shipped file exists but does not match the SHA-256 recorded beside it.
+    """
+    meta_path = SHIPPED_DIR / "embedded.json"
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    if meta.get("checkpoint_sha256") != checkpoint_sha:
+        return None
+    path = SHIPPED_DIR / meta["file"]
+    if not path.is_file() or file_sha256(path) != meta["sha256"]:
+        raise EACNNError(f"{path} is missing or does not match its SHA-256 in {meta_path}: the installation is "
+                         f"damaged; reinstall eacnn")
+    with np.load(path) as f:
+        return f["material_id"].astype(str), f["embeddings"].astype(np.float32), meta["calibration"]
+
+
+def _embedded_from_shipped(ids: np.ndarray, emb: np.ndarray, cfg, progress: bool):
+    """labels, embeddings, sticks and vectors of the embedded database from shipped embeddings (simulating the
+    patterns and reflections, which take seconds, instead of embedding 18,093 structures, which takes minutes)."""
+    from eacnn.datasets.structures import load_embedded, row_to_structure
+    from eacnn.physics.xrd import simulate_batch
+
+    table = load_embedded().set_index("material_id").loc[ids].reset_index()
+    structures = [row_to_structure(r) for r in table.to_dict("records")]
+    sim = simulate_batch(structures, cfg.xrd, progress=progress, ids=list(ids))
+    ok = np.array([i not in sim.failures for i in range(len(ids))])
+    labels = table.assign(source="embedded", elements=table["species"].map(_element_string))[ok]
+    sticks = _sticks_arrays([sim.stick_two_theta[i] for i in np.flatnonzero(ok)],
+                            [sim.stick_intensity[i] for i in np.flatnonzero(ok)])
+    return labels.reset_index(drop=True), emb[ok], sticks, sim.vectors[ok]
+
+
+def _from_datasets(sources: Sequence[str], model, cfg, progress: bool):
+    """labels, embeddings, sticks and vectors of any sources, embedding every structure with the model."""
+    from eacnn.retrieval.search import load_database
+
+    db = load_database(sources, model, cfg, progress=progress)
+    labels = db.labels.assign(elements=[" ".join(sorted(e)) for e in db.elements])
+    pairs = [db.sticks(i) for i in range(len(labels))]
+    return labels, db.embeddings, _sticks_arrays([p[0] for p in pairs], [p[1] for p in pairs]), db.vectors
+
+
+def model_calibration(model, cfg, checkpoint_sha: str, progress: bool = True) -> dict:
+    """The calibrated verdict thresholds of a model: shipped for the shipped model, else fitted once on the
+    validation split (:func:`eacnn.retrieval.identify.calibrate`) and cached by the checkpoint's hash."""
+    shipped = shipped_embeddings(checkpoint_sha)
+    if shipped is not None:
+        return shipped[2]
+    path = cache_dir() / f"calibration-{checkpoint_sha[:20]}.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            log.warning("calibration cache %s unreadable; fitting again", path)
+    from eacnn.datasets.dataset import build_dataset
+    from eacnn.retrieval.identify import calibrate
+
+    dataset = build_dataset(cfg.replace(**{"data.source": "embedded", "data.max_structures": 0}), progress=progress)
+    out = calibrate(model, dataset, progress=progress)
+    atomic_write_bytes(path, json.dumps(out).encode())
+    return out
+
+
+def build_database(sources: Sequence[str], out: str | Path, checkpoint: str | Path | None = None,
+                   progress: bool = True) -> Path:
+    """Embed every structure of ``sources`` (``"embedded"``, CIF folders, ``"mp"`` tables) with a checkpoint's model
+    and write the database folder ``out``."""
+    from eacnn.config import Config
+    from eacnn.retrieval.pattern_tower import export_tower
+    from eacnn.training.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, model_from_checkpoint
+
+    path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+    sha = file_sha256(path)
+    ckpt = load_checkpoint(path)
+    model, cfg = model_from_checkpoint(ckpt), Config.from_dict(ckpt["config"])
+    shipped = shipped_embeddings(sha) if list(sources) == ["embedded"] else None
+    if shipped is not None:
+        labels, emb, sticks, vectors = _embedded_from_shipped(shipped[0], shipped[1], cfg, progress)
+    else:
+        labels, emb, sticks, vectors = _from_datasets(sources, model, cfg, progress)
+    calibration = model_calibration(model, cfg, sha, progress)
+    return write_database(out, labels, emb, export_tower(model), calibration, sha, sources, sticks, vectors,
+                          dataclasses.asdict(cfg.xrd))
+
+
+def default_database(sources: Sequence[str] = ("embedded",), checkpoint: str | Path | None = None,
+                     progress: bool = True) -> SavedDatabase:
+    """The database of ``sources`` for a checkpoint (default: the shipped model), built once and cached under
+    :func:`eacnn.paths.cache_dir` by the checkpoint's and the sources' content."""
+    path = Path(checkpoint) if checkpoint is not None else DATA_DIR / "checkpoints" / "default.pt"
+    if not path.is_file():
+        raise EACNNError(f"no checkpoint at {path}")
+    sources = [str(s) for s in sources]
+    folder = cache_dir() / "databases" / database_key(file_sha256(path), sources)
+    if (folder / "manifest.json").is_file():
+        try:
+            return open_database(folder)
+        except EACNNError as err:
+            log.warning("%s; building it again", err)
+    fast = list(sources) == ["embedded"] and shipped_embeddings(file_sha256(path)) is not None
+    log.warning("building the search database once for this model and these sources (%s); later searches reuse it",
+                "about 30 s" if fast else "minutes: every structure is embedded")
+    build_database(sources, folder, path, progress=progress)
+    return open_database(folder)
+

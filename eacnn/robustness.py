@@ -1,0 +1,236 @@
+"""Robustness of retrieval to what real measurements do: lattice mismatch, anisotropic strain, texture, partial
+scans, impurities, and two whole perturbation families (the training family and a held-out one).
+
+Every condition turns the test structures into queries (:func:`condition_queries`), seeded, the same for every
+method; every method ranks the whole test pool (:func:`robustness_table`). Methods are a trained model (its XRD
+tower embeds the query, with the coverage mask when the tower reads one), or ``None`` for search-match (cosine
+similarity of the query with each candidate's clean simulated pattern, over the bins the query covers). With
+``multiscale`` the query is also read at the lattice scales of :data:`eacnn.retrieval.query.SCALES` and each
+candidate keeps its best similarity.
+
+Conditions (``CONDITIONS``): ``clean``; ``iso ±k %`` (every d-spacing times 1 ± k %, the whole cell scaled:
+``iso -2 %`` is a measured cell 2 % smaller than the database's); ``aniso 1.5 %`` (the cell strained by a random
+symmetric strain with principal strains U(±1.5 %) along random axes and simulated again, so symmetry-equivalent
+reflections split); ``texture`` (March–Dollase, r log-uniform 0.6–1.4 along a random reciprocal direction, through
+each merged reflection's first hkl: equivalent members of a family are not averaged); ``window 20–60°`` and
+``low angle 10–45°`` (only those bins measured); ``impurity 10 %`` (another test structure's reflections at 10 % of
+the strongest); ``measured`` (:func:`eacnn.training.batches.measured_queries`, the family training draws from);
+``held-out`` (:func:`eacnn.physics.measurement.perturb_measured` with ``family="heldout"``: forms training never
+sees).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from eacnn.config import MeasurementConfig
+from eacnn.physics.measurement import perturb_measured
+from eacnn.physics.perturb import bragg_shift, profile_patterns
+from eacnn.retrieval.query import SCALES, rescale_many
+from eacnn.training.batches import _random_strains, measured_queries, strain_cell
+from eacnn.training.metrics import true_rank
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CONDITIONS", "condition_queries", "robustness_table", "method_embeddings"]
+
+CONDITIONS = ("clean", "iso -3 %", "iso -2 %", "iso -1 %", "iso +1 %", "iso +2 %", "iso +3 %", "aniso 1.5 %",
+              "texture", "window 20–60°", "low angle 10–45°", "impurity 10 %", "measured", "held-out")
+
+
+def _normalised(y: np.ndarray) -> np.ndarray:
+    peak = y.max(axis=1, keepdims=True)
+    return (y / np.where(peak > 0, peak, 1.0)).astype(np.float32)
+
+
+def _window(y: np.ndarray, lo: float, hi: float, xrd) -> tuple[np.ndarray, np.ndarray]:
+    centres = xrd.bin_centers()
+    mask = np.broadcast_to((centres >= lo) & (centres <= hi), y.shape).copy()
+    return _normalised(np.where(mask, y, 0.0)), mask
+
+
+def _strained(dataset, rows: np.ndarray, rng: np.random.Generator, max_principal: float) -> np.ndarray:
+    from pymatgen.core import Lattice, Structure
+
+    from eacnn.physics.xrd import simulate_batch
+
+    strains = _random_strains(rng, len(rows), max_principal)
+    structures = []
+    for i, e in zip(rows, strains):
+        s = dataset.structure(int(i))
+        structures.append(Structure(Lattice(strain_cell(s.lattice.matrix, e)), s.species, s.frac_coords))
+    sim = simulate_batch(structures, dataset.config.xrd, progress=False)
+    out = sim.vectors.copy()
+    bad = ~np.isfinite(out).all(axis=1)
+    out[bad] = dataset.vectors[rows[bad]]  # a failed strained simulation keeps the clean pattern
+    return out
+
+
+def _textured(dataset, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    from eacnn.physics.xrd import XRDSimulator
+
+    sim = XRDSimulator(dataset.config.xrd)
+    sticks, hkl, lattice = [], [], []
+    for i in rows:
+        s = dataset.structure(int(i))
+        p = sim.get_pattern(s)
+        sticks.append((p.two_theta, p.intensity))
+        hkl.append(np.array([fam[0]["hkl"][-3:] for fam in p.hkls], dtype=float))
+        lattice.append(s.lattice.matrix)
+    cfg = dataclasses.replace(MeasurementConfig.off(), p_texture=1.0)
+    y, _, _ = perturb_measured(sticks, cfg, rng, hkl=hkl, lattice=lattice, xrd=dataset.config.xrd)
+    return y
+
+
+def condition_queries(dataset, rows: np.ndarray, condition: str, seed: int = 0
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(query patterns [n, n_bins] float32, coverage masks [n, n_bins] or None for full coverage) of the data-set
+    rows under one condition of :data:`CONDITIONS`, seeded by (seed, condition)."""
+    if condition not in CONDITIONS:
+        raise ValueError(f"unknown condition {condition!r}; choose one of {CONDITIONS}")
+    rows = np.asarray(rows)
+    rng = np.random.default_rng([seed, CONDITIONS.index(condition)])
+    xrd = dataset.config.xrd
+    sticks = [dataset.sticks(int(i)) for i in rows]
+    if condition == "clean":
+        return dataset.vectors[rows].astype(np.float32), None
+    if condition.startswith("iso"):
+        eps = float(condition.split()[1]) / 100.0
+        moved = [(bragg_shift(tt, eps, 0.0, xrd.wavelength), a) for tt, a in sticks]
+        return _normalised(profile_patterns(moved, xrd=xrd)), None
+    if condition.startswith("aniso"):
+        return _normalised(_strained(dataset, rows, rng, 0.015)), None
+    if condition == "texture":
+        return _textured(dataset, rows, rng), None
+    if condition.startswith("window"):
+        return _window(dataset.vectors[rows], 20.0, 60.0, xrd)
+    if condition.startswith("low angle"):
+        return _window(dataset.vectors[rows], 10.0, 45.0, xrd)
+    if condition.startswith("impurity"):
+        other = rng.permutation(len(rows))
+        mixed = [(np.concatenate([tt, sticks[j][0]]),
+                  np.concatenate([a / a.max(), 0.1 * sticks[j][1] / sticks[j][1].max()]))
+                 for (tt, a), j in zip(sticks, other)]
+        return _normalised(profile_patterns(mixed, xrd=xrd)), None
+    if condition == "measured":
+        return measured_queries(dataset.config, dataset, rows, sticks, rng)
+    impurities = sticks[1:] + sticks[:1]
+    y, mask, _ = perturb_measured(sticks, MeasurementConfig(), rng, family="heldout", impurities=impurities,
+                                  xrd=xrd)
+    return y, mask
+
+
+def method_embeddings(model, dataset, rows: np.ndarray, split: str = "test") -> np.ndarray:
+    """Candidate embeddings [n, d] (L2-normalised) of the rows: the model's structure embeddings, or the clean
+    simulated patterns themselves for search-match (``model=None``)."""
+    from eacnn.retrieval.embed import embed_dataset
+    from eacnn.retrieval.index import normalize
+
+    if model is None:
+        return normalize(dataset.vectors[rows])
+    emb = embed_dataset(model, dataset, split, levels=(0,), progress=False)
+    assert np.array_equal(emb.index, rows), "rows must be the whole split"
+    return emb.structures
+
+
+def _embed_queries(model, patterns: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+    from eacnn.retrieval.index import normalize
+
+    if model is None:  # search-match: the pattern itself (masked candidates are handled by the caller)
+        return normalize(patterns)
+    reads = getattr(model.model_config, "xrd_mask_channel", False)
+    if masks is not None and not reads:
+        patterns = patterns * masks
+    return model.encode_patterns(patterns, progress=False, masks=masks if reads else None).numpy()
+
+
+def _similarities(model, candidates: np.ndarray, clean: np.ndarray, patterns: np.ndarray,
+                  masks: np.ndarray | None, block: int = 1024) -> np.ndarray:
+    """[n, n] cosine similarities of queries (rows) to candidates (columns)."""
+    if model is None and masks is not None:  # search-match over the bins the query covers
+        out = np.empty((len(patterns), len(clean)), np.float32)
+        for a in range(0, len(patterns), block):
+            q, m = patterns[a : a + block], masks[a : a + block].astype(np.float32)
+            num = q @ clean.T  # [b, n] (q is 0 outside its mask)
+            den = np.sqrt(m @ (clean**2).T) * np.linalg.norm(q, axis=1, keepdims=True)
+            out[a : a + block] = num / np.maximum(den, 1e-12)
+        return out
+    return _embed_queries(model, patterns, masks) @ candidates.T
+
+
+def robustness_table(methods: dict, dataset, conditions: Sequence[str] = CONDITIONS, split: str = "test",
+                     multiscale: Sequence[str] = (), seed: int = 0, progress: bool = True) -> pd.DataFrame:
+    """Top-1 / Top-5 (percent) of every method under every condition, the whole split as the pool.
+
+    Args:
+        methods: name -> trained model, or None for search-match.
+        multiscale: conditions also scored with the query read at every lattice scale of :data:`SCALES`.
+
+    Returns:
+        one row per (condition, method, query): ``top1``, ``top5``, ``queries``, ``candidates``.
+    """
+    rows = dataset.indices(split)
+    clean = dataset.vectors[rows].astype(np.float32)
+    cands = {name: method_embeddings(m, dataset, rows, split) for name, m in methods.items()}
+    records = []
+    for condition in tqdm(conditions, desc="conditions", disable=not progress):
+        patterns, masks = condition_queries(dataset, rows, condition, seed)
+        for name, model in methods.items():
+            sim = _similarities(model, cands[name], clean, patterns, masks)
+            ranks = true_rank(sim, np.arange(len(rows)))
+            records.append({"condition": condition, "method": name, "query": "as measured",
+                            "top1": 100 * float(np.mean(ranks <= 1)), "top5": 100 * float(np.mean(ranks <= 5)),
+                            "queries": len(rows), "candidates": len(rows)})
+            if condition in multiscale:
+                best = np.full_like(sim, -np.inf)
+                for s in range(len(SCALES)):
+                    scaled = [rescale_many(p, SCALES[s : s + 1], dataset.config.xrd,
+                                           None if masks is None else m) for p, m in
+                              zip(patterns, masks if masks is not None else [None] * len(patterns))]
+                    ys = np.concatenate([y for y, _ in scaled])
+                    ms = np.concatenate([mm for _, mm in scaled])
+                    np.maximum(best, _similarities(model, cands[name], clean, ys, ms), out=best)
+                ranks = true_rank(best, np.arange(len(rows)))
+                records.append({"condition": condition, "method": name, "query": "multi-scale",
+                                "top1": 100 * float(np.mean(ranks <= 1)), "top5": 100 * float(np.mean(ranks <= 5)),
+                                "queries": len(rows), "candidates": len(rows)})
+    return pd.DataFrame(records)
+
+
+#: The robustness table shipped for the ``cpu`` profile (written by ``scripts/robustness.py``).
+def shipped_table_path():
+    from eacnn.paths import DATA_DIR
+
+    return DATA_DIR / "robustness.csv"
+
+
+def book_table(profile: str, methods: dict, dataset, conditions: Sequence[str] = CONDITIONS,
+               multiscale: Sequence[str] = ()) -> pd.DataFrame:
+    """The chapter's robustness table: for the ``cpu`` profile the shipped one (computed by
+    ``scripts/robustness.py`` on the whole test pool with the shipped models, about 15 minutes), otherwise
+    computed here for ``methods`` on ``dataset`` (smoke: seconds)."""
+    path = shipped_table_path()
+    if profile == "cpu" and path.is_file():
+        return pd.read_csv(path)
+    return robustness_table(methods, dataset, conditions, multiscale=multiscale, progress=False)
+
+
+def pivot(table: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
+    """Conditions (rows, in :data:`CONDITIONS` order) by (method, query) columns."""
+    out = table.pivot_table(index="condition", columns=["method", "query"], values=metric)
+    order = [c for c in CONDITIONS if c in out.index]
+    return out.loc[order]
+
+
+def best_query(table: pd.DataFrame) -> pd.DataFrame:
+    """Per condition and method, the Top-1 of the query as measured and of the multi-scale query (NaN where not
+    computed): the two columns side by side."""
+    p = table.pivot_table(index=["condition", "method"], columns="query", values="top1").reset_index()
+    p["condition"] = pd.Categorical(p["condition"], [c for c in CONDITIONS if c in set(p["condition"])], ordered=True)
+    return p.sort_values(["condition", "method"]).reset_index(drop=True)

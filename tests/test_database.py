@@ -1,0 +1,154 @@
+"""Saved databases and the numpy pattern tower: equal to the torch model, atomic, verified, large ones indexed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from eacnn.errors import EACNNError
+from eacnn.retrieval.database import EXACT_LIMIT, LABEL_COLUMNS, open_database, write_database
+from eacnn.retrieval.pattern_tower import PatternTower, export_tower
+
+
+@pytest.fixture(scope="module")
+def model():
+    from eacnn.training.checkpoint import load_pretrained
+
+    return load_pretrained()
+
+
+@pytest.fixture(scope="module")
+def tower(model):
+    return export_tower(model)
+
+
+def _labels(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"material_id": [f"x-{i}" for i in range(n)], "formula": ["MnO"] * n,
+                         "spacegroup_symbol": ["Fm-3m"] * n, "spacegroup_number": [225] * n,
+                         "crystal_system": ["cubic"] * n, "source": ["test"] * n,
+                         "elements": ["Mn O" if i % 2 else "Li Mn O" for i in range(n)]})
+
+
+def test_numpy_tower_equals_the_torch_model(model, tower):
+    from eacnn.datasets.structures import load_embedded, row_to_structure
+    from eacnn.physics.xrd import XRDSimulator
+
+    rng = np.random.default_rng(0)
+    sim = XRDSimulator()
+    real = np.stack([sim.vector(row_to_structure(r)) for r in load_embedded("test", limit=8).to_dict("records")])
+    noisy = np.clip(real + rng.normal(0, 0.02, real.shape), 0, None)
+    for x in (real, noisy, real[:1]):
+        expect = model.encode_patterns(x, progress=False).numpy()
+        np.testing.assert_allclose(PatternTower(tower)(x), expect, atol=2e-5)
+
+
+def test_numpy_tower_refuses_bad_patterns(tower):
+    from eacnn.errors import PatternError
+
+    with pytest.raises(PatternError, match="NaN"):
+        PatternTower(tower)(np.full(140, np.nan))
+    with pytest.raises(PatternError, match="positive"):
+        PatternTower(tower)(np.zeros(140))
+
+
+def test_write_open_search_and_verify(tmp_path, tower):
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(50, 256)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    sticks = {"offsets": np.arange(0, 51) * 2, "two_theta": np.tile([30.0, 40.0], 50), "area": np.ones(100)}
+    folder = write_database(tmp_path / "db", _labels(50), emb, tower, {"threshold": 0.7}, "abc", ["test"], sticks,
+                            np.ones((50, 140)))
+    db = open_database(folder, verify=True)
+    assert len(db) == 50 and db.threshold == 0.7 and db.manifest["index"]["kind"] == "exact"
+    sim, rows = db.scores(emb[7], 3)
+    assert rows[0] == 7 and np.isclose(sim[0], 1.0, atol=1e-5) and (np.diff(sim) <= 0).all()
+    keep = np.array(["Li" not in e for e in db.elements])
+    sim, rows = db.scores(emb[8], 5, keep)
+    assert keep[rows].all()
+    np.testing.assert_array_equal(db.sticks(3)[0], [30.0, 40.0])
+    assert not list(tmp_path.glob("*.tmp"))  # written through a temporary folder renamed into place
+    # a changed file is caught by verification, a foreign folder is refused with what to do
+    (folder / "labels.csv.gz").write_bytes(b"garbage")
+    with pytest.raises(EACNNError, match="SHA-256"):
+        open_database(folder, verify=True)
+    with pytest.raises(EACNNError, match="eacnn database build"):
+        open_database(tmp_path)
+
+
+@pytest.mark.slow
+def test_large_database_gets_an_index_with_stated_recall(tmp_path, tower):
+    faiss = pytest.importorskip("faiss")  # noqa: F841
+    rng = np.random.default_rng(2)
+    n, d = 150_000, 256
+    centres = rng.normal(size=(3000, d)).astype(np.float32)  # clustered, as real structure embeddings are
+    emb = centres[rng.integers(0, 3000, n)] + 0.3 * rng.normal(size=(n, d)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    assert n > EXACT_LIMIT
+    folder = write_database(tmp_path / "big", _labels(n), emb, tower, {"threshold": 0.7}, "abc", ["synthetic"])
+    db = open_database(folder)
+    info = db.manifest["index"]
+    assert info["kind"] == "ivf" and info["recall_at_10"] >= 0.95
+    hits = sum(int(db.scores(emb[i], 10)[1][0] == i) for i in range(0, n, n // 50))
+    assert hits >= 48  # a candidate's own embedding finds it
+
+
+def test_labels_must_have_every_column(tmp_path, tower):
+    with pytest.raises(EACNNError, match="columns"):
+        write_database(tmp_path / "db", _labels(3).drop(columns="elements"), np.eye(3, 256), tower, {}, "x", [])
+    assert set(LABEL_COLUMNS) == set(_labels(1).columns)
+
+
+@pytest.fixture(scope="module")
+def small_db(tmp_path_factory, model, tower):
+    """A saved database of 120 embedded test structures, embedded by the shipped model."""
+    from eacnn.datasets.structures import load_embedded, row_to_structure
+    from eacnn.physics.xrd import simulate_batch
+    from eacnn.retrieval.database import _element_string, _sticks_arrays
+
+    table = load_embedded("test", limit=120)
+    structures = [row_to_structure(r) for r in table.to_dict("records")]
+    sim = simulate_batch(structures, progress=False)
+    emb = model.encode_structures(structures, progress=False).numpy()
+    labels = table.assign(source="embedded", elements=table["species"].map(_element_string))
+    folder = write_database(tmp_path_factory.mktemp("db") / "small", labels, emb, tower,
+                            {"similarity": 0.5, "agreement": 0.9, "threshold": 0.9}, "sha", ["embedded"],
+                            _sticks_arrays(sim.stick_two_theta, sim.stick_intensity), sim.vectors)
+    return open_database(folder), sim
+
+
+@pytest.mark.parametrize("eps", [-0.02, 0.0, 0.025])
+def test_identify_undoes_a_lattice_mismatch(small_db, eps):
+    from eacnn.physics.perturb import bragg_shift, profile_patterns
+    from eacnn.retrieval.identify import identify
+
+    db, sim = small_db
+    hits_right = 0
+    for k in range(0, 120, 12):
+        tt = bragg_shift(sim.stick_two_theta[k], eps, 0.0, 1.5406)
+        y = profile_patterns([(tt, sim.stick_intensity[k])])[0]
+        result = identify(y / y.max(), None, db, top=5, rerank=5)
+        hits_right += result.hits["row"].iloc[0] == k
+        if result.hits["row"].iloc[0] == k:
+            assert result.hits["strain"].iloc[0] == pytest.approx(eps, abs=0.004)  # the fitted mismatch (0.5° bins)
+    assert hits_right >= 9
+    assert result.score_name == "agreement" and result.threshold == 0.9
+    assert list(result.hits["rank"]) == [1, 2, 3, 4, 5]
+
+
+def test_identify_filters_elements_and_reads_partial_scans(small_db):
+    from eacnn.retrieval.identify import identify
+
+    db, sim = small_db
+    k = 30
+    allowed = sorted(db.elements[k])
+    covered = np.zeros(140, bool)
+    covered[20:100] = True  # 20–60° only
+    y = np.where(covered, sim.vectors[k], 0.0)
+    result = identify(y, covered, db, top=3, elements=allowed, rerank=3)
+    assert all(db.elements[r] <= set(allowed) for r in result.hits["row"])
+    assert result.hits["row"].iloc[0] == k
+    with pytest.raises(EACNNError, match="made only of"):
+        identify(sim.vectors[k], None, db, elements=["Xe"])
