@@ -3,7 +3,9 @@
     eacnn simulate STRUCTURE.cif [--wavelength Cu|Å] [--plot out.png] [--json]   the 140-bin pattern of a structure
     eacnn build [--profile P] [--set KEY=VALUE]...          build (or load) the cached data set
     eacnn train [--profile P] [--set KEY=VALUE]... [--run-dir D]   train; resumes D
-    eacnn search PATTERN [--wavelength Cu|Å] [--elements Mn,O] [--top N] [--rerank N] [--plot hits.pdf] [--json]
+    eacnn search PATTERN... [--database D]... [--wavelength Cu|Å] [--elements Mn,O] [--top N] [--rerank N]
+                 [--plot hits.pdf] [--json]                 identify patterns (files, folders, globs)
+    eacnn database build SOURCE... --out DIR [--checkpoint C]   save a search database
     eacnn book [--profile smoke|cpu|paper]                   execute every notebook and render the book
 
 Every argument and every file named on the command line is checked before torch, mace or any data set is loaded.
@@ -33,7 +35,7 @@ __all__ = ["main", "build_parser"]
 
 #: Formats ``--plot`` writes, chosen by the file name's extension.
 FIGURE_FORMATS = ("png", "pdf", "svg")
-#: Most candidates ``--rerank`` refines (each costs a grid of ~270 profiled patterns).
+#: Most candidates ``--rerank`` refines (each costs a grid of ~100 profiled patterns).
 MAX_RERANK = 1000
 #: Exit codes: bad input, interrupted by Ctrl-C (128 + SIGINT), out of memory or a broken pipe.
 EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_FAILED = 2, 130, 1
@@ -277,64 +279,152 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_search(args: argparse.Namespace) -> int:
-    # 1. the files named on the command line (flags were checked by the parser): numpy and scipy only
+#: File endings ``eacnn search FOLDER`` reads (each optionally followed by .gz).
+PATTERN_SUFFIXES = (".xy", ".xye", ".txt", ".csv", ".dat", ".asc", ".sse", ".xrdml")
+
+
+def _is_pattern_file(path: Path) -> bool:
+    name = path.name.lower()
+    name = name[:-3] if name.endswith(".gz") else name
+    return name.endswith(PATTERN_SUFFIXES)
+
+
+def _pattern_files(items: list[str]) -> list[Path]:
+    """The patterns named on the command line: files, folders (every pattern file inside, sorted) and glob
+    patterns, in the order given, each once."""
+    import glob
+
+    out: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and _is_pattern_file(p))
+            if not found:
+                raise EACNNError(f"{item!r} is a folder with no pattern file (.xy, .xye, .txt, .csv, .dat, .asc, "
+                                 f".sse, .xrdml, optionally .gz)")
+        elif any(ch in item for ch in "*?[") and not path.exists():
+            found = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
+            if not found:
+                raise EACNNError(f"{item!r} matches no file")
+        else:
+            found = [path]  # read_pattern names a missing or unreadable file itself
+        out += [p for p in found if p not in out]
+    return out
+
+
+def _open_database(args: argparse.Namespace, checkpoint: Path):
+    """A saved database folder given with --database, or the (cached) database of the sources for the model."""
+    from eacnn.retrieval.database import default_database, file_sha256, open_database
+
+    given = args.database or ["embedded"]
+    saved = [s for s in given if (Path(s) / "manifest.json").is_file()]
+    if saved:
+        if len(given) > 1:
+            raise EACNNError(f"--database {saved[0]!r} is a saved database; it cannot be combined with other "
+                             f"sources (build one database of them all with `eacnn database build`)")
+        db = open_database(saved[0])
+        if args.checkpoint and db.manifest["checkpoint_sha256"] != file_sha256(checkpoint):
+            raise EACNNError(f"--database {saved[0]!r} was built with another model than --checkpoint "
+                             f"{args.checkpoint!r}; drop --checkpoint or build the database with it")
+        return db
+    return default_database(_database_sources(given), checkpoint, progress=not args.json)
+
+
+def _identify(path: Path, args: argparse.Namespace, db) -> dict:
+    """Read, preprocess and identify one pattern; the answer as a JSON-ready dict."""
+    from eacnn.config import XRDConfig
     from eacnn.measured import read_pattern, to_model_grid
+    from eacnn.retrieval.identify import identify
 
-    grid = to_model_grid(read_pattern(args.pattern, wavelength=args.wavelength))  # errors name the file
-    sources = _database_sources(args.database)
+    xrd = XRDConfig(**db.manifest["xrd"]) if "xrd" in db.manifest else XRDConfig()
+    with _about(path):
+        grid = to_model_grid(read_pattern(path, wavelength=args.wavelength), xrd)
+        result = identify(grid.vector, grid.covered, db, top=args.top, elements=args.elements, rerank=args.rerank,
+                          xrd=xrd)
+    hits = result.hits
+    answer = {
+        "pattern": str(path), "wavelength": grid.wavelength, "coverage": round(float(grid.coverage), 4),
+        "verdict": result.verdict,
+        "score": round(result.score, 4), "score_name": result.score_name, "threshold": round(result.threshold, 4),
+        "candidates": len(db),
+        "results": [{"rank": int(r.rank), "id": r.id, "formula": r.formula, "spacegroup": r.spacegroup,
+                     "similarity": round(float(r.similarity), 4), "scale": round(float(r.scale), 3),
+                     **({"agreement": round(float(r.agreement), 4), "strain": round(float(r.strain), 4),
+                         "zero_shift": round(float(r.zero_shift), 3), "width": round(float(r.width), 3)}
+                        if "agreement" in hits and r.agreement == r.agreement else {})}
+                    for r in hits.itertuples()],
+    }
+    answer["phases"] = [{k: answer["results"][0][k] for k in ("id", "formula", "spacegroup")}
+                        | {"weight_fraction": 1.0}] if result.verdict == "match" else []
+    return answer | {"_grid": grid, "_hits": hits}
+
+
+def _print_answer(answer: dict, rerank: int) -> None:
+    hits = answer["_hits"]
+    print(f"{answer['pattern']}: coverage of 10–80° {100 * answer['coverage']:.0f} %; {answer['candidates']:,} "
+          f"candidates")
+    cols = ["rank", "id", "formula", "spacegroup", "similarity", "scale"]
+    if "agreement" in hits:
+        cols += ["agreement", "strain", "zero_shift"]
+        print(f"read at lattice scales 0.96–1.04; top {rerank} refined (lattice scale, zero shift, width) and "
+              f"re-ranked by agreement")
+    print(hits[cols].to_string(index=False, float_format="%.4f"))
+    print(f"verdict: {answer['verdict']} (top-1 {answer['score_name']} {answer['score']:.4f}; threshold "
+          f"{answer['threshold']:.4f}, calibrated on validation structures asked with their structure present "
+          f"and absent)")
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    # 1. everything named on the command line, before anything heavy is read (flags were checked by the parser)
+    files = _pattern_files(args.pattern)
     checkpoint = _checkpoint_path(args.checkpoint)
+    if args.plot and len(files) > 1:
+        raise EACNNError("--plot draws one pattern: give a single pattern file with it")
 
-    # 2. the model, the database, the ranking; whatever torch or mace print goes to stderr, not into --json
+    # 2. the database: opened memory-mapped when it was built before (no torch), else built once and cached
     with contextlib.redirect_stdout(sys.stderr):
-        import torch  # heavy: only once every argument has been checked
+        db = _open_database(args, checkpoint)
 
-        from eacnn.config import Config
-        from eacnn.retrieval.search import calibrate, load_database, rank, refine
-        from eacnn.training.checkpoint import load_checkpoint, model_from_checkpoint
+    # 3. each pattern: one JSON object (a line each for several patterns), or a table
+    failed = 0
+    for path in files:
+        try:
+            answer = _identify(path, args, db)
+        except EACNNError as err:
+            if len(files) == 1:
+                raise
+            failed += 1
+            print(f"eacnn search: error: {err}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"pattern": str(path), "error": str(err)}), flush=True)
+            continue
+        written = None
+        if args.plot:
+            with contextlib.redirect_stdout(sys.stderr):
+                written = _search_plot(answer["_grid"], answer["_hits"], db, args.plot)
+        if args.json:
+            public = {k: v for k, v in answer.items() if not k.startswith("_")}
+            print(json.dumps(public | ({"plot": str(written)} if written else {})), flush=True)
+        else:
+            _print_answer(answer, args.rerank)
+        if written:
+            print(f"plot written to {written}", file=sys.stderr)
+    return EXIT_BAD_INPUT if failed else 0
 
-        torch.set_flush_denormal(True)
-        ckpt = load_checkpoint(checkpoint)
-        model = model_from_checkpoint(ckpt)
-        cfg = Config.from_dict(ckpt["config"])
-        db = load_database(sources, model, cfg, progress=not args.json)
-        hits = rank(grid.vector, model, db, top=max(args.top, args.rerank), elements=args.elements)
-        cal = calibrate(model, cfg)
-        # the verdict is the model's: its calibrated top-1 similarity, before any re-ranking
-        top1 = float(hits.similarity.iloc[0])
-        verdict = "match" if top1 >= cal.threshold else "no confident match"
-        if args.rerank:
-            hits = refine(grid.vector, hits.head(args.rerank), db, cfg, covered=grid.covered)
-        hits = hits.head(args.top)
-        written = _search_plot(grid, hits, db, args.plot) if args.plot else None
 
-    # 3. the answer
-    if args.json:
-        print(json.dumps({
-            "pattern": str(args.pattern), "wavelength": grid.wavelength, "coverage": round(float(grid.coverage), 4),
-            "verdict": verdict,
-            "threshold": round(cal.threshold, 4), "candidates": len(db.labels),
-            "results": [{"rank": int(r.rank), "id": r.id, "formula": r.formula, "spacegroup": r.spacegroup,
-                         "similarity": round(float(r.similarity), 4),
-                         **({"agreement": round(float(r.agreement), 4), "strain": round(float(r.strain), 4),
-                             "zero_shift": round(float(r.zero_shift), 3)} if args.rerank else {})}
-                        for r in hits.itertuples()],
-            **({"plot": str(written)} if written else {}),
-        }))
-    else:
-        n = len(db.labels)
-        print(f"{args.pattern} (λ = {grid.wavelength} Å): coverage of 10–80° {100 * grid.coverage:.0f} %; "
-              f"{n:,} candidate{'s' * (n != 1)}")
-        cols = ["rank", "id", "formula", "spacegroup", "similarity"]
-        if args.rerank:
-            cols += ["agreement", "strain", "zero_shift"]
-            print(f"top {args.rerank} re-ranked by pattern agreement after a fitted lattice scale and zero shift")
-        print(hits[cols].to_string(index=False, float_format="%.4f"))
-        print(f"verdict: {verdict} (top-1 similarity {top1:.4f}; threshold {cal.threshold:.4f}, "
-              f"fitted on {cal.n_queries} validation queries, each with its structure present and absent, for "
-              f"{100 * cal.target:.0f} % precision of a match)")
-    if written:
-        print(f"plot written to {written}", file=sys.stderr)
+def _cmd_database(args: argparse.Namespace) -> int:
+    sources = _database_sources(args.source)
+    checkpoint = _checkpoint_path(args.checkpoint)
+    with contextlib.redirect_stdout(sys.stderr):
+        from eacnn.retrieval.database import build_database, open_database
+
+        folder = build_database(sources, args.out, checkpoint, progress=True)
+        db = open_database(folder)
+    index = db.manifest["index"]
+    extra = (f", IVF index (nprobe {index['nprobe']} of {index['nlist']} lists, recall@10 "
+             f"{index['recall_at_10']:.3f})" if index["kind"] == "ivf" else ", exact search")
+    print(f"database of {len(db):,} structures from {', '.join(sources)} written to {folder}{extra}; "
+          f"verdict threshold {db.threshold:.4f}")
     return 0
 
 
@@ -422,21 +512,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the space-group classifier baseline instead (train.epochs epochs) and save it to FILE")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("search", help="identify a measured pattern: rank database structures by the trained model")
-    p.add_argument("pattern", help="a measured pattern (.xy, .txt, .csv, .dat, .xrdml, optionally .gz)")
-    p.add_argument("--database", action="append", help="'embedded' (default) or a folder of CIF files; repeatable")
+    p = sub.add_parser("search", help="identify measured patterns: rank database structures by the trained model")
+    p.add_argument("pattern", nargs="+",
+                   help="measured patterns (.xy, .xye, .txt, .csv, .dat, .asc, .sse, .xrdml, optionally .gz), folders "
+                        "of them or glob patterns; several are searched in one process (--json: one line each)")
+    p.add_argument("--database", action="append",
+                   help="'embedded' (default), a folder of CIF files (repeatable), or a folder written by "
+                        "`eacnn database build`")
     p.add_argument("--wavelength", type=_wavelength, default=None,
                    help=_WAVELENGTH_HELP + " (default: the file's Kα1 for .xrdml, else Cu Kα1)")
     p.add_argument("--elements", type=_elements, help="only candidates made of these elements, e.g. Mn,O (any case)")
     p.add_argument("--top", type=_whole(1), default=10, help="how many candidates to list (default 10)")
-    p.add_argument("--rerank", type=_whole(0, MAX_RERANK), default=0, metavar="N",
-                   help="re-rank the model's top N by pattern agreement after fitting a lattice scale (±2 %%) and "
-                        "zero shift (±0.3°) per candidate (default 0: off)")
+    p.add_argument("--rerank", type=_whole(0, MAX_RERANK), default=10, metavar="N",
+                   help="refine the model's top N (lattice scale ±3 %%, zero shift ±0.3°, peak width) and re-rank "
+                        "them by pattern agreement; the verdict is then taken from that agreement (default 10; "
+                        "0: the model's similarity alone)")
     p.add_argument("--plot", type=_figure,
                    help="write the pattern over the top hits' simulated patterns here (.png, .pdf or .svg)")
     p.add_argument("--json", action="store_true", help="print the ranked list as JSON (stdout holds only the JSON)")
     p.add_argument("--checkpoint", help="a trained checkpoint (default: the shipped one)")
     p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("database", help="build a saved search database (embeddings, reflections, index, verdict)")
+    dsub = p.add_subparsers(dest="action", required=True)
+    b = dsub.add_parser("build", help="embed every structure of the sources with a model and save them")
+    b.add_argument("source", nargs="+", help="'embedded' or a folder of CIF files; several are merged")
+    b.add_argument("--out", type=_run_dir, required=True, help="the database folder to write")
+    b.add_argument("--checkpoint", help="a trained checkpoint (default: the shipped one)")
+    b.set_defaults(func=_cmd_database)
 
     p = sub.add_parser("book", help="execute every notebook (papermill) and render the book (Jupyter Book 1)")
     p.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "paper"])

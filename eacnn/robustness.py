@@ -234,3 +234,29 @@ def best_query(table: pd.DataFrame) -> pd.DataFrame:
     p = table.pivot_table(index=["condition", "method"], columns="query", values="top1").reset_index()
     p["condition"] = pd.Categorical(p["condition"], [c for c in CONDITIONS if c in set(p["condition"])], ordered=True)
     return p.sort_values(["condition", "method"]).reset_index(drop=True)
+
+
+def book_numbers(table: pd.DataFrame) -> dict[str, str]:
+    """The numbers chapter 5's prose quotes (Top-1, percent, one decimal; "n/a" where not computed): the current
+    model (``rob_*``, multi-scale where computed), search-match (``sm_*``) and the previous default (``prev_*``)."""
+    methods = list(dict.fromkeys(table["method"]))
+    current = next((m for m in methods if m != "search-match" and "previous" not in m), None)
+    previous = next((m for m in methods if "previous" in m), None)
+
+    def top1(method, condition, query):
+        rows = table[(table["method"] == method) & (table["condition"] == condition) & (table["query"] == query)]
+        return f"{rows['top1'].iloc[0]:.1f}" if len(rows) else "n/a"
+
+    def best(method, condition):
+        ms = top1(method, condition, "multi-scale")
+        return ms if ms != "n/a" else top1(method, condition, "as measured")
+
+    out = {}
+    for key, condition in [("iso_m2", "iso -2 %"), ("iso_p2", "iso +2 %"), ("aniso", "aniso 1.5 %"),
+                           ("clean", "clean"), ("measured", "measured"), ("heldout", "held-out"),
+                           ("window", "window 20–60°")]:
+        out[f"rob_{key}"] = best(current, condition)
+        out[f"sm_{key}"] = best("search-match", condition)
+        out[f"prev_{key}_raw"] = top1(previous, condition, "as measured") if previous else "n/a"
+        out[f"rob_{key}_raw"] = top1(current, condition, "as measured")
+    return out

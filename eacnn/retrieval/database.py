@@ -310,6 +310,13 @@ def _sticks_arrays(two_theta: Sequence[np.ndarray], area: Sequence[np.ndarray]) 
             "area": np.concatenate(list(area)).astype(np.float32) if len(counts) else np.zeros(0, np.float32)}
 
 
+def _split(sticks: dict) -> tuple[list, list]:
+    """The per-candidate (2θ, area) lists of a sticks dict."""
+    o = sticks["offsets"]
+    return ([sticks["two_theta"][a:b] for a, b in zip(o[:-1], o[1:])],
+            [sticks["area"][a:b] for a, b in zip(o[:-1], o[1:])])
+
+
 def shipped_embeddings(checkpoint_sha: str) -> tuple[np.ndarray, np.ndarray, dict] | None:
     """(material ids [n], float32 embeddings [n, d], calibration) shipped for the checkpoint with this SHA-256, or
     None when the package ships none for it.
@@ -369,33 +376,54 @@ def model_calibration(model, cfg, checkpoint_sha: str, progress: bool = True) ->
             return json.loads(path.read_text())
         except ValueError:
             log.warning("calibration cache %s unreadable; fitting again", path)
-    from eacnn.datasets.dataset import build_dataset
-    from eacnn.retrieval.identify import calibrate
-
-    dataset = build_dataset(cfg.replace(**{"data.source": "embedded", "data.max_structures": 0}), progress=progress)
-    out = calibrate(model, dataset, progress=progress)
+    out = _fit_calibration(model, cfg, progress, full_data=True)
     atomic_write_bytes(path, json.dumps(out).encode())
     return out
 
 
+def _fit_calibration(model, cfg, progress: bool, full_data: bool = False) -> dict:
+    """:func:`eacnn.retrieval.identify.calibrate` on the validation split of ``cfg``'s data (all embedded data
+    with ``full_data``)."""
+    from eacnn.datasets.dataset import build_dataset
+    from eacnn.retrieval.identify import calibrate
+
+    data_cfg = cfg.replace(**{"data.source": "embedded", "data.max_structures": 0}) if full_data else cfg
+    return calibrate(model, build_dataset(data_cfg, progress=progress), progress=progress)
+
+
 def build_database(sources: Sequence[str], out: str | Path, checkpoint: str | Path | None = None,
                    progress: bool = True) -> Path:
-    """Embed every structure of ``sources`` (``"embedded"``, CIF folders, ``"mp"`` tables) with a checkpoint's model
-    and write the database folder ``out``."""
+    """Embed every structure of ``sources`` (``"embedded"``, folders of CIF files) with a checkpoint's model and
+    write the database folder ``out``."""
     from eacnn.config import Config
-    from eacnn.retrieval.pattern_tower import export_tower
     from eacnn.training.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, model_from_checkpoint
 
     path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
-    sha = file_sha256(path)
     ckpt = load_checkpoint(path)
-    model, cfg = model_from_checkpoint(ckpt), Config.from_dict(ckpt["config"])
-    shipped = shipped_embeddings(sha) if list(sources) == ["embedded"] else None
-    if shipped is not None:
-        labels, emb, sticks, vectors = _embedded_from_shipped(shipped[0], shipped[1], cfg, progress)
-    else:
-        labels, emb, sticks, vectors = _from_datasets(sources, model, cfg, progress)
-    calibration = model_calibration(model, cfg, sha, progress)
+    return model_database(model_from_checkpoint(ckpt), Config.from_dict(ckpt["config"]), sources, out,
+                          file_sha256(path), progress)
+
+
+def model_database(model, cfg, sources: Sequence[str], out: str | Path, model_sha: str | None = None,
+                   progress: bool = True) -> Path:
+    """:func:`build_database` for a model in memory (``model_sha``: its checkpoint's SHA-256, which selects shipped
+    embeddings and caches the calibration; None for a model without a checkpoint file)."""
+    from eacnn.retrieval.pattern_tower import export_tower
+
+    sha = model_sha or "in-memory-" + hashlib.sha256(repr(sorted(cfg.to_dict().items())).encode()).hexdigest()[:12]
+    shipped = shipped_embeddings(sha) if "embedded" in sources else None
+    parts = []
+    if shipped is not None:  # the embedded structures from the shipped embeddings, the others embedded here
+        parts.append(_embedded_from_shipped(shipped[0], shipped[1], cfg, progress))
+    rest = [s for s in sources if s != "embedded" or shipped is None]
+    if rest:
+        parts.append(_from_datasets(rest, model, cfg, progress))
+    labels = pd.concat([p[0] for p in parts], ignore_index=True)
+    emb = np.concatenate([p[1] for p in parts])
+    sticks = _sticks_arrays([tt for p in parts for tt in _split(p[2])[0]], [a for p in parts for a in _split(p[2])[1]])
+    vectors = np.concatenate([p[3] for p in parts])
+    calibration = model_calibration(model, cfg, sha, progress) if model_sha else _fit_calibration(model, cfg,
+                                                                                                 progress)
     return write_database(out, labels, emb, export_tower(model), calibration, sha, sources, sticks, vectors,
                           dataclasses.asdict(cfg.xrd))
 
@@ -414,9 +442,12 @@ def default_database(sources: Sequence[str] = ("embedded",), checkpoint: str | P
             return open_database(folder)
         except EACNNError as err:
             log.warning("%s; building it again", err)
-    fast = list(sources) == ["embedded"] and shipped_embeddings(file_sha256(path)) is not None
+    shipped = "embedded" in sources and shipped_embeddings(file_sha256(path)) is not None
+    others = [s for s in sources if s != "embedded"]
     log.warning("building the search database once for this model and these sources (%s); later searches reuse it",
-                "about 30 s" if fast else "minutes: every structure is embedded")
+                ("about 30 s: the embedded structures' embeddings are shipped" if shipped else
+                 "minutes: every embedded structure is embedded") + (f", plus embedding {', '.join(others)}"
+                                                                   if others else ""))
     build_database(sources, folder, path, progress=progress)
     return open_database(folder)
 

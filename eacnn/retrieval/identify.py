@@ -121,7 +121,8 @@ class Identification:
 
 
 def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, elements: Sequence[str] | None = None,
-             rerank: int = 10, scales: np.ndarray = SCALES, xrd: XRDConfig | None = None) -> Identification:
+             rerank: int = 10, scales: np.ndarray = SCALES, xrd: XRDConfig | None = None,
+             exclude: np.ndarray | None = None) -> Identification:
     """Rank a saved database's candidates for one pattern (see the module docstring).
 
     Args:
@@ -129,6 +130,8 @@ def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, 
         db: a :class:`eacnn.retrieval.database.SavedDatabase`.
         elements: keep only candidates made of these elements (and no others).
         rerank: refine the best ``rerank`` candidates (0: rank by the model's similarity alone).
+        exclude: [n] bool, candidates left out (e.g. every entry of a phase, to ask what the verdict says when
+            that phase is missing from the database).
     """
     xrd = xrd or XRDConfig()
     reads = db.tower.reads_mask
@@ -139,6 +142,8 @@ def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, 
         keep = np.array([el <= allowed for el in db.elements])
         if not keep.any():
             raise EACNNError(f"no structure in the database is made only of {sorted(allowed)}")
+    if exclude is not None:
+        keep = ~np.asarray(exclude, bool) if keep is None else keep & ~np.asarray(exclude, bool)
     k = max(top, rerank)
     if db.manifest["index"]["kind"] == "exact":
         sim, scale = multiscale_similarity(db.embeddings, z, scales)
