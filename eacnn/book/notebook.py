@@ -378,3 +378,33 @@ def training_log(session: Session, dataset, kind: str):
     else:
         path = default_run_dir(cfg.replace(**{"model.kind": kind}), dataset.key) / "log.csv"
     return pd.read_csv(path)
+
+
+def search_database(session: Session, model, dataset):
+    """The saved search database a chapter identifies measured patterns in, as each profile provides it:
+
+    * ``cpu``: the embedded structures with the shipped model (assembled from the shipped embeddings, cached);
+    * ``smoke`` and ``paper``: the reference CIFs of the measured phases (smoke) or the embedded structures
+      (paper), embedded by the model trained here, with its verdict calibrated on ``dataset``'s validation split;
+      cached in the runs folder by the model's weights.
+
+    Returns:
+        a :class:`eacnn.retrieval.database.SavedDatabase`.
+    """
+    import hashlib
+
+    from eacnn.paths import REFERENCE_CIFS_DIR, runs_dir
+    from eacnn.retrieval.database import default_database, model_database, open_database
+    from eacnn.retrieval.embed import model_digest
+
+    cfg = session.config
+    if cfg.profile == "cpu":
+        return default_database(["embedded"], progress=False)
+    sources = [str(REFERENCE_CIFS_DIR)] if cfg.profile == "smoke" else ["embedded"]
+    key = hashlib.sha256((model_digest(model) + repr(sources) + str(dataset.key)).encode()).hexdigest()[:16]
+    folder = runs_dir() / "databases" / f"{cfg.profile}-{key}"
+    if not (folder / "manifest.json").is_file():
+        # smoke: a verdict calibrated on 40 validation queries, in seconds (the cpu profile's on 300)
+        model_database(model, cfg, sources, folder, progress=False,
+                       calibration_queries=40 if cfg.profile == "smoke" else 300)
+    return open_database(folder)

@@ -61,6 +61,7 @@ from scipy import sparse
 from scipy.optimize import nnls
 
 from eacnn.config import XRDConfig
+from eacnn.datasets.structures import load_embedded, read_cif, row_to_structure
 from eacnn.errors import ConfigError, EACNNError, PatternError
 from eacnn.physics.measurement import CU_KALPHA2
 from eacnn.physics.perturb import bragg_shift
@@ -69,8 +70,8 @@ from eacnn.retrieval.identify import identify
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MixturePhase", "MixtureResult", "identify_phases", "fit_phases", "cell_scattering", "weight_fractions",
-           "MAX_PHASES"]
+__all__ = ["MixturePhase", "MixtureResult", "identify_phases", "fit_phases", "profile_grid", "cell_scattering",
+           "weight_fractions", "phase_structure", "MAX_PHASES"]
 
 MAX_PHASES = 4  # most phases one pattern is searched for
 KALPHA2_RATIO = 0.5  # Cu Kα2 / Kα1 area ratio tried when the pattern may carry Kα2 (2p3/2 : 2p1/2 vacancies)
@@ -328,10 +329,8 @@ def weight_fractions(scales: Sequence[float], scattering: Sequence[float], masse
     return s / total if total > 0 and np.isfinite(s).all() else np.full(len(s), np.nan)
 
 
-def _structure_of(db, row: int):
+def phase_structure(db, row: int):
     """The candidate's structure: the embedded table by id, or ``<source>/<id>.cif``; None when not found."""
-    from eacnn.datasets.structures import load_embedded, read_cif, row_to_structure
-
     label = db.labels.iloc[row]
     try:
         if label["source"] == "embedded":
@@ -558,7 +557,7 @@ def _fractions(slots, scales, db, structures, xrd) -> np.ndarray:
         return np.zeros(0)
     a, m, v = [], [], []
     for s in slots:
-        st = structures(s.row) if structures is not None else _structure_of(db, s.row)
+        st = structures(s.row) if structures is not None else phase_structure(db, s.row)
         if st is None:
             a.append(np.nan), m.append(np.nan), v.append(np.nan)
             continue

@@ -381,14 +381,14 @@ def model_calibration(model, cfg, checkpoint_sha: str, progress: bool = True) ->
     return out
 
 
-def _fit_calibration(model, cfg, progress: bool, full_data: bool = False) -> dict:
+def _fit_calibration(model, cfg, progress: bool, full_data: bool = False, n_queries: int = 300) -> dict:
     """:func:`eacnn.retrieval.identify.calibrate` on the validation split of ``cfg``'s data (all embedded data
     with ``full_data``)."""
     from eacnn.datasets.dataset import build_dataset
     from eacnn.retrieval.identify import calibrate
 
     data_cfg = cfg.replace(**{"data.source": "embedded", "data.max_structures": 0}) if full_data else cfg
-    return calibrate(model, build_dataset(data_cfg, progress=progress), progress=progress)
+    return calibrate(model, build_dataset(data_cfg, progress=progress), n_queries=n_queries, progress=progress)
 
 
 def build_database(sources: Sequence[str], out: str | Path, checkpoint: str | Path | None = None,
@@ -405,7 +405,7 @@ def build_database(sources: Sequence[str], out: str | Path, checkpoint: str | Pa
 
 
 def model_database(model, cfg, sources: Sequence[str], out: str | Path, model_sha: str | None = None,
-                   progress: bool = True) -> Path:
+                   progress: bool = True, calibration_queries: int = 300) -> Path:
     """:func:`build_database` for a model in memory (``model_sha``: its checkpoint's SHA-256, which selects shipped
     embeddings and caches the calibration; None for a model without a checkpoint file)."""
     from eacnn.retrieval.pattern_tower import export_tower
@@ -422,8 +422,8 @@ def model_database(model, cfg, sources: Sequence[str], out: str | Path, model_sh
     emb = np.concatenate([p[1] for p in parts])
     sticks = _sticks_arrays([tt for p in parts for tt in _split(p[2])[0]], [a for p in parts for a in _split(p[2])[1]])
     vectors = np.concatenate([p[3] for p in parts])
-    calibration = model_calibration(model, cfg, sha, progress) if model_sha else _fit_calibration(model, cfg,
-                                                                                                 progress)
+    calibration = (model_calibration(model, cfg, sha, progress) if model_sha else
+                   _fit_calibration(model, cfg, progress, n_queries=calibration_queries))
     return write_database(out, labels, emb, export_tower(model), calibration, sha, sources, sticks, vectors,
                           dataclasses.asdict(cfg.xrd))
 
