@@ -284,7 +284,10 @@ PATTERN_SUFFIXES = (".xy", ".xye", ".txt", ".csv", ".dat", ".asc", ".sse", ".xrd
 
 
 def _is_pattern_file(path: Path) -> bool:
+    """A file a folder search reads: a pattern ending, not a README or LICENSE beside the data."""
     name = path.name.lower()
+    if name.startswith(("readme", "license", "licence")):
+        return False
     name = name[:-3] if name.endswith(".gz") else name
     return name.endswith(PATTERN_SUFFIXES)
 
@@ -361,8 +364,9 @@ def _identify(path: Path, args: argparse.Namespace, db) -> dict:
 
 def _print_answer(answer: dict, rerank: int) -> None:
     hits = answer["_hits"]
-    print(f"{answer['pattern']}: coverage of 10–80° {100 * answer['coverage']:.0f} %; {answer['candidates']:,} "
-          f"candidates")
+    n = answer["candidates"]
+    print(f"{answer['pattern']}: coverage of 10–80° {100 * answer['coverage']:.0f} %; {n:,} "
+          f"candidate{'s' if n != 1 else ''}")
     cols = ["rank", "id", "formula", "spacegroup", "similarity", "scale"]
     if "agreement" in hits:
         cols += ["agreement", "strain", "zero_shift"]

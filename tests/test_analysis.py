@@ -405,7 +405,7 @@ def test_plot_case_study_and_top_hits(pool, close_figures):
     top = analysis.top_candidates(emb, dataset, int(emb.index[0]), k=3)
     axes = plots.plot_case_study(dataset.vectors, dataset.labels, int(emb.index[0]), top)
     assert len(axes) == 4
-    assert axes[0].get_title().startswith("query: X20, Fm-3m")
+    assert axes[0].get_title().startswith("query: X20, Fm3̅m")  # symbols typeset as in print (Fm3̄m, P2₁/c)
     assert axes[1].get_title().startswith("#1: X21") and "✓" not in axes[1].get_title()
     hits = top.rename(columns={"material_id": "id", "spacegroup_symbol": "spacegroup"}).head(2)
     axes = plots.plot_top_hits(dataset.vectors[0], hits, dataset.vectors, query_label="q")

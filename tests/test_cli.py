@@ -97,6 +97,9 @@ def run_example(args: list[str], folder: Path) -> subprocess.CompletedProcess:
     (folder / "scan.xrdml").write_bytes((FIXTURES / "measured" / "synthetic.xrdml").read_bytes())
     (folder / "structure.cif").write_bytes((CIFS / "TiO2_136.cif").read_bytes())
     argv = [str(REPO / a) if a.startswith("eacnn/") else a for a in args]
+    if "mydb" in args and args[0] == "search" and not (folder / "mydb").is_dir():  # the README builds it first
+        subprocess.run([sys.executable, "-m", "eacnn", "database", "build", str(CIFS), "--out", "mydb"], cwd=folder,
+                       check=True, capture_output=True, timeout=900)
     return subprocess.run([sys.executable, "-m", "eacnn", *argv], capture_output=True, text=True, cwd=folder,
                           timeout=900)
 
@@ -104,14 +107,29 @@ def run_example(args: list[str], folder: Path) -> subprocess.CompletedProcess:
 def check_clean_run(proc: subprocess.CompletedProcess, args: list[str], folder: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "Warning:" not in proc.stderr  # library warnings filtered
-    if "--json" in args:
-        json.loads(proc.stdout)  # stdout holds the JSON document alone (mace's import line goes to stderr)
+    if "--json" in args:  # stdout holds the JSON alone: one document, or one per line for several patterns
+        for line in proc.stdout.splitlines():
+            json.loads(line)
     if "--plot" in args:
         out = folder / args[args.index("--plot") + 1]
         magic = {".png": b"\x89PNG", ".pdf": b"%PDF", ".svg": b"<?xml"}[out.suffix]
         assert out.read_bytes().startswith(magic), out
         assert f"plot written to {out.name}" in proc.stderr
         assert sorted(p.name for p in folder.iterdir() if ".tmp" in p.name) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", readme_examples("database"), ids=" ".join)
+def test_readme_database_examples_run(args, tmp_path):
+    """`eacnn database build ... --out mydb` writes a database that `eacnn search --database mydb` opens."""
+    proc = run_example(args, tmp_path)
+    check_clean_run(proc, args, tmp_path)
+    out = tmp_path / args[args.index("--out") + 1]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["n"] > 0 and "threshold" in manifest["calibration"] and "written to" in proc.stdout
+    search = run_example(["search", "scan.xy", "--database", str(out), "--top", "3", "--json"], tmp_path)
+    check_clean_run(search, ["--json"], tmp_path)
+    assert json.loads(search.stdout)["candidates"] == manifest["n"]
 
 
 def test_the_readme_documents_search_and_simulate():
@@ -131,10 +149,14 @@ def test_readme_search_examples_run(args, tmp_path):
     proc = run_example(args, tmp_path)
     check_clean_run(proc, args, tmp_path)
     if "--json" in args:
-        payload = json.loads(proc.stdout)
-        assert payload["results"] and payload["verdict"] in ("match", "no confident match")
+        payloads = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert payloads and all(p["results"] and p["verdict"] in ("match", "no confident match") for p in payloads)
         if "--elements" in args:  # Mn,O: every candidate is made of Mn and O only
-            assert all(set(re.findall(r"[A-Z][a-z]?", r["formula"])) <= {"Mn", "O"} for r in payload["results"])
+            assert all(set(re.findall(r"[A-Z][a-z]?", r["formula"])) <= {"Mn", "O"}
+                       for p in payloads for r in p["results"])
+        if Path(args[1]).name == "measured":  # a folder: one line per pattern file in it, in order
+            assert [Path(p["pattern"]).name for p in payloads] == sorted(
+                f.name for f in (REPO / args[1]).iterdir() if f.name.endswith((".xy.gz", ".xy")))
     else:
         assert "verdict:" in proc.stdout
 

@@ -118,7 +118,11 @@ class _Crystal:
 def _as_crystal(structure, label: str = "structure") -> _Crystal:
     """Check a pymatgen Structure and unpack it; errors name the structure and the bad value."""
     index = _scattering_table()[0]
-    if structure is None or len(structure) == 0:
+    if not (hasattr(structure, "lattice") and hasattr(structure, "sites")):
+        hint = " (a file name? read it first with eacnn.read_cif)" if isinstance(structure, (str, Path)) else ""
+        raise StructureError(f"{label}: expected a pymatgen Structure, got {type(structure).__name__} "
+                             f"{str(structure)[:80]!r}{hint}")
+    if len(structure) == 0:
         raise StructureError(f"{label}: the structure has no sites")
     frac, occupancy, elements = [], {}, {}  # occupancy: (site, local element) -> occ; elements: table row -> local
     for i, site in enumerate(structure):

@@ -268,6 +268,15 @@ def write_database(folder: str | Path, labels: pd.DataFrame, embeddings: np.ndar
         files["sticks.npz"] = _npz_bytes(sticks)
     if vectors is not None:
         files["vectors.npy"] = _npy_bytes(np.asarray(vectors, dtype=np.float16))
+    try:
+        return _write_folder(folder, tmp, files, emb, calibration, checkpoint_sha, sources, xrd)
+    except BaseException:  # Ctrl-C or an error: no half-written database is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_folder(folder: Path, tmp: Path, files: dict, emb: np.ndarray, calibration: dict, checkpoint_sha: str,
+                  sources: Sequence[str], xrd: dict | None) -> Path:
     index_info = {"kind": "exact"}
     if len(emb) > EXACT_LIMIT:
         import faiss  # optional dependency: only large databases need it
