@@ -300,20 +300,60 @@ def _decode(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
+_SEMICOLON_OR_SPACE = re.compile(r"[;\s]+")
+_COMMA_OR_SPACE = re.compile(r"[,\s]+")
+
+
 def _numbers(line: str) -> list[float] | None:
     """The numbers of a line, or None if any token is not a number."""
     if ";" in line or ("\t" in line and "," in line and "." not in line):  # decimal commas
-        tokens = [t.replace(",", ".") for t in re.split(r"[;\s]+", line) if t]
-    else:
-        tokens = [t for t in re.split(r"[,\s]+", line) if t]
+        tokens = [t.replace(",", ".") for t in _SEMICOLON_OR_SPACE.split(line) if t]
+    elif "," in line:
+        tokens = [t for t in _COMMA_OR_SPACE.split(line) if t]
+    else:  # the common case, whitespace-separated columns: str.split is several times faster than a regex
+        tokens = line.split()
     try:
         return [float(t) for t in tokens]
     except ValueError:
         return None
 
 
+def _plain_columns(text: str) -> tuple[np.ndarray, np.ndarray, dict] | None:
+    """The common file, fast: comment lines at the top, then only whitespace-separated numbers, the same count on
+    every line (at least two). None for anything else, which the general reader handles."""
+    lines = text.splitlines()
+    k = 0
+    while k < len(lines) and k < 200 and (not lines[k].strip() or lines[k].lstrip().startswith(_COMMENTS)):
+        k += 1
+    body = lines[k:]
+    while body and not body[-1].strip():
+        body.pop()
+    joined = " ".join(body)
+    if len(body) < 2 or any(c in joined for c in ",;#"):  # decimal commas, separators, comments: general reader
+        return None
+    n_cols = len(body[0].split())
+    if n_cols < 2:
+        return None
+    try:
+        values = np.array(joined.split(), dtype=np.float64)
+    except ValueError:
+        return None
+    if values.size != n_cols * len(body):
+        return None
+    data = values.reshape(len(body), n_cols)
+    if n_cols == 3 and _start_step_end(data.tolist()) is not None:  # "start step end" + intensities, 3 a line
+        return None
+    header = [line.strip() for line in lines[:k] if line.strip()]
+    return data[:, 0], data[:, 1], {"header": header[:50], "n_header_lines": len(header), "format": "xy",
+                                    "n_columns": n_cols}
+
+
 def _read_text(text: str, path: Path, fmt: str | None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Columns or start/step/end from text; ``fmt`` None detects which."""
+    if fmt in (None, "xy"):
+        plain = _plain_columns(text)
+        if plain is not None:
+            return plain
     header: list[str] = []
     rows: list[list[float]] = []
     row_lines: list[int] = []  # 1-based line number of each row
@@ -324,7 +364,7 @@ def _read_text(text: str, path: Path, fmt: str | None) -> tuple[np.ndarray, np.n
             if line:
                 header.append(line)
             continue
-        values = _numbers(line.split("#", 1)[0])
+        values = _numbers(line.split("#", 1)[0] if "#" in line else line)
         if not values:
             (skipped if rows else header).append(number if rows else line)
             continue

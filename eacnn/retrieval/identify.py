@@ -52,11 +52,12 @@ def _profiles(two_theta: np.ndarray, area: np.ndarray, strains: np.ndarray, shif
     x = (pos - lo) / FINE
     i0 = np.clip(np.floor(x).astype(np.int64), 0, kernel.shape[0] - 2)
     w1 = np.clip(x - i0, 0.0, 1.0)
-    dep = np.zeros((len(strains), kernel.shape[0]), np.float32)  # [V, n_fine]
-    rows = np.repeat(np.arange(len(strains)), two_theta.shape[0])
-    np.add.at(dep, (rows, i0.ravel()), (area[None, :] * (1 - w1)).ravel())
-    np.add.at(dep, (rows, i0.ravel() + 1), (area[None, :] * w1).ravel())
-    return dep @ kernel
+    n_fine = kernel.shape[0]
+    flat = (np.arange(len(strains))[:, None] * n_fine + i0).ravel()  # [V * p] positions in the flattened [V, n_fine]
+    weights = np.broadcast_to(area[None, :], w1.shape)
+    dep = np.bincount(flat, (weights * (1 - w1)).ravel(), minlength=len(strains) * n_fine)
+    dep += np.bincount(flat + 1, (weights * w1).ravel(), minlength=len(strains) * n_fine)
+    return dep.reshape(len(strains), n_fine).astype(np.float32) @ kernel  # [V, n_bins]
 
 
 def refine(vector: np.ndarray, covered: np.ndarray | None, rows: Sequence[int], sticks: Callable, xrd: XRDConfig,
