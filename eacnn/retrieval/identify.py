@@ -4,9 +4,9 @@ calibrated for that final score.
 1. **Multi-scale query** (:mod:`eacnn.retrieval.query`): the pattern is read at the lattice scales 0.96–1.04 and
    embedded at each; every candidate keeps its best cosine similarity and the scale it was found at.
 2. **Refinement** (:func:`refine`): each of the best ``rerank`` candidates' reflections is moved by a lattice scale
-   around the one the query found (±0.6 % in 0.2 % steps, so ±3 % in all with the query's grid), a zero shift
-   (±0.3°) and a peak width (the model's and twice it), profiled onto the bins and compared with the pattern over
-   the bins the scan covers (cosine). The candidates are re-ranked by that agreement.
+   around the one the query found (±0.6 % in 0.2 % steps, so ±3 % in all with the query's grid) and a zero shift
+   (±0.3°) at the model's peak width, then the width (the model's or twice it) at that fit, profiled onto the bins
+   and compared with the pattern over the bins the scan covers (cosine). The candidates are re-ranked by that agreement.
 3. **Verdict**: "match" when the final score (the agreement after refinement, else the similarity) reaches the
    threshold calibrated for it (:func:`calibrate`): validation structures, measured-like queries, each asked with
    its structure in the pool and without it, the lowest score at which a "match" is right ``target`` of the time.
@@ -83,13 +83,16 @@ def refine(vector: np.ndarray, covered: np.ndarray | None, rows: Sequence[int], 
         centre = 1.0 / float(scales[k]) - 1.0 if scales is not None else 0.0
         eps, delta = np.meshgrid(centre + REFINE_OFFSETS, REFINE_SHIFTS, indexing="ij")
         eps, delta = eps.ravel(), delta.ravel()
-        best = (-1.0, 0.0, 0.0, xrd.fwhm)
-        for factor in REFINE_WIDTHS:
-            y = np.where(mask, _profiles(tt, area, eps, delta, xrd, factor * xrd.fwhm), 0.0)  # [V, n_bins]
-            cos = (y @ q) / np.maximum(np.linalg.norm(y, axis=1), 1e-12)
-            j = int(np.argmax(cos))
-            if cos[j] > best[0]:
-                best = (float(cos[j]), float(eps[j]), float(delta[j]), factor * xrd.fwhm)
+        # lattice scale and zero shift on the grid at the model's width, then the width at that fit
+        y = np.where(mask, _profiles(tt, area, eps, delta, xrd, REFINE_WIDTHS[0] * xrd.fwhm), 0.0)  # [V, n_bins]
+        cos = (y @ q) / np.maximum(np.linalg.norm(y, axis=1), 1e-12)
+        j = int(np.argmax(cos))
+        best = (float(cos[j]), float(eps[j]), float(delta[j]), REFINE_WIDTHS[0] * xrd.fwhm)
+        for factor in REFINE_WIDTHS[1:]:
+            y = np.where(mask, _profiles(tt, area, eps[j : j + 1], delta[j : j + 1], xrd, factor * xrd.fwhm), 0.0)
+            c = float((y @ q)[0] / max(np.linalg.norm(y), 1e-12))
+            if c > best[0]:
+                best = (c, best[1], best[2], factor * xrd.fwhm)
         out.append({"row": int(row), "agreement": best[0], "strain": best[1], "zero_shift": best[2],
                     "width": best[3]})
     return pd.DataFrame(out, columns=["row", "agreement", "strain", "zero_shift", "width"])
