@@ -21,7 +21,6 @@ import argparse
 import datetime
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -36,15 +35,17 @@ MEASURED = ROOT / "eacnn" / "data" / "measured"
 
 
 def run(args: list[str], env: dict) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB of the child, stdout) of ``eacnn ARGS``."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """(wall seconds, peak RSS in MB of that child alone, stdout) of ``eacnn ARGS``."""
+    code = ("import resource, runpy, sys; sys.argv = ['eacnn'] + sys.argv[1:]\n"
+            "try:\n    runpy.run_module('eacnn', run_name='__main__')\n"
+            "finally:\n    print(f'@@rss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}', file=sys.stderr)")
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "eacnn", *args], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"eacnn {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, max(peak, before) / 1024, proc.stdout
+    rss = int(proc.stderr.rsplit("@@rss ", 1)[1].split()[0]) / 1024  # kB -> MB
+    return wall, rss, proc.stdout
 
 
 def main() -> None:
