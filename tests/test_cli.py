@@ -1,6 +1,7 @@
 """The command line: real output on a real CIF, clear errors and non-zero exit codes on bad input."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -212,3 +213,23 @@ def test_bad_arguments_return_2_in_process(capsys):
     assert main(["search", "scan.xy", "--top", "0"]) == 2
     assert capsys.readouterr().err.strip() == ("eacnn search: error: argument --top: expected a whole number >= 1, "
                                                "got '0' (see eacnn search --help)")
+
+
+@pytest.mark.slow
+def test_first_search_on_an_empty_cache_then_a_warm_one_without_torch(tmp_path):
+    """Issue 13: the first search builds the database from the shipped embeddings (seconds), later ones open it
+    memory-mapped and import neither torch nor mace."""
+    env = {**os.environ, "EACNN_HOME": str(tmp_path / "home")}
+    pattern = str(MEASURED / "Example__MnO.xy.gz")
+    first = subprocess.run([sys.executable, "-m", "eacnn", "search", pattern, "--json", "--top", "3"], env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert "building the search database once" in first.stderr
+    assert list((tmp_path / "home").rglob("manifest.json"))
+    probe = ("import sys; from eacnn.cli import main; code = main(['search', %r, '--json', '--top', '3']); "
+             "print('torch loaded' if 'torch' in sys.modules or 'mace' in sys.modules else 'no torch', "
+             "file=sys.stderr); sys.exit(code)" % pattern)
+    warm = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=600)
+    assert warm.returncode == 0, warm.stderr
+    assert warm.stderr.strip().splitlines()[-1] == "no torch" and "building" not in warm.stderr
+    assert json.loads(warm.stdout)["results"] == json.loads(first.stdout)["results"]

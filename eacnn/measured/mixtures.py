@@ -67,6 +67,7 @@ from eacnn.physics.measurement import CU_KALPHA2
 from eacnn.physics.perturb import bragg_shift
 from eacnn.physics.profile import bin_kernel
 from eacnn.retrieval.identify import identify
+from eacnn.retrieval.query import rescale_many
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ COLLINEAR = 0.95  # a candidate whose profile has this cosine with a chosen phas
 ALTERNATIVES = 5  # candidates per slot tried in the final re-check
 SWAP_GAIN = 0.01  # a swap must lower the weighted residual by this fraction
 WEIGHT_FLOOR = 0.01  # Poisson-like weights 1 / max(y, floor) of the fit and of rwp
+FIT_SCALES = np.round(np.linspace(0.965, 1.035, 15), 4)  # lattice scales of the fit screen, 0.5 % steps
 
 
 @dataclass
@@ -386,6 +388,53 @@ def _chi2(y: np.ndarray, mask: np.ndarray, profiles: list, basis: np.ndarray) ->
     return float(np.sum(_weights(y[mask]) * (y[mask] - fit[mask]) ** 2)), float(scales[-1]) if len(scales) else 0.0
 
 
+def _fit_screen(y: np.ndarray, residual: np.ndarray, mask: np.ndarray, db, keep: np.ndarray | None, k: int,
+                xrd: XRDConfig) -> pd.DataFrame:
+    """The ``k`` candidates whose clean patterns best fit the residual by themselves: for each stored pattern v
+    [n, n_bins] and each lattice scale of :data:`FIT_SCALES` (the residual read there,
+    :func:`eacnn.retrieval.query.rescale_many`), the share (Σ w r v)² / (Σ w v² Σ w r²) of the residual's weighted
+    misfit one non-negative multiple of v removes. Returns rows, similarity (NaN), scale, sorted best first."""
+    r, m = rescale_many(np.clip(residual, 0.0, None), FIT_SCALES, xrd, mask)  # [S, n_bins] each
+    full, _ = rescale_many(y, FIT_SCALES, xrd, mask)
+    w = np.where(m, 1.0 / np.maximum(full, WEIGHT_FLOOR), 0.0)  # [S, n_bins]
+    v = _vectors(db)  # [n, n_bins]
+    num = v @ (w * r).T  # [n, S]
+    share = np.where(num > 0, num * num / np.maximum((v * v) @ w.T, 1e-30), 0.0) / np.maximum(
+        np.sum(w * r * r, axis=1), 1e-30)
+    j = share.argmax(axis=1)
+    best = share[np.arange(len(share)), j]
+    if keep is not None:
+        best = np.where(keep, best, -1.0)
+    rows = np.argsort(-best, kind="stable")[:k]
+    rows = rows[best[rows] > 0]
+    return pd.DataFrame({"row": rows, "similarity": np.nan, "scale": FIT_SCALES[j[rows]], "fit_share": best[rows]})
+
+
+def _vectors(db) -> np.ndarray:
+    """[n, n_bins] float32 clean patterns of a database, read once per database."""
+    cached = getattr(db, "_mixture_vectors", None)
+    if cached is None:
+        cached = np.asarray(db.vectors, np.float32)
+        db._mixture_vectors = cached
+    return cached
+
+
+def _shortlist(y, mask, residual, height, slots, db, elements, k: int, xrd) -> pd.DataFrame:
+    """The union of the model's ``k`` best candidates for the residual (multi-scale query, no refinement) and the
+    ``k`` best of the fit screen: row, id, formula, spacegroup, similarity, scale, proposed_by."""
+    found = identify(np.clip(residual, 0.0, None) / height, mask, db, top=k, elements=elements, rerank=0, xrd=xrd)
+    model = found.hits[["row", "similarity", "scale"]].assign(proposed_by="model")
+    keep = None
+    if elements:
+        keep = np.array([el <= set(elements) for el in db.elements])
+    fit = _fit_screen(y, residual, mask, db, keep, k, xrd).drop(columns="fit_share").assign(proposed_by="fit")
+    both = pd.concat([model, fit[~fit["row"].isin(model["row"])]], ignore_index=True)
+    both.loc[both["row"].isin(fit["row"]) & (both["proposed_by"] == "model"), "proposed_by"] = "both"
+    labels = db.labels.iloc[both["row"].to_numpy()]
+    return both.assign(id=labels["material_id"].to_numpy(), formula=labels["formula"].to_numpy(),
+                       spacegroup=labels["spacegroup_symbol"].to_numpy())
+
+
 def _candidates(y, mask, residual, slots, db, found, xrd, step: int, kalpha2: float) -> list:
     """The shortlist's candidates, each fitted to the residual, as (gain, agreement, slot, hit), best gain first.
 
@@ -395,7 +444,7 @@ def _candidates(y, mask, residual, slots, db, found, xrd, step: int, kalpha2: fl
     base, _ = _chi2(y, mask, [s.profile for s in slots], basis)
     taken = {_label(db, s.row)[1:3] for s in slots} | {("", "")}
     out = []
-    for h in found.hits.itertuples():
+    for h in found.itertuples():
         if int(h.row) in {s.row for s in slots} or (h.formula, h.spacegroup) in taken:
             continue
         cand = _slot(db, int(h.row), 1.0 / float(h.scale) - 1.0, xrd, step, kalpha2)
@@ -464,8 +513,7 @@ def identify_phases(vector: np.ndarray, covered: np.ndarray | None, db, phases: 
             stop = (f"no significant residual peak ({height:.3f} < max({significance:g} σ = "
                     f"{significance * sigma:.3f}, {min_peak:g}))")
             break
-        found = identify(np.clip(residual, 0.0, None) / height, mask, db, top=shortlist, elements=elements,
-                         rerank=0, xrd=xrd)
+        found = _shortlist(y, mask, residual, height, slots, db, elements, shortlist, xrd)
         ranked = _candidates(y, mask, residual, slots, db, found, xrd, step, kalpha2 or 0.0)
         if not ranked:
             stop = f"step {step}: no candidate explains any of the residual"

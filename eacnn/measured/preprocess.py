@@ -200,19 +200,32 @@ def snip_background(two_theta: np.ndarray, intensity: np.ndarray, window: float 
     v = (y - offset) * scale
     if lls:
         v = np.log(np.log(np.sqrt(v + 1.0) + 1.0) + 1.0)
-    index = np.arange(n)
-    reach = np.minimum(index, n - 1 - index)  # [n] the widest symmetric window at each point
     for p in range(1, min(n_iter, n // 2) + 1):
-        half = np.minimum(reach, p)  # [n]
-        estimate = 0.5 * (v[index - half] + v[index + half])
-        if order == 4:
-            q = half // 2
-            cubic = (4.0 * (v[index - q] + v[index + q]) - v[index - 2 * q] - v[index + 2 * q]) / 6.0
-            np.maximum(estimate, cubic, out=estimate)
-        np.minimum(v, estimate, out=v)
+        np.minimum(v, _snip_estimate(v, p, order), out=v)
     if lls:
         v = (np.exp(np.exp(v) - 1.0) - 1.0) ** 2 - 1.0
     return np.minimum(v / scale + offset, y)  # the inverse transform is exact only to rounding
+
+
+def _snip_estimate(v: np.ndarray, p: int, order: int) -> np.ndarray:
+    """SNIP's estimate [n] at half-width ``p`` (points): slices in the interior, where the whole window fits; near
+    the ends the half-width shrinks to what is there (gathers over the 2p end points only)."""
+    n = len(v)
+    est = np.empty(n)
+    est[p : n - p] = 0.5 * (v[: n - 2 * p] + v[2 * p :])
+    if order == 4:
+        q = p // 2
+        cubic = (4.0 * (v[p - q : n - p - q] + v[p + q : n - p + q]) - v[p - 2 * q : n - p - 2 * q]
+                 - v[p + 2 * q : n - p + 2 * q]) / 6.0
+        np.maximum(est[p : n - p], cubic, out=est[p : n - p])
+    ends = np.concatenate([np.arange(p), np.arange(n - p, n)])  # [2p]
+    half = np.minimum(np.minimum(ends, n - 1 - ends), p)
+    e = 0.5 * (v[ends - half] + v[ends + half])
+    if order == 4:
+        q = half // 2
+        np.maximum(e, (4.0 * (v[ends - q] + v[ends + q]) - v[ends - 2 * q] - v[ends + 2 * q]) / 6.0, out=e)
+    est[ends] = e
+    return est
 
 
 def bin_integrals(two_theta: np.ndarray, intensity: np.ndarray, edges: np.ndarray,
