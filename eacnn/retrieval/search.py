@@ -23,6 +23,7 @@ import pandas as pd
 from eacnn.datasets.structures import normalize_elements
 from eacnn.errors import EACNNError
 from eacnn.retrieval.embed import embed_dataset
+from eacnn.retrieval.identify import open_set_threshold  # the one open-set rule, re-exported
 
 log = logging.getLogger(__name__)
 
@@ -133,19 +134,6 @@ def calibrate(model, cfg, target: float = 0.8, level: int = 2, progress: bool = 
     present_s, present_ok = scores[:, 0], top[:, 0] == own
     absent_s = np.where(top[:, 0] == own, scores[:, 1], scores[:, 0])  # best candidate that is not the own one
     return Calibration(open_set_threshold(present_s, present_ok, absent_s, target), target, len(present_s), level)
-
-
-def open_set_threshold(present: np.ndarray, present_correct: np.ndarray, absent: np.ndarray, target: float) -> float:
-    """The lowest similarity t such that "match" verdicts (top-1 similarity >= t) are right at least ``target`` of
-    the time, over queries whose structure is in the pool (top-1 scores ``present`` [n], right or not:
-    ``present_correct`` [n]) and queries whose structure is absent (top-1 scores ``absent`` [m], always wrong).
-    Above the highest score when no threshold reaches the target."""
-    s = np.concatenate([np.asarray(present, float), np.asarray(absent, float)])
-    correct = np.concatenate([np.asarray(present_correct, bool), np.zeros(len(absent), bool)])
-    order = np.argsort(-s, kind="stable")
-    precision = np.cumsum(correct[order]) / np.arange(1, len(s) + 1)
-    ok = np.flatnonzero(precision >= target)
-    return float(s[order][ok[-1]]) if len(ok) else float(s.max()) + 1e-6
 
 
 def rank(vector: np.ndarray, model, db: Database, top: int = 10, elements: Sequence[str] | None = None
