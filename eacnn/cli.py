@@ -58,6 +58,19 @@ def _whole(minimum: int, maximum: int | None = None):
     return parse
 
 
+def _phases(text: str):
+    """``auto`` or a whole number of phases from 1 to 4."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 1 <= value <= 4:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number of phases from 1 to 4, got {text!r}")
+    return value
+
+
 def _b_factor(text: str) -> float:
     try:
         value = float(text)
@@ -357,9 +370,24 @@ def _identify(path: Path, args: argparse.Namespace, db) -> dict:
                         if "agreement" in hits and r.agreement == r.agreement else {})}
                     for r in hits.itertuples()],
     }
-    answer["phases"] = [{k: answer["results"][0][k] for k in ("id", "formula", "spacegroup")}
-                        | {"weight_fraction": 1.0}] if result.verdict == "match" else []
-    return answer | {"_grid": grid, "_hits": hits}
+    if args.phases == 1:  # a single-phase answer: the top candidate, confident when the verdict is a match
+        answer["phases"] = [{k: answer["results"][0][k] for k in ("id", "formula", "spacegroup")}
+                            | {"weight_fraction": 1.0, "confident": result.verdict == "match"}] if len(hits) else []
+        return answer | {"_grid": grid, "_hits": hits, "_mixture": None}
+    from eacnn.measured.mixtures import identify_phases
+
+    with _about(path):
+        mix = identify_phases(grid.vector, grid.covered, db, phases=args.phases, elements=args.elements, xrd=xrd)
+    answer["phases"] = [{"id": ph.id, "formula": ph.formula, "spacegroup": ph.spacegroup,
+                         "weight_fraction": round(float(ph.weight_fraction), 4),
+                         "weight_fraction_note": "approximate (RIR-style from fitted scales and Z·M·V)",
+                         "intensity_fraction": round(float(ph.intensity_fraction), 4),
+                         "strain": round(float(ph.strain), 4), "zero_shift": round(float(ph.zero_shift), 3)}
+                        for ph in mix.phases]
+    answer["explained"] = round(float(mix.explained), 4)
+    answer["rwp"] = round(float(mix.rwp), 4)
+    answer["stop_reason"] = mix.stop_reason
+    return answer | {"_grid": grid, "_hits": hits, "_mixture": mix}
 
 
 def _print_answer(answer: dict, rerank: int) -> None:
@@ -376,6 +404,12 @@ def _print_answer(answer: dict, rerank: int) -> None:
     print(f"verdict: {answer['verdict']} (top-1 {answer['score_name']} {answer['score']:.4f}; threshold "
           f"{answer['threshold']:.4f}, calibrated on validation structures asked with their structure present "
           f"and absent)")
+    if answer.get("_mixture") is not None:
+        print(f"phases ({len(answer['phases'])}; {100 * answer['explained']:.0f} % of the intensity explained, "
+              f"Rwp {answer['rwp']:.3f}; stopped: {answer['stop_reason']}):")
+        for ph in answer["phases"]:
+            print(f"  {ph['id']:<14} {ph['formula']:<12} {ph['spacegroup']:<10} ~{100 * ph['weight_fraction']:.0f} wt % "
+                  f"(approximate), strain {ph['strain']:+.4f}, zero shift {ph['zero_shift']:+.2f}°")
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -531,6 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refine the model's top N (lattice scale ±3 %%, zero shift ±0.3°, peak width) and re-rank "
                         "them by pattern agreement; the verdict is then taken from that agreement (default 10; "
                         "0: the model's similarity alone)")
+    p.add_argument("--phases", type=_phases, default=1, metavar="auto|N",
+                   help="name up to N phases of a mixture (1-4), or 'auto' to stop when the residual holds no "
+                        "significant peak; each with an approximate weight fraction (default 1: single phase)")
     p.add_argument("--plot", type=_figure,
                    help="write the pattern over the top hits' simulated patterns here (.png, .pdf or .svg)")
     p.add_argument("--json", action="store_true", help="print the ranked list as JSON (stdout holds only the JSON)")

@@ -460,7 +460,7 @@ def _candidates(y, mask, residual, slots, db, found, xrd, step: int, kalpha2: fl
 def identify_phases(vector: np.ndarray, covered: np.ndarray | None, db, phases: str | int = "auto",
                     elements: Sequence[str] | None = None, shortlist: int = 50, significance: float = 5.0,
                     min_peak: float = 0.03, min_gain: float = 0.25, min_agreement: float = 0.5,
-                    kalpha2: float | None = None, structures: Callable | None = None,
+                    kalpha2: float | None = None, beam: int = 3, structures: Callable | None = None,
                     xrd: XRDConfig | None = None) -> MixtureResult:
     """Name every phase of a (possibly multi-phase) pattern with its approximate weight fraction.
 
@@ -479,6 +479,8 @@ def identify_phases(vector: np.ndarray, covered: np.ndarray | None, db, phases: 
         min_agreement: the least cosine of a new phase's fitted profile with the residual.
         kalpha2: Kα2 / Kα1 area ratio of the profiles: 0 for Kα1-only (or Kα2-stripped) patterns, None to decide
             on the first phase (0 or :data:`KALPHA2_RATIO`, whichever fits better).
+        beam: first phases followed to the end of the search (the best first candidates by gain); the line of
+            search with the lowest Rwp is kept.
         structures: ``structures(row) -> pymatgen Structure`` for the weight fractions; by default the embedded
             table or ``<source>/<id>.cif``.
 
@@ -500,53 +502,106 @@ def identify_phases(vector: np.ndarray, covered: np.ndarray | None, db, phases: 
         raise PatternError("the pattern has no positive intensity over its covered bins")
     y = np.where(mask, np.clip(y, 0.0, None) / top, 0.0)
 
-    slots: list[_Slot] = []
-    steps: list[dict] = []
-    state = _fit_state(y, mask, slots, xrd)
-    stop = f"reached {limit or MAX_PHASES} phases"
-    for step in range(1, (limit or MAX_PHASES) + 1):
-        residual = np.where(mask, y - state[3], 0.0)
-        sigma = max(_noise(residual, mask), 1e-6)
-        height = float(residual.max())
-        significant = height >= max(significance * sigma, min_peak)
-        if not significant and (limit is None or height <= 0):
-            stop = (f"no significant residual peak ({height:.3f} < max({significance:g} σ = "
-                    f"{significance * sigma:.3f}, {min_peak:g}))")
-            break
-        found = _shortlist(y, mask, residual, height, slots, db, elements, shortlist, xrd)
-        ranked = _candidates(y, mask, residual, slots, db, found, xrd, step, kalpha2 or 0.0)
-        if not ranked:
-            stop = f"step {step}: no candidate explains any of the residual"
-            break
-        gain0, agreement, cand, hit = ranked[0]
-        trial = _fit_state(y, mask, slots + [cand], xrd)
-        if kalpha2 is None:  # the first phase decides whether the pattern carries Kα2
-            other = dataclasses.replace(cand, kalpha2=KALPHA2_RATIO)
-            with_ka2 = _fit_state(y, mask, slots + [other], xrd)
-            kalpha2 = KALPHA2_RATIO if with_ka2[4] < trial[4] else 0.0
-            cand, trial = (other, with_ka2) if kalpha2 else (cand, trial)
-            agreement = _cosine(cand.profile, np.clip(residual, 0.0, None), mask)
-        gain = 1.0 - (trial[4] / max(state[4], 1e-12)) ** 2
-        diag = {"height": height, "snr": height / sigma, "gain": gain, "similarity": float(hit.similarity)}
-        reason = ("" if significant else "residual not significant") or (
-            f"agreement {agreement:.3f} < {min_agreement:g}" if agreement < min_agreement else
-            f"gain {gain:.3f} < {min_gain:g}" if gain < min_gain else
-            "zero scale in the joint fit" if trial[0][-1] <= 0 else "")
-        if reason and (limit is None or trial[0][-1] <= 0):
-            steps.append(_log(step, hit, agreement, False, reason, diag))
-            stop = f"step {step}: {reason} (best candidate {hit.formula} {hit.spacegroup})"
-            break
-        cand.confident = not reason
-        cand.alternatives = [(c[2].row, c[2].strain) for c in ranked[1: ALTERNATIVES + 1]]
-        steps.append(_log(step, hit, agreement, True, reason, diag))
-        slots.append(cand)
-        state = trial
-    if slots:
-        state = _recheck(y, mask, slots, state, db, xrd)
-    sigma = max(_noise(np.where(mask, y - state[3], 0.0), mask), 1e-6)
-    result = _result(y, mask, slots, state, sigma, stop, pd.DataFrame(steps), db, structures, xrd)
-    result.kalpha2 = float(kalpha2 or 0.0)
+    rules = _Rules(limit, elements, shortlist, significance, min_peak, min_gain, min_agreement)
+    empty = _Branch([], _fit_state(y, mask, [], xrd), kalpha2, [], f"reached {limit or MAX_PHASES} phases")
+    first = _rank(y, mask, db, rules, xrd, empty, 1)
+    if isinstance(first, str):
+        empty.stop = first
+        branches = [empty]
+    else:  # the first phase decides most of what follows: follow the best few first candidates to the end
+        branches = [_search(y, mask, db, rules, xrd, _accept(y, mask, rules, xrd, empty, 1, first, b), 2)
+                    for b in range(min(beam, len(first[0])))]
+    best = min(branches, key=lambda br: br.state[4] if br.slots else np.inf)
+    if best.slots:
+        best.state = _recheck(y, mask, best.slots, best.state, db, xrd)
+    sigma = max(_noise(np.where(mask, y - best.state[3], 0.0), mask), 1e-6)
+    steps = [dict(row, branch=i + 1, chosen=br is best) for i, br in enumerate(branches) for row in br.steps]
+    result = _result(y, mask, best.slots, best.state, sigma, best.stop, pd.DataFrame(steps), db, structures, xrd)
+    result.kalpha2 = float(best.kalpha2 or 0.0)
     return result
+
+
+@dataclass(frozen=True)
+class _Rules:
+    """The search's settings (:func:`identify_phases`' arguments)."""
+
+    limit: int | None  # phases asked for; None: "auto"
+    elements: Sequence[str] | None
+    shortlist: int
+    significance: float
+    min_peak: float
+    min_gain: float
+    min_agreement: float
+
+
+@dataclass
+class _Branch:
+    """One line of search: the phases chosen so far, their fit, the Kα2 ratio, the log and why it ended."""
+
+    slots: list
+    state: tuple  # _fit_state's (scales, background, agreements, fit, rwp)
+    kalpha2: float | None
+    steps: list
+    stop: str
+
+
+def _rank(y, mask, db, rules: _Rules, xrd, branch: _Branch, step: int):
+    """(ranked candidates, residual, height, σ, significant) for the next phase, or the reason to stop (str)."""
+    residual = np.where(mask, y - branch.state[3], 0.0)
+    sigma = max(_noise(residual, mask), 1e-6)
+    height = float(residual.max())
+    significant = height >= max(rules.significance * sigma, rules.min_peak)
+    if not significant and (rules.limit is None or height <= 0):
+        return (f"no significant residual peak ({height:.3f} < max({rules.significance:g} σ = "
+                f"{rules.significance * sigma:.3f}, {rules.min_peak:g}))")
+    found = _shortlist(y, mask, residual, height, branch.slots, db, rules.elements, rules.shortlist, xrd)
+    ranked = _candidates(y, mask, residual, branch.slots, db, found, xrd, step, branch.kalpha2 or 0.0)
+    if not ranked:
+        return f"step {step}: no candidate explains any of the residual"
+    return ranked, residual, height, sigma, significant
+
+
+def _accept(y, mask, rules: _Rules, xrd, branch: _Branch, step: int, ranked, pick: int = 0) -> _Branch:
+    """A new branch with candidate ``pick`` of ``ranked`` (:func:`_rank`) added when it passes the rules (or when
+    phases were asked for); else the branch, stopped."""
+    candidates, residual, height, sigma, significant = ranked
+    _, agreement, cand, hit = candidates[pick]
+    cand = dataclasses.replace(cand)
+    kalpha2 = branch.kalpha2
+    trial = _fit_state(y, mask, branch.slots + [cand], xrd)
+    if kalpha2 is None:  # the first phase decides whether the pattern carries Kα2
+        other = dataclasses.replace(cand, kalpha2=KALPHA2_RATIO)
+        with_ka2 = _fit_state(y, mask, branch.slots + [other], xrd)
+        kalpha2 = KALPHA2_RATIO if with_ka2[4] < trial[4] else 0.0
+        cand, trial = (other, with_ka2) if kalpha2 else (cand, trial)
+        agreement = _cosine(cand.profile, np.clip(residual, 0.0, None), mask)
+    gain = 1.0 - (trial[4] / max(branch.state[4], 1e-12)) ** 2
+    diag = {"height": height, "snr": height / sigma, "gain": gain, "similarity": float(hit.similarity),
+            "proposed_by": hit.proposed_by}
+    reason = ("" if significant else "residual not significant") or (
+        f"agreement {agreement:.3f} < {rules.min_agreement:g}" if agreement < rules.min_agreement else
+        f"gain {gain:.3f} < {rules.min_gain:g}" if gain < rules.min_gain else
+        "zero scale in the joint fit" if trial[0][-1] <= 0 else "")
+    if reason and (rules.limit is None or trial[0][-1] <= 0):
+        return _Branch(list(branch.slots), branch.state, kalpha2,
+                       branch.steps + [_log(step, hit, agreement, False, reason, diag)],
+                       f"step {step}: {reason} (best candidate {hit.formula} {hit.spacegroup})")
+    cand.confident = not reason
+    cand.alternatives = [(c[2].row, c[2].strain) for i, c in enumerate(candidates) if i != pick][:ALTERNATIVES]
+    return _Branch(branch.slots + [cand], trial, kalpha2,
+                   branch.steps + [_log(step, hit, agreement, True, reason, diag)], branch.stop)
+
+
+def _search(y, mask, db, rules: _Rules, xrd, branch: _Branch, step: int) -> _Branch:
+    """Add phases greedily from ``step`` until a rule stops the branch or the limit is reached."""
+    while step <= (rules.limit or MAX_PHASES) and len(branch.slots) == step - 1:
+        ranked = _rank(y, mask, db, rules, xrd, branch, step)
+        if isinstance(ranked, str):
+            branch.stop = ranked
+            break
+        branch = _accept(y, mask, rules, xrd, branch, step, ranked)
+        step += 1
+    return branch
 
 
 def _cosine(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
@@ -555,6 +610,7 @@ def _cosine(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 
 
 def _log(step: int, hit, agreement: float, accepted: bool, reason: str, diag: dict | None = None) -> dict:
+    """One row of :attr:`MixtureResult.steps`."""
     return {"step": step, "id": hit.id, "row": int(hit.row), "formula": hit.formula, "spacegroup": hit.spacegroup,
             "agreement": agreement, **(diag or {}), "accepted": accepted, "reason": reason}
 
