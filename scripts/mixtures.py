@@ -11,7 +11,7 @@
    weight fractions follow from the drawn intensity fractions with the same Z·M·V and cell scattering the search
    uses, so their error measures the fit, not those approximations.
 2. **Measured mixtures**: the four XRD-AutoAnalyzer mixtures (and its five single-phase scans) and the 30 Dara lab
-   scans of 15 precursor mixtures in ``/work/shared/data/experimental``, each searched over the whole database and
+   scans of 15 precursor mixtures in ``../shared/data/experimental`` (beside the checkout; ``$EACNN_SHARED_DATA`` overrides), each searched over the whole database and
    restricted to the elements of its true phases (as a user who knows the precursors would).
 
 The database: the shipped model's embedded database (18,093 MP-20 structures, :func:`default_database`) plus three
@@ -32,6 +32,7 @@ search stopped) to ``--out`` and prints a summary. About 5–10 s per pattern on
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import re
 import time
@@ -40,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-SHARED = Path("/work/shared/data/experimental")
+SHARED = Path(os.environ.get("EACNN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "experimental"))
 
 # Structures of the Dara precursors missing from the reference folders: (space group, lattice, species, fractional
 # coordinates in pymatgen's default setting, source).
