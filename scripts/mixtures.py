@@ -11,17 +11,18 @@
    weight fractions follow from the drawn intensity fractions with the same Z·M·V and cell scattering the search
    uses, so their error measures the fit, not those approximations.
 2. **Measured mixtures**: the four XRD-AutoAnalyzer mixtures (and its five single-phase scans) and the 30 Dara lab
-   scans of 15 precursor mixtures in ``../shared/data/experimental`` (beside the checkout; ``$EACNN_SHARED_DATA`` overrides), each searched over the whole database and
-   restricted to the elements of its true phases (as a user who knows the precursors would).
+   scans of 15 precursor mixtures in ``../shared/data/experimental`` (beside the checkout; ``$EACNN_SHARED_DATA``
+   overrides), each searched over the whole database and restricted to the elements of its true phases (as a user
+   who knows the precursors would).
 
 The database: the shipped model's embedded database (18,093 MP-20 structures, :func:`default_database`) plus three
 folders of reference structures, merged into one saved database under the cache:
 
 * ``eacnn/data/reference_cifs`` — XRD-AutoAnalyzer's 56 Li–Mn–Ti–O–F references (MIT, Szymanski et al. 2021);
-* ``<shared>/xrd_autoanalyzer/reference_cifs/PDF_Example`` — its 28 La–Zr–Li–O references (La(OH)₃, Li₂CO₃,
-  monoclinic ZrO₂ among them);
-* the Dara precursors the two sets lack (α-V₂O₅, bixbyite In₂O₃, rhodochrosite MnCO₃, NiO, α-Bi₂O₃, wurtzite ZnO):
-  entered by hand from the cited structure determinations (:data:`LITERATURE`), written as CIFs by pymatgen into
+* ``<shared>/xrd_autoanalyzer/reference_cifs/PDF_Example`` — its 28 La–Zr–Li–O references (La(OH)₃,
+  Li₂CO₃, monoclinic ZrO₂ among them);
+* the Dara precursors the two sets lack (α-V₂O₅, bixbyite In₂O₃, rhodochrosite MnCO₃, NiO, α-Bi₂O₃, wurtzite
+  ZnO): entered by hand from the cited structure determinations (:data:`LITERATURE`), written as CIFs by pymatgen into
   ``<cache>/reference_cifs/dara_precursors``; bond lengths were checked, and their fits to the measured scans are
   in the CSV.
 
@@ -32,8 +33,8 @@ search stopped) to ``--out`` and prints a summary. About 5–10 s per pattern on
 from __future__ import annotations
 
 import argparse
-import os
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -41,7 +42,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-SHARED = Path(os.environ.get("EACNN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "experimental"))
+SHARED = Path(os.environ.get("EACNN_SHARED_DATA",
+                             Path(__file__).resolve().parents[2] / "shared" / "data" / "experimental"))
 
 # Structures of the Dara precursors missing from the reference folders: (space group, lattice, species, fractional
 # coordinates in pymatgen's default setting, source).
@@ -53,7 +55,8 @@ LITERATURE = {
     "In2O3_206": ("Ia-3", ("cubic", 10.117), ["In", "In", "O"],
                   [[0.25, 0.25, 0.25], [0.4668, 0, 0.25], [0.3905, 0.1529, 0.3832]],
                   "bixbyite In2O3: M. Marezio, Acta Cryst. 20, 723 (1966)"),
-    "MnCO3_167": ("R-3c", ("hexagonal", 4.7682, 15.6354), ["Mn", "C", "O"], [[0, 0, 0], [0, 0, 0.25], [0.2723, 0, 0.25]],
+    "MnCO3_167": ("R-3c", ("hexagonal", 4.7682, 15.6354), ["Mn", "C", "O"],
+                  [[0, 0, 0], [0, 0, 0.25], [0.2723, 0, 0.25]],
                   "rhodochrosite: H. Effenberger, K. Mereiter, J. Zemann, Z. Kristallogr. 156, 233 (1981)"),
     "NiO_225": ("Fm-3m", ("cubic", 4.1771), ["Ni", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]],
                 "bunsenite NiO, rock salt, a = 4.1771 A (ICDD PDF 47-1049)"),
@@ -143,13 +146,22 @@ def _weight_errors(truth_ids, truth_w, result) -> tuple[float, str]:
     return (max(errs) if len(errs) == len(truth_ids) else float("nan")), ";".join(f"{e:.3f}" for e in errs)
 
 
-def synthetic(db, k: int, n: int, family: str, seed: int) -> list[dict]:
-    """``n`` synthetic k-phase mixtures of MP-20 test structures (module docstring)."""
+def _prototype(db, row: int) -> tuple:
+    """(space group number, anonymised formula) of a database row: its structure type, up to substitution."""
+    from pymatgen.core import Composition
+
+    label = db.labels.iloc[row]
+    return int(label["spacegroup_number"]), Composition(label["formula"]).anonymized_formula
+
+
+def synthetic(db, k: int, n: int, family: str, seed: int, n_elements: int) -> list[dict]:
+    """``n`` synthetic k-phase mixtures of MP-20 test structures (module docstring); the first ``n_elements`` are
+    searched again restricted to the elements of their phases."""
     from tqdm.auto import tqdm
 
     from eacnn.analysis import score_phases, synthetic_mixture
     from eacnn.datasets.structures import load_embedded
-    from eacnn.measured.mixtures import phase_structure, cell_scattering, identify_phases, weight_fractions
+    from eacnn.measured.mixtures import cell_scattering, identify_phases, phase_structure, weight_fractions
 
     rng = np.random.default_rng([seed, k, 16])
     test_ids = set(load_embedded("test")["material_id"])
@@ -170,19 +182,24 @@ def synthetic(db, k: int, n: int, family: str, seed: int) -> list[dict]:
                                    [s.volume for s in structures])
         v = np.asarray(db.vectors[picks], np.float64) * covered
         cos = v @ v.T / np.outer(np.linalg.norm(v, axis=1), np.linalg.norm(v, axis=1)).clip(1e-12)
-        result = identify_phases(y, covered, db)
-        ids = [db.labels["material_id"].iloc[r] for r in picks]
-        named_ids = len(set(ids) & {p.id for p in result.phases})
-        score = score_phases(list(db.labels["formula"].iloc[picks]), [p.formula for p in result.phases])
-        err, errs = _weight_errors(ids, truth_w, result)
-        rows.append({"kind": f"synthetic {k}-phase ({family})", "pattern": f"{k}-phase #{i}",
-                     "truth": ";".join(db.labels["formula"].iloc[picks]), "truth_ids": ";".join(ids),
-                     "truth_intensity_fractions": ";".join(f"{f:.3f}" for f in fractions),
-                     "truth_weight_fractions": ";".join(f"{w:.3f}" for w in truth_w),
-                     "coverage": float(covered.mean()), "ka2_ratio": float(drawn["params"]["ka2_ratio"][0]),
-                     "max_cosine": float(np.max(cos[np.triu_indices(k, 1)])),
-                     "named_by_id": named_ids, "all_by_id": named_ids == k, **score,
-                     "weight_error_max": err, "weight_errors": errs, **_found_columns(result)})
+        ids = list(db.labels["material_id"].iloc[picks])
+        elements = sorted(set().union(*(db.elements[r] for r in picks)))
+        for restrict in [None, elements] if i < n_elements else [None]:
+            result = identify_phases(y, covered, db, elements=restrict)
+            named_ids = len(set(ids) & {p.id for p in result.phases})
+            score = score_phases(list(db.labels["formula"].iloc[picks]), [p.formula for p in result.phases])
+            types = {_prototype(db, p.row) for p in result.phases}
+            err, errs = _weight_errors(ids, truth_w, result)
+            rows.append({"kind": f"synthetic {k}-phase ({family})", "pattern": f"{k}-phase #{i}",
+                         "elements": " ".join(restrict) if restrict else "any",
+                         "truth": ";".join(db.labels["formula"].iloc[picks]), "truth_ids": ";".join(ids),
+                         "truth_intensity_fractions": ";".join(f"{f:.3f}" for f in fractions),
+                         "truth_weight_fractions": ";".join(f"{w:.3f}" for w in truth_w),
+                         "coverage": float(covered.mean()), "ka2_ratio": float(drawn["params"]["ka2_ratio"][0]),
+                         "max_cosine": float(np.max(cos[np.triu_indices(k, 1)])),
+                         "named_by_id": named_ids, "all_by_id": named_ids == k,
+                         "all_types": all(_prototype(db, int(r)) in types for r in picks), **score,
+                         "weight_error_max": err, "weight_errors": errs, **_found_columns(result)})
     return rows
 
 
@@ -228,23 +245,23 @@ def measured(db) -> list[dict]:
 
 def summary(df: pd.DataFrame) -> str:
     lines = []
-    for kind, part in df.groupby("kind", sort=False):
+    for (kind, restrict), part in df.groupby(["kind", df["elements"] != "any"], sort=False):
+        label = "restricted to the true elements" if restrict else "whole database"
         if kind.startswith("synthetic"):
             sep = part[(part["max_cosine"] < SEPARATED) & part["all_by_id"]]
-            lines.append(f"{kind}: {len(part)} patterns; all phases named {part['all'].mean():.1%} (by formula), "
-                         f"{part['all_by_id'].mean():.1%} (the exact structure); spurious phases per pattern "
-                         f"{part['spurious'].mean():.2f}; full-coverage patterns: all named "
-                         f"{part[part['coverage'] > 0.99]['all'].mean():.1%} of {int((part['coverage'] > 0.99).sum())}; "
-                         f"weight-fraction error (max over phases) where all named and well separated "
-                         f"(n = {len(sep)}): median {sep['weight_error_max'].median():.3f}, within ±0.10 "
+            full = part[part["coverage"] > 0.99]
+            lines.append(f"{kind}, {label}: {len(part)} patterns; every phase named {part['all'].mean():.1%} "
+                         f"(formula), {part['all_by_id'].mean():.1%} (the exact entry), {part['all_types'].mean():.1%}"
+                         f" (structure type: space group and anonymised formula); full scans {full['all'].mean():.1%}"
+                         f" of {len(full)}; spurious phases per pattern {part['spurious'].mean():.2f}; weight-fraction "
+                         f"error (largest per pattern) where all named and well separated (n = {len(sep)}): median "
+                         f"{sep['weight_error_max'].median():.3f}, within ±0.10 "
                          f"{(sep['weight_error_max'] <= 0.1).mean():.1%}")
         else:
-            for restrict, sub in part.groupby(part["elements"] != "any"):
-                label = "restricted to the true elements" if restrict else "whole database"
-                lines.append(f"{kind} ({label}): {len(sub)} patterns; all phases named {sub['all'].mean():.1%}, "
-                             f"true phases named {sub['named'].sum()} of "
-                             f"{sum(len(t.split(';')) for t in sub['truth'])}, spurious {sub['spurious'].sum()}; "
-                             f"median weight error where all named {sub['weight_error_max'].median():.3f}")
+            lines.append(f"{kind}, {label}: {len(part)} patterns; every phase named {part['all'].mean():.1%}; "
+                         f"true phases named {part['named'].sum()} of {sum(len(t.split(';')) for t in part['truth'])}; "
+                         f"spurious {part['spurious'].sum()}; largest weight error where all named (median) "
+                         f"{part['weight_error_max'].median():.3f}")
     return "\n".join(lines)
 
 
@@ -269,7 +286,8 @@ def main() -> None:
                write_literature_cifs(cache_dir() / "reference_cifs" / "dara_precursors")]
     db = open_database(args.database) if args.database else merged_database(cache_dir() / "databases", folders)
     print(f"database {db.folder}: {len(db)} candidates from {db.manifest['sources']}")
-    rows = synthetic(db, 2, args.n2, args.family, args.seed) + synthetic(db, 3, args.n3, args.family, args.seed)
+    rows = (synthetic(db, 2, args.n2, args.family, args.seed, args.n2 // 2)
+            + synthetic(db, 3, args.n3, args.family, args.seed, args.n3 // 2))
     if not args.skip_measured:
         rows += measured(db)
     df = pd.DataFrame(rows)

@@ -166,3 +166,23 @@ def test_weight_fractions_do_not_depend_on_the_cell_chosen(mixture_db):
                                     [a.volume, second.volume]))
     np.testing.assert_allclose(out[0], out[1], rtol=2e-3)
     assert out[0].sum() == pytest.approx(1.0)
+
+
+def test_profiles_are_the_identification_profiles_and_carry_kalpha2():
+    """The sparse profile grid equals :func:`eacnn.retrieval.identify._profiles`; its Kα2 copy sits where Bragg's
+    law puts the Cu Kα2 reflection (:func:`eacnn.physics.measurement.satellite_positions`)."""
+    from eacnn.config import XRDConfig
+    from eacnn.measured.mixtures import profile_grid
+    from eacnn.physics.measurement import CU_KALPHA2, satellite_positions
+    from eacnn.retrieval.identify import _profiles
+
+    xrd = XRDConfig()
+    tt, area = np.array([21.3, 35.0, 47.9, 76.2]), np.array([1.0, 0.4, 0.7, 0.2])
+    strains, shifts = np.array([-0.02, 0.0, 0.013]), np.array([0.1, 0.0, -0.2])
+    np.testing.assert_allclose(profile_grid(tt, area, strains, shifts, 0.3, xrd),
+                               _profiles(tt, area, strains, shifts, xrd, 0.3), rtol=1e-5, atol=1e-6)
+    one = profile_grid(np.array([69.9]), np.array([1.0]), np.zeros(1), np.zeros(1), 0.05, xrd, kalpha2=0.5)[0]
+    second = satellite_positions(np.array([69.9]), CU_KALPHA2 / xrd.wavelength)[0]
+    assert 70.0 < second < 70.5  # Δ2θ = 2 tan θ Δλ/λ ≈ 0.2° here: the next bin
+    assert one.sum() == pytest.approx(1.5, rel=1e-3)
+    assert one[119] == pytest.approx(1.0, abs=0.1) and one[120] == pytest.approx(0.5, abs=0.1)  # 69.5–70, 70–70.5°
