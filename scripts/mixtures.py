@@ -154,7 +154,32 @@ def _prototype(db, row: int) -> tuple:
     return int(label["spacegroup_number"]), Composition(label["formula"]).anonymized_formula
 
 
-def synthetic(db, k: int, n: int, family: str, seed: int, n_elements: int) -> list[dict]:
+class Rows:
+    """The CSV's rows, written (atomically) every 10 patterns so an interrupted run keeps its work; with ``resume``
+    the rows already in the file are kept and their patterns skipped (the random draws are replayed)."""
+
+    def __init__(self, path: str | Path, database: str, resume: bool):
+        self.path, self.database = Path(path), database
+        self.rows = pd.read_csv(self.path).to_dict("records") if resume and self.path.is_file() else []
+        self.done = {(r["kind"], r["pattern"], r["elements"]) for r in self.rows}
+
+    def has(self, kind: str, pattern: str, elements: str) -> bool:
+        return (kind, pattern, elements) in self.done
+
+    def add(self, row: dict) -> None:
+        self.rows.append({"database": self.database, **row})
+        if len(self.rows) % 10 == 0:
+            self.write()
+
+    def write(self) -> pd.DataFrame:
+        df = pd.DataFrame(self.rows)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        df.to_csv(tmp, index=False, float_format="%.4f")
+        os.replace(tmp, self.path)
+        return df
+
+
+def synthetic(db, k: int, n: int, family: str, seed: int, n_elements: int, out: Rows) -> None:
     """``n`` synthetic k-phase mixtures of MP-20 test structures (module docstring); the first ``n_elements`` are
     searched again restricted to the elements of their phases."""
     from tqdm.auto import tqdm
@@ -167,7 +192,7 @@ def synthetic(db, k: int, n: int, family: str, seed: int, n_elements: int) -> li
     test_ids = set(load_embedded("test")["material_id"])
     pool = np.flatnonzero(db.labels["material_id"].isin(test_ids).to_numpy() & (db.labels["source"] == "embedded"))
     floor = 0.2 if k == 2 else 0.15
-    rows = []
+    kind = f"synthetic {k}-phase ({family})"
     for i in tqdm(range(n), desc=f"{k}-phase mixtures", unit="pattern"):
         picks = rng.choice(pool, k, replace=False)
         fractions = rng.dirichlet(np.ones(k))
@@ -185,22 +210,23 @@ def synthetic(db, k: int, n: int, family: str, seed: int, n_elements: int) -> li
         ids = list(db.labels["material_id"].iloc[picks])
         elements = sorted(set().union(*(db.elements[r] for r in picks)))
         for restrict in [None, elements] if i < n_elements else [None]:
+            if out.has(kind, f"{k}-phase #{i}", " ".join(restrict) if restrict else "any"):
+                continue
             result = identify_phases(y, covered, db, elements=restrict)
             named_ids = len(set(ids) & {p.id for p in result.phases})
             score = score_phases(list(db.labels["formula"].iloc[picks]), [p.formula for p in result.phases])
             types = {_prototype(db, p.row) for p in result.phases}
             err, errs = _weight_errors(ids, truth_w, result)
-            rows.append({"kind": f"synthetic {k}-phase ({family})", "pattern": f"{k}-phase #{i}",
-                         "elements": " ".join(restrict) if restrict else "any",
-                         "truth": ";".join(db.labels["formula"].iloc[picks]), "truth_ids": ";".join(ids),
-                         "truth_intensity_fractions": ";".join(f"{f:.3f}" for f in fractions),
-                         "truth_weight_fractions": ";".join(f"{w:.3f}" for w in truth_w),
-                         "coverage": float(covered.mean()), "ka2_ratio": float(drawn["params"]["ka2_ratio"][0]),
-                         "max_cosine": float(np.max(cos[np.triu_indices(k, 1)])),
-                         "named_by_id": named_ids, "all_by_id": named_ids == k,
-                         "all_types": all(_prototype(db, int(r)) in types for r in picks), **score,
-                         "weight_error_max": err, "weight_errors": errs, **_found_columns(result)})
-    return rows
+            out.add({"kind": kind, "pattern": f"{k}-phase #{i}",
+                     "elements": " ".join(restrict) if restrict else "any",
+                     "truth": ";".join(db.labels["formula"].iloc[picks]), "truth_ids": ";".join(ids),
+                     "truth_intensity_fractions": ";".join(f"{f:.3f}" for f in fractions),
+                     "truth_weight_fractions": ";".join(f"{w:.3f}" for w in truth_w),
+                     "coverage": float(covered.mean()), "ka2_ratio": float(drawn["params"]["ka2_ratio"][0]),
+                     "max_cosine": float(np.max(cos[np.triu_indices(k, 1)])),
+                     "named_by_id": named_ids, "all_by_id": named_ids == k,
+                     "all_types": all(_prototype(db, int(r)) in types for r in picks), **score,
+                     "weight_error_max": err, "weight_errors": errs, **_found_columns(result)})
 
 
 def _dara_truth(name: str) -> tuple[list[str], list[float]]:
@@ -211,7 +237,7 @@ def _dara_truth(name: str) -> tuple[list[str], list[float]]:
     return formulas, weights
 
 
-def measured(db) -> list[dict]:
+def measured(db, out: Rows) -> None:
     """The XRD-AutoAnalyzer and Dara scans, each over the whole database and restricted to its true elements."""
     from tqdm.auto import tqdm
 
@@ -225,22 +251,22 @@ def measured(db) -> list[dict]:
         name = path.name.replace(".xrdml.gz", "")
         formulas, weights = _dara_truth(name)
         jobs.append(("dara", name, formulas, weights, path))
-    rows = []
     for kind, name, formulas, weights, path in tqdm(jobs, desc="measured mixtures", unit="pattern"):
         grid = to_model_grid(read_pattern(path, wavelength=None if kind == "dara" else "Cu"))
         elements = sorted({el for f in formulas for el in re.findall(r"[A-Z][a-z]?", f)})
         for restrict in (None, elements):
+            if out.has(kind, name, " ".join(restrict) if restrict else "any"):
+                continue
             result = identify_phases(grid.vector, grid.covered, db, elements=restrict)
             found = {reduced_formula(p.formula): p for p in result.phases}
             errs = [abs(found[reduced_formula(f)].weight_fraction - w)
                     for f, w in zip(formulas, weights or []) if reduced_formula(f) in found]
-            rows.append({"kind": kind, "pattern": name, "elements": " ".join(restrict) if restrict else "any",
-                         "truth": ";".join(formulas),
-                         "truth_weight_fractions": ";".join(f"{w:.3f}" for w in weights) if weights else "",
-                         "coverage": grid.coverage, **score_phases(formulas, [p.formula for p in result.phases]),
-                         "weight_error_max": max(errs) if weights and len(errs) == len(formulas) else float("nan"),
-                         "weight_errors": ";".join(f"{e:.3f}" for e in errs), **_found_columns(result)})
-    return rows
+            out.add({"kind": kind, "pattern": name, "elements": " ".join(restrict) if restrict else "any",
+                     "truth": ";".join(formulas),
+                     "truth_weight_fractions": ";".join(f"{w:.3f}" for w in weights) if weights else "",
+                     "coverage": grid.coverage, **score_phases(formulas, [p.formula for p in result.phases]),
+                     "weight_error_max": max(errs) if weights and len(errs) == len(formulas) else float("nan"),
+                     "weight_errors": ";".join(f"{e:.3f}" for e in errs), **_found_columns(result)})
 
 
 def summary(df: pd.DataFrame) -> str:
@@ -278,6 +304,7 @@ def main() -> None:
     parser.add_argument("--database", default=None, help="a saved database to search (default: the embedded "
                         "database of the shipped model plus the reference folders, built once)")
     parser.add_argument("--skip-measured", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="keep the rows already in --out, skip their patterns")
     parser.add_argument("--out", default=str(DATA_DIR / "mixtures.csv"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -286,14 +313,13 @@ def main() -> None:
                write_literature_cifs(cache_dir() / "reference_cifs" / "dara_precursors")]
     db = open_database(args.database) if args.database else merged_database(cache_dir() / "databases", folders)
     print(f"database {db.folder}: {len(db)} candidates from {db.manifest['sources']}")
-    rows = (synthetic(db, 2, args.n2, args.family, args.seed, args.n2 // 2)
-            + synthetic(db, 3, args.n3, args.family, args.seed, args.n3 // 2))
+    out = Rows(args.out, f"{len(db)} candidates: " + " + ".join(Path(s).name for s in db.manifest["sources"]),
+               args.resume)
     if not args.skip_measured:
-        rows += measured(db)
-    df = pd.DataFrame(rows)
-    df.insert(0, "database", f"{len(db)} candidates: " + " + ".join(Path(s).name for s in db.manifest["sources"]))
-    df.to_csv(args.out, index=False, float_format="%.4f")
-    print(summary(df))
+        measured(db, out)
+    synthetic(db, 2, args.n2, args.family, args.seed, args.n2 // 2, out)
+    synthetic(db, 3, args.n3, args.family, args.seed, args.n3 // 2, out)
+    print(summary(out.write()))
     print(f"{time.perf_counter() - t0:.0f} s -> {args.out}")
 
 

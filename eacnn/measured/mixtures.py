@@ -28,7 +28,7 @@ time and fits the phases found to the pattern on the model's 140-bin grid:
      (1.4826 × the median absolute deviation of neighbouring residual bins' differences / √2, robust to peaks and
      blind to a smooth background), ``min_peak`` a fraction of the strongest bin (defaults 5 σ and 8 %); or
    * *no confident match*: its agreement (cosine of its fitted profile with the positive residual) is below
-     ``min_agreement`` (0.6), or its gain, after the joint refit, is below ``min_gain`` (0.3), or its scale is 0.
+     ``min_agreement`` (0.5), or its gain, after the joint refit, is below ``min_gain`` (0.3), or its scale is 0.
 
    The defaults were set on synthetic 2- and 3-phase mixtures of MP-20 test structures (``scripts/mixtures.py``):
    a true phase's gain is above 0.44 in 95 % of steps, a spurious one's (fitting the misfit of phases already
@@ -470,7 +470,7 @@ def _candidates(y, mask, residual, slots, db, found, xrd, step: int, kalpha2: fl
 
 def identify_phases(vector: np.ndarray, covered: np.ndarray | None, db, phases: str | int = "auto",
                     elements: Sequence[str] | None = None, shortlist: int = 50, significance: float = 5.0,
-                    min_peak: float = 0.08, min_gain: float = 0.3, min_agreement: float = 0.6,
+                    min_peak: float = 0.08, min_gain: float = 0.3, min_agreement: float = 0.5,
                     kalpha2: float | None = None, beam: int = 3, structures: Callable | None = None,
                     xrd: XRDConfig | None = None) -> MixtureResult:
     """Name every phase of a (possibly multi-phase) pattern with its approximate weight fraction.
