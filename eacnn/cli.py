@@ -439,7 +439,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         written = None
         if args.plot:
             with contextlib.redirect_stdout(sys.stderr):
-                written = _search_plot(answer["_grid"], answer["_hits"], db, args.plot)
+                written = _search_plot(answer["_grid"], answer["_hits"], db, args.plot, answer["_mixture"])
         if args.json:
             public = {k: v for k, v in answer.items() if not k.startswith("_")}
             print(json.dumps(public | ({"plot": str(written)} if written else {})), flush=True)
@@ -466,14 +466,23 @@ def _cmd_database(args: argparse.Namespace) -> int:
     return 0
 
 
-def _search_plot(grid, hits, db, path: Path) -> Path:
-    """The measured pattern over the top hits' simulated patterns, written to ``path`` (its extension's format)."""
+def _search_plot(grid, hits, db, path: Path, mixture=None) -> Path:
+    """The measured pattern over the top hits' simulated patterns, written to ``path`` (its extension's format);
+    with a mixture (``--phases``), the measured pattern, the sum of the fits, each phase and the residual."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from eacnn.book.plots import plot_vector
+    from eacnn.book.plots import plot_mixture, plot_vector
+
+    if mixture is not None:
+        axes = plot_mixture(mixture, title=Path(grid.source).name if grid.source else None)
+        fig = axes[0].figure
+        try:
+            return _save_figure(fig, path)
+        finally:
+            plt.close(fig)
 
     n = min(3, len(hits))
     fig, axes = plt.subplots(n + 1, 1, figsize=(7, 1.6 * (n + 1)), sharex=True, layout="constrained", squeeze=False)

@@ -186,3 +186,28 @@ def test_profiles_are_the_identification_profiles_and_carry_kalpha2():
     assert 70.0 < second < 70.5  # Δ2θ = 2 tan θ Δλ/λ ≈ 0.2° here: the next bin
     assert one.sum() == pytest.approx(1.5, rel=1e-3)
     assert one[119] == pytest.approx(1.0, abs=0.1) and one[120] == pytest.approx(0.5, abs=0.1)  # 69.5–70, 70–70.5°
+
+
+def test_search_phases_auto_as_users_run_it(mixture_db, tmp_path):
+    """``eacnn search MIX.xy --database DB --phases auto --json --plot mix.png`` in a real subprocess: stdout is one
+    JSON object whose ``phases`` name both phases with weight fractions; the plot (measured, fits, residual) is
+    written."""
+    import subprocess
+    import sys
+
+    from eacnn.config import XRDConfig
+
+    db, structures = mixture_db
+    y, _ = _mixture(structures, (40, 88), (0.6, 0.4), np.random.default_rng(5))
+    pattern = tmp_path / "mix.xy"
+    np.savetxt(pattern, np.column_stack([XRDConfig().bin_centers(), 1000 * y]), fmt="%.4f")
+    proc = subprocess.run([sys.executable, "-m", "eacnn", "search", str(pattern), "--database", str(db.folder),
+                           "--phases", "auto", "--json", "--plot", str(tmp_path / "mix.png")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    answer = json.loads(proc.stdout)
+    ids = {db.labels["material_id"].iloc[r] for r in (40, 88)}
+    assert {p["id"] for p in answer["phases"]} == ids, answer["phases"]
+    assert all({"id", "formula", "spacegroup", "weight_fraction"} <= set(p) for p in answer["phases"])
+    assert sum(p["weight_fraction"] for p in answer["phases"]) == pytest.approx(1.0, abs=1e-3)
+    assert (tmp_path / "mix.png").stat().st_size > 10_000 and answer["plot"].endswith("mix.png")

@@ -36,6 +36,8 @@ __all__ = [
     "plot_classifier_vs_retrieval",
     "plot_embedding_map",
     "plot_tsne_panels",
+    "plot_robustness_conditions",
+    "plot_mixture",
 ]
 
 #: The seven crystal systems, from lowest to highest symmetry.
@@ -407,3 +409,32 @@ def plot_robustness_conditions(best: "pd.DataFrame", ax=None):  # noqa: F821
     ax.set(ylabel="Top-1 (%)", ylim=(0, 102))
     ax.legend(fontsize=SMALL_FONT, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return ax
+
+
+def plot_mixture(result, title: str | None = None, axes=None):
+    """The phases of a mixture (:class:`eacnn.measured.mixtures.MixtureResult`): top, the measured pattern with the
+    sum of the fits (background included) and each phase's fitted contribution; bottom, the residual (measured −
+    fit) over the covered bins. Bins the scan does not cover are shaded."""
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        _, axes = plt.subplots(2, 1, figsize=(7, 3.8), sharex=True, layout="constrained",
+                               gridspec_kw={"height_ratios": (3, 1)})
+    top, bottom = axes
+    x, step = result.two_theta, float(result.two_theta[1] - result.two_theta[0])
+    for ax in axes:
+        for lo in x[~np.asarray(result.covered, bool)]:
+            ax.axvspan(lo - step / 2, lo + step / 2, color="0.93", lw=0)
+    top.plot(x, result.measured, color="k", lw=1.2, label="measured (binned)")
+    top.plot(x, result.total, color="C3", lw=1.0, ls="--", label="sum of the fits")
+    for k, (ph, curve) in enumerate(zip(result.phases, result.curves)):
+        top.plot(x, curve, lw=0.9, color=f"C{k}",
+                 label=f"{ph.formula} {pretty_spacegroup(ph.spacegroup)}, ~{100 * ph.weight_fraction:.0f} wt %")
+    top.set(ylabel="intensity (max 1)", ylim=(min(0.0, float(result.total.min())), 1.15))
+    top.legend(fontsize=SMALL_FONT, loc="upper right", ncols=2 if len(result.phases) > 2 else 1)
+    if title:
+        top.set_title(title)
+    bottom.plot(x, result.residual, color="0.3", lw=0.9)
+    bottom.axhline(0.0, color="0.6", lw=0.6)
+    bottom.set(xlabel="2θ (°)", ylabel="residual")
+    return axes
