@@ -25,6 +25,12 @@ DATA_DIR = PACKAGE_DIR / "data"
 MEASURED_DIR = DATA_DIR / "measured"
 #: The 56 reference CIFs of those patterns (same source).
 REFERENCE_CIFS_DIR = DATA_DIR / "reference_cifs"
+#: Measured mixtures: four XRD-AutoAnalyzer scans and 30 Dara lab scans of 15 precursor mixtures (MIT; README there).
+MIXTURES_DIR = MEASURED_DIR / "mixtures"
+#: XRD-AutoAnalyzer's 28 La–Zr–Li–O reference CIFs (for ``PDF_Example__Li2CO3-ZrO2``; MIT).
+REFERENCE_CIFS_LA_ZR_LI_DIR = DATA_DIR / "reference_cifs_la_zr_li"
+#: The Dara precursors neither reference folder holds, entered from their structure determinations (README there).
+REFERENCE_CIFS_DARA_DIR = DATA_DIR / "reference_cifs_dara"
 
 
 def repo_root() -> Path | None:

@@ -11,19 +11,19 @@
    weight fractions follow from the drawn intensity fractions with the same Z·M·V and cell scattering the search
    uses, so their error measures the fit, not those approximations.
 2. **Measured mixtures**: the four XRD-AutoAnalyzer mixtures (and its five single-phase scans) and the 30 Dara lab
-   scans of 15 precursor mixtures in ``../shared/data/experimental`` (beside the checkout; ``$EACNN_SHARED_DATA``
-   overrides), each searched over the whole database and restricted to the elements of its true phases (as a user
-   who knows the precursors would).
+   scans of 15 precursor mixtures shipped in ``eacnn/data/measured/mixtures`` (MIT; README there), each
+   searched over the whole database and restricted to the elements of its true phases (as a user who knows the
+   precursors would).
 
 The database: the shipped model's embedded database (18,093 MP-20 structures, :func:`default_database`) plus three
 folders of reference structures, merged into one saved database under the cache:
 
 * ``eacnn/data/reference_cifs`` — XRD-AutoAnalyzer's 56 Li–Mn–Ti–O–F references (MIT, Szymanski et al. 2021);
-* ``<shared>/xrd_autoanalyzer/reference_cifs/PDF_Example`` — its 28 La–Zr–Li–O references (La(OH)₃,
-  Li₂CO₃, monoclinic ZrO₂ among them);
+* ``eacnn/data/reference_cifs_la_zr_li`` — its 28 La–Zr–Li–O references (La(OH)₃, Li₂CO₃, monoclinic ZrO₂
+  among them);
 * the Dara precursors the two sets lack (α-V₂O₅, bixbyite In₂O₃, rhodochrosite MnCO₃, NiO, α-Bi₂O₃, wurtzite
   ZnO): entered by hand from the cited structure determinations (:data:`LITERATURE`), written as CIFs by pymatgen into
-  ``<cache>/reference_cifs/dara_precursors``; bond lengths were checked, and their fits to the measured scans are
+  ``eacnn/data/reference_cifs_dara`` (``--write-cifs``); bond lengths were checked, and their fits to the measured scans are
   in the CSV.
 
 Writes one row per pattern (truth, found phases with space group, weight and intensity fractions, Rwp, why the
@@ -42,8 +42,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-SHARED = Path(os.environ.get("EACNN_SHARED_DATA",
-                             Path(__file__).resolve().parents[2] / "shared" / "data" / "experimental"))
+from eacnn.paths import (  # noqa: E402
+    MEASURED_DIR,
+    MIXTURES_DIR,
+    REFERENCE_CIFS_DARA_DIR,
+    REFERENCE_CIFS_DIR,
+    REFERENCE_CIFS_LA_ZR_LI_DIR,
+)
 
 # Structures of the Dara precursors missing from the reference folders: (space group, lattice, species, fractional
 # coordinates in pymatgen's default setting, source).
@@ -88,7 +93,12 @@ def write_literature_cifs(folder: Path) -> Path:
         path = folder / f"{name}.cif"
         if not path.is_file() or path.read_text() != text:
             path.write_text(text)
-    (folder / "SOURCES.txt").write_text("\n".join(f"{k}: {v[-1]}" for k, v in LITERATURE.items()) + "\n")
+    (folder / "README.md").write_text(
+        "# Reference structures of the Dara precursors missing from the other reference folders\n\n"
+        "Entered by hand from the structure determinations below (space group, cell, Wyckoff positions) and written "
+        "as P1 CIFs by pymatgen (`python scripts/mixtures.py --write-cifs`). Used for the measured mixtures of "
+        "`../measured/mixtures/` (`eacnn.paths.REFERENCE_CIFS_DARA_DIR`).\n\n"
+        + "".join(f"* `{k}.cif`: {v[-1]}\n" for k, v in LITERATURE.items()))
     return folder
 
 
@@ -245,9 +255,9 @@ def measured(db, out: Rows) -> None:
     from eacnn.measured import read_pattern, to_model_grid
     from eacnn.measured.mixtures import identify_phases
 
-    jobs = [("xrd_autoanalyzer", name, formulas, None, SHARED / "xrd_autoanalyzer" / "spectra" / f"{name}.xy.gz")
-            for name, formulas in AUTOANALYZER.items()]
-    for path in sorted((SHARED / "dara_mixtures").glob("*.xrdml.gz")):
+    jobs = [("xrd_autoanalyzer", name, formulas, None, (MIXTURES_DIR if "+" in name or "-" in name else MEASURED_DIR)
+             / f"{name}.xy.gz") for name, formulas in AUTOANALYZER.items()]
+    for path in sorted(MIXTURES_DIR.glob("*.xrdml.gz")):
         name = path.name.replace(".xrdml.gz", "")
         formulas, weights = _dara_truth(name)
         jobs.append(("dara", name, formulas, weights, path))
@@ -304,13 +314,16 @@ def main() -> None:
     parser.add_argument("--database", default=None, help="a saved database to search (default: the embedded "
                         "database of the shipped model plus the reference folders, built once)")
     parser.add_argument("--skip-measured", action="store_true")
+    parser.add_argument("--write-cifs", action="store_true", help=f"write the LITERATURE structures' CIFs to "
+                        f"eacnn/data/{REFERENCE_CIFS_DARA_DIR.name} first")
     parser.add_argument("--resume", action="store_true", help="keep the rows already in --out, skip their patterns")
     parser.add_argument("--out", default=str(DATA_DIR / "mixtures.csv"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     t0 = time.perf_counter()
-    folders = [DATA_DIR / "reference_cifs", SHARED / "xrd_autoanalyzer" / "reference_cifs" / "PDF_Example",
-               write_literature_cifs(cache_dir() / "reference_cifs" / "dara_precursors")]
+    if args.write_cifs:
+        print(f"wrote {write_literature_cifs(REFERENCE_CIFS_DARA_DIR)}")
+    folders = [REFERENCE_CIFS_DIR, REFERENCE_CIFS_LA_ZR_LI_DIR, REFERENCE_CIFS_DARA_DIR]
     db = open_database(args.database) if args.database else merged_database(cache_dir() / "databases", folders)
     print(f"database {db.folder}: {len(db)} candidates from {db.manifest['sources']}")
     out = Rows(args.out, f"{len(db)} candidates: " + " + ".join(Path(s).name for s in db.manifest["sources"]),
