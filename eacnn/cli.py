@@ -362,6 +362,8 @@ def _identify(path: Path, args: argparse.Namespace, db) -> dict:
         "pattern": str(path), "wavelength": grid.wavelength, "coverage": round(float(grid.coverage), 4),
         "verdict": result.verdict,
         "score": round(result.score, 4), "score_name": result.score_name, "threshold": round(result.threshold, 4),
+        **({"margin": round(result.margin, 4), "margin_threshold": round(result.margin_threshold, 4)}
+           if result.margin == result.margin else {}),
         "candidates": len(db),
         "results": [{"rank": int(r.rank), "id": r.id, "formula": r.formula, "spacegroup": r.spacegroup,
                      "similarity": round(float(r.similarity), 4), "scale": round(float(r.scale), 3),
@@ -401,8 +403,10 @@ def _print_answer(answer: dict, rerank: int) -> None:
         print(f"read at lattice scales 0.96–1.04; top {rerank} refined (lattice scale, zero shift, width) and "
               f"re-ranked by agreement")
     print(hits[cols].to_string(index=False, float_format="%.4f"))
-    print(f"verdict: {answer['verdict']} (top-1 {answer['score_name']} {answer['score']:.4f}; threshold "
-          f"{answer['threshold']:.4f}, calibrated on validation structures asked with their structure present "
+    margin = (f", margin over the best other phase {answer['margin']:.4f} (needs {answer['margin_threshold']:.4f})"
+              if "margin" in answer else "")
+    print(f"verdict: {answer['verdict']} (top-1 {answer['score_name']} {answer['score']:.4f}, needs "
+          f"{answer['threshold']:.4f}{margin}; calibrated on validation structures asked with their phase present "
           f"and absent)")
     if answer.get("_mixture") is not None:
         print(f"phases ({len(answer['phases'])}; {100 * answer['explained']:.0f} % of the intensity explained, "

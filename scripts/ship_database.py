@@ -7,10 +7,12 @@ fitted on the validation split with :func:`eacnn.retrieval.identify.calibrate`).
 default model:
 
     python scripts/ship_database.py            # about 10-15 min on 2 cores with a cold data-set cache
+    python scripts/ship_database.py --calibrate-only   # the same model: refit only the verdict (a few minutes)
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import time
@@ -27,12 +29,24 @@ from eacnn.training.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, model
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calibrate-only", action="store_true",
+                        help="keep the shipped embeddings (same checkpoint) and refit only the verdict's calibration")
+    args = parser.parse_args()
     t0 = time.perf_counter()
     ckpt = load_checkpoint(DEFAULT_CHECKPOINT)
     model, cfg = model_from_checkpoint(ckpt), Config.from_dict(ckpt["config"])
-    db = load_database(["embedded"], model, cfg, progress=True)
     cal = calibrate(model, build_dataset(cfg.replace(**{"data.source": "embedded", "data.max_structures": 0})),
                     progress=True)
+    if args.calibrate_only:
+        meta = json.loads((SHIPPED_DIR / "embedded.json").read_text())
+        if meta["checkpoint_sha256"] != file_sha256(DEFAULT_CHECKPOINT):
+            raise SystemExit("the shipped embeddings belong to another checkpoint: run without --calibrate-only")
+        meta.update(calibration=cal, calibrated=time.strftime("%Y-%m-%d"))
+        atomic_write_bytes(SHIPPED_DIR / "embedded.json", json.dumps(meta, indent=1).encode())
+        print(json.dumps(meta, indent=1), f"\n{time.perf_counter() - t0:.0f} s")
+        return
+    db = load_database(["embedded"], model, cfg, progress=True)
     buf = io.BytesIO()
     np.savez_compressed(buf, material_id=db.labels["material_id"].to_numpy().astype(str),
                         embeddings=db.embeddings.astype(np.float16))

@@ -96,3 +96,30 @@ def test_open_set_threshold_counts_absent_phases_as_wrong():
     assert open_set_threshold(present, correct, np.array([0.92]), 0.75) == 0.85
     # no threshold reaches the target: above every score
     assert open_set_threshold(np.array([0.5]), np.array([False]), np.array([0.4]), 0.5) > 0.5
+
+
+def test_margin_is_over_the_best_candidate_of_another_phase():
+    from eacnn.retrieval.identify import margin_of
+
+    # a duplicate entry of the same phase does not count against the top hit
+    assert margin_of(np.array([0.99, 0.985, 0.9]), np.array(["A|1", "A|1", "B|2"])) == pytest.approx(0.09)
+    assert margin_of(np.array([0.9, 0.99, 0.95]), np.array(["B|2", "A|1", "C|3"])) == pytest.approx(0.04)
+    assert margin_of(np.array([0.97, 0.96]), np.array(["A|1", "A|1"])) == pytest.approx(0.97)
+
+
+def test_open_set_rule_uses_the_margin_where_the_score_alone_cannot_separate():
+    from eacnn.retrieval.identify import open_set_rule
+
+    # present and right: high agreement, stands out; absent: as high an agreement, but a crowd of look-alikes
+    score = np.array([0.99, 0.98, 0.97, 0.99, 0.98, 0.97])
+    margin = np.array([0.05, 0.06, 0.04, 0.001, 0.002, 0.0])
+    present = np.array([True, True, True, False, False, False])
+    correct = present.copy()
+    t, m, precision, recall = open_set_rule(score, margin, correct, present, 0.8)
+    assert m > 0.002 and t <= 0.97 and precision == 1.0 and recall == 1.0
+    # the score alone: half the matches wrong at any threshold reaching every right answer
+    t0, m0, p0, r0 = open_set_rule(score, margin, correct, present, 0.8, margins=(0.0,))
+    assert m0 == 0.0 and r0 < 1.0
+    # nothing reaches the target: no match at all
+    t1, _, p1, r1 = open_set_rule(score[3:], margin[3:], correct[3:], present[3:], 0.8)
+    assert r1 == 0.0 and t1 > score.max()

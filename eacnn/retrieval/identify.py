@@ -8,8 +8,13 @@ calibrated for that final score.
    (±0.3°) at the model's peak width, then the width (the model's or twice it) at that fit, profiled onto the bins
    and compared with the pattern over the bins the scan covers (cosine). The candidates are re-ranked by that agreement.
 3. **Verdict**: "match" when the final score (the agreement after refinement, else the similarity) reaches the
-   threshold calibrated for it (:func:`calibrate`): validation structures, measured-like queries, each asked with
-   its structure in the pool and without it, the lowest score at which a "match" is right ``target`` of the time.
+   threshold calibrated for it *and* the top hit stands out: its margin (its agreement less that of the best
+   refined candidate of another phase, i.e. another formula or space group) reaches the calibrated margin. Both
+   are fitted together (:func:`calibrate`, :func:`open_set_rule`) on validation structures under realistic
+   measurement models, each query asked with its phase in the pool and without it: the pair that names the most
+   right phases while a "match" stays right ``target`` of the time. On such queries the agreement alone cannot do
+   it: with the phase absent, a look-alike of another composition fits as well as the right phase does when
+   present; what differs is that the right phase stands out from the rest.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from eacnn.retrieval.query import SCALES, rescale_many
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Identification", "identify", "refine", "calibrate", "open_set_threshold", "REFINE_OFFSETS",
+__all__ = ["Identification", "identify", "refine", "calibrate", "open_set_threshold", "open_set_rule", "margin_of",
+           "REFINE_OFFSETS",
            "REFINE_SHIFTS", "REFINE_WIDTHS"]
 
 REFINE_OFFSETS = np.linspace(-0.006, 0.006, 7)  # lattice-scale offsets around the query's best scale
@@ -122,6 +128,8 @@ class Identification:
     score: float  # the final score of the top hit (agreement after refinement, else similarity)
     threshold: float  # the calibrated threshold of that score
     score_name: str  # "agreement" or "similarity"
+    margin: float = float("nan")  # top-1 agreement less the best refined candidate of another phase (NaN: no refinement)
+    margin_threshold: float = 0.0  # the calibrated margin a "match" needs
 
 
 def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, elements: Sequence[str] | None = None,
@@ -177,11 +185,52 @@ def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, 
         hits = hits.iloc[order].reset_index(drop=True)
         if "agreement" in cal:
             score_name, threshold = "agreement", float(cal["agreement"])
+    margin, need = float("nan"), 0.0
+    if score_name == "agreement" and len(hits):
+        margin = margin_of(hits["agreement"].head(rerank).fillna(-1.0).to_numpy(),
+                           (hits["formula"] + "|" + hits["spacegroup"]).head(rerank).to_numpy())
+        need = float(cal.get("margin", 0.0))
     hits = hits.head(top).reset_index(drop=True)
     hits.insert(0, "rank", np.arange(1, len(hits) + 1))
     score = float(hits[score_name].iloc[0]) if len(hits) else float("nan")
-    verdict = "match" if len(hits) and score >= threshold else "no confident match"
-    return Identification(hits, verdict, score, threshold, score_name)
+    stands_out = not (margin < need)  # NaN margin (no refinement): the score alone decides
+    verdict = "match" if len(hits) and score >= threshold and stands_out else "no confident match"
+    return Identification(hits, verdict, score, threshold, score_name, margin, need)
+
+
+def margin_of(agreement: np.ndarray, phase: np.ndarray) -> float:
+    """How far the best candidate stands out: its agreement less the best agreement of a candidate of another phase
+    (``phase`` [k] labels, e.g. "formula|space group"; ``agreement`` [k], best first or not). The whole agreement
+    when every candidate is the same phase."""
+    agreement, phase = np.asarray(agreement, float), np.asarray(phase)
+    j = int(np.argmax(agreement))
+    others = agreement[phase != phase[j]]
+    return float(agreement[j] - (others.max() if len(others) else 0.0))
+
+
+def open_set_rule(score: np.ndarray, margin: np.ndarray, correct: np.ndarray, present: np.ndarray, target: float,
+                  margins: Sequence[float] = (0.0, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.1)
+                  ) -> tuple[float, float, float, float]:
+    """The (score threshold, margin threshold) under which "match" verdicts (score >= t and margin >= m) are right at
+    least ``target`` of the time and name the most right answers, over queries with their phase present (``present``
+    True; right or not: ``correct``) and absent (always wrong). Returns (t, m, precision, recall); recall is over the
+    right answers among the present queries. Where no pair reaches the target: (above every score, 0, nan, 0)."""
+    score, margin = np.asarray(score, float), np.asarray(margin, float)
+    correct, present = np.asarray(correct, bool) & np.asarray(present, bool), np.asarray(present, bool)
+    n_right = max(int(correct.sum()), 1)
+    best = (float(score.max()) + 1e-6, 0.0, float("nan"), 0.0)
+    for m in margins:
+        ok = margin >= m
+        if not ok.any():
+            continue
+        t = open_set_threshold(score[ok & present], correct[ok & present], score[ok & ~present], target)
+        chosen = ok & (score >= t)
+        if not chosen.any():
+            continue
+        recall = float(correct[chosen].sum() / n_right)
+        if recall > best[3]:
+            best = (float(t), float(m), float(correct[chosen].mean()), recall)
+    return best
 
 
 def open_set_threshold(present: np.ndarray, present_correct: np.ndarray, absent: np.ndarray, target: float) -> float:
@@ -197,16 +246,24 @@ def open_set_threshold(present: np.ndarray, present_correct: np.ndarray, absent:
     return float(s[order][ok[-1]]) if len(ok) else float(s.max()) + 1e-6
 
 
-def calibrate(model, dataset, n_queries: int = 300, rerank: int = 10, target: float = 0.8, seed: int = 0,
+def calibrate(model, dataset, n_queries: int = 450, rerank: int = 10, target: float = 0.8, seed: int = 0,
               progress: bool = True) -> dict:
-    """Thresholds of the similarity and of the refined agreement, open-set, on validation structures.
+    """The verdict's thresholds, open-set, on validation structures: of the similarity (used without refinement),
+    and of the refined agreement with its margin (:func:`open_set_rule`).
 
-    ``n_queries`` validation structures are turned into measured-like queries
-    (:func:`eacnn.training.batches.measured_queries`) and identified among the validation and training structures
-    twice: with their own structure in the pool and without it (a phase absent from the database).
+    ``n_queries`` validation structures become realistic queries, a third each from the measurement family training
+    draws from (:func:`eacnn.training.batches.measured_queries`), the held-out family it never sees
+    (:func:`eacnn.physics.measurement.perturb_measured`, ``family="heldout"``) and a clean lab scan of a cell up to
+    ±2 % off the database's (isotropic); each is identified among the validation and training structures twice:
+    with its phase in the pool and without it (a phase absent from the database). A phase is a (reduced formula,
+    space group) pair, as a materials scientist names it: an answer with the query's formula and space group is right
+    (MP-20 holds duplicate entries of some phases), and "absent" removes every entry of that phase.
     """
     from tqdm.auto import tqdm
 
+    from eacnn.config import MeasurementConfig
+    from eacnn.physics.measurement import perturb_measured
+    from eacnn.physics.perturb import profile_patterns
     from eacnn.retrieval.embed import embed_dataset
     from eacnn.training.batches import measured_queries
 
@@ -214,37 +271,53 @@ def calibrate(model, dataset, n_queries: int = 300, rerank: int = 10, target: fl
     rng = np.random.default_rng([seed, 271828])
     val = np.asarray(dataset.indices("val"))
     pool_rows = np.concatenate([val, np.asarray(dataset.indices("train"))])
+    phase = (dataset.labels["formula"] + "|" + dataset.labels["spacegroup_number"].astype(str)).to_numpy()[pool_rows]
     pool = np.concatenate([embed_dataset(model, dataset, split, levels=(0,), progress=progress).structures
                            for split in ("val", "train")])  # [n_pool, d]
-    chosen = rng.choice(len(val), min(n_queries, len(val)), replace=False)
-    patterns, masks = measured_queries(cfg, dataset, val[chosen], [dataset.sticks(int(val[i])) for i in chosen], rng)
+    chosen = rng.choice(len(val), min(n_queries, len(val)), replace=False)  # positions in val = rows of the pool
+    k = len(chosen) // 3
+    sticks = [dataset.sticks(int(val[i])) for i in chosen]
+    p1, m1 = measured_queries(cfg, dataset, val[chosen[:k]], sticks[:k], rng)
+    p2, m2, _ = perturb_measured(sticks[k : 2 * k], MeasurementConfig(), rng, family="heldout",
+                                 impurities=sticks[k + 1 : 2 * k] + sticks[k : k + 1], xrd=xrd)
+    eps = rng.uniform(-0.02, 0.02, len(chosen) - 2 * k)
+    p3 = profile_patterns([(bragg_shift(tt, e, 0.0, xrd.wavelength), a) for (tt, a), e in zip(sticks[2 * k :], eps)],
+                          xrd=xrd)
+    p3 = (p3 / np.maximum(p3.max(axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    patterns = np.concatenate([p1, p2, p3])
+    masks = np.concatenate([m1, m2, np.ones(p3.shape, bool)])
     reads = model.model_config.xrd_mask_channel
 
     def encode(y, m):
         return model.encode_patterns(y * m, progress=False, masks=m if reads else None).numpy()
 
-    scores = {"similarity": ([], [], []), "agreement": ([], [], [])}
+    rec = {key: [] for key in ("present", "similarity", "sim_correct", "agreement", "margin", "correct")}
     for q, m, own in tqdm(list(zip(patterns, masks, chosen)), desc="calibrating the verdict", disable=not progress):
         z = query_embeddings(encode, q, m, xrd)
         sim, scale = multiscale_similarity(pool, z)
         order = np.argsort(-sim, kind="stable")
         for present in (True, False):
-            cand = order if present else order[order != own]
+            cand = order if present else order[phase[order] != phase[own]]
             top = cand[: max(rerank, 1)]
-            fits = refine(q, m, pool_rows[top], dataset.sticks, xrd, scale[top])
-            j = int(fits["agreement"].to_numpy().argmax())
-            for name, value, row in (("similarity", sim[top[0]], top[0]), ("agreement", fits["agreement"][j], top[j])):
-                bucket = scores[name]
-                if present:
-                    bucket[0].append(value)
-                    bucket[1].append(row == own)
-                else:
-                    bucket[2].append(value)
-    out = {name: open_set_threshold(np.array(a), np.array(b), np.array(c), target)
-           for name, (a, b, c) in scores.items()}
-    out.update(target=target, n_queries=int(len(chosen)), queries="measured (training family), validation split",
-               pool=int(len(pool_rows)), rerank=rerank,
-               recall_similarity=float(np.mean(np.array(scores["similarity"][0]) >= out["similarity"])),
-               recall_agreement=float(np.mean(np.array(scores["agreement"][0]) >= out["agreement"])))
+            agree = refine(q, m, pool_rows[top], dataset.sticks, xrd, scale[top])["agreement"].to_numpy()
+            j = int(agree.argmax())
+            for key, value in (("present", present), ("similarity", sim[top[0]]),
+                               ("sim_correct", present and phase[top[0]] == phase[own]), ("agreement", agree[j]),
+                               ("margin", margin_of(agree, phase[top])), ("correct", present and phase[top[j]] ==
+                                                                         phase[own])):
+                rec[key].append(value)
+    r = {key: np.asarray(v) for key, v in rec.items()}
+    pres = r["present"].astype(bool)
+    sim_t = open_set_threshold(r["similarity"][pres], r["sim_correct"][pres], r["similarity"][~pres], target)
+    agree_t, margin_t, precision, recall = open_set_rule(r["agreement"], r["margin"], r["correct"], pres, target)
+    out = {"similarity": sim_t, "agreement": agree_t, "margin": margin_t, "target": target,
+           "n_queries": int(len(chosen)),
+           "queries": "validation split: a third each measured (training family), measured (held-out family), "
+                      "clean with an isotropic lattice mismatch up to ±2 %",
+           "right": "same reduced formula and space group", "pool": int(len(pool_rows)), "rerank": rerank,
+           "precision_agreement": precision, "recall_agreement": recall,
+           "recall_similarity": float(np.mean(r["similarity"][pres & r["sim_correct"].astype(bool)] >= sim_t))
+           if r["sim_correct"].any() else 0.0,
+           "top1_present": float(np.mean(r["correct"][pres]))}
     out["threshold"] = out["agreement"] if rerank else out["similarity"]
     return out
