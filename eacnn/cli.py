@@ -368,7 +368,8 @@ def _identify(path: Path, args: argparse.Namespace, db) -> dict:
         "results": [{"rank": int(r.rank), "id": r.id, "formula": r.formula, "spacegroup": r.spacegroup,
                      "similarity": round(float(r.similarity), 4), "scale": round(float(r.scale), 3),
                      **({"agreement": round(float(r.agreement), 4), "strain": round(float(r.strain), 4),
-                         "zero_shift": round(float(r.zero_shift), 3), "width": round(float(r.width), 3)}
+                         "zero_shift": round(float(r.zero_shift), 3), "width": round(float(r.width), 3),
+                         "score": round(float(r.score), 4)}
                         if "agreement" in hits and r.agreement == r.agreement else {})}
                     for r in hits.itertuples()],
     }
@@ -399,9 +400,9 @@ def _print_answer(answer: dict, rerank: int) -> None:
           f"candidate{'s' if n != 1 else ''}")
     cols = ["rank", "id", "formula", "spacegroup", "similarity", "scale"]
     if "agreement" in hits:
-        cols += ["agreement", "strain", "zero_shift"]
+        cols += ["agreement", "strain", "zero_shift", "score"]
         print(f"read at lattice scales 0.96–1.04; top {rerank} refined (lattice scale, zero shift, width) and "
-              f"re-ranked by agreement")
+              f"re-ranked by score (mean of the refined agreement and the model's similarity)")
     print(hits[cols].to_string(index=False, float_format="%.4f"))
     margin = (f", margin over the best other phase {answer['margin']:.4f} (needs {answer['margin_threshold']:.4f})"
               if "margin" in answer else "")
@@ -576,8 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=_whole(1), default=10, help="how many candidates to list (default 10)")
     p.add_argument("--rerank", type=_whole(0, MAX_RERANK), default=10, metavar="N",
                    help="refine the model's top N (lattice scale ±3 %%, zero shift ±0.3°, peak width) and re-rank "
-                        "them by pattern agreement; the verdict is then taken from that agreement (default 10; "
-                        "0: the model's similarity alone)")
+                        "them by score (mean of the refined pattern agreement and the model's similarity); the "
+                        "verdict is then taken from that score and its margin over the best other phase (default "
+                        "10; 0: the model's similarity alone)")
     p.add_argument("--phases", type=_phases, default=1, metavar="auto|N",
                    help="name up to N phases of a mixture (1-4), or 'auto' to stop when the residual holds no "
                         "significant peak; each with an approximate weight fraction (default 1: single phase)")

@@ -65,7 +65,8 @@ def file_sha256(path: Path) -> str:
 
 
 def database_key(checkpoint_sha: str, sources: Sequence[str]) -> str:
-    """Cache key of a database: the checkpoint's hash and each source's content (embedded CSV, CIF files)."""
+    """Cache key of a database: the checkpoint's hash and each source's content (embedded CSV, CIF files), and the
+    shipped embeddings' record (its calibrated verdict: refitting it must not leave a stale cache behind)."""
     h = hashlib.sha256(checkpoint_sha.encode())
     for source in sources:
         h.update(b"\x1e" + source.encode())
@@ -73,6 +74,8 @@ def database_key(checkpoint_sha: str, sources: Sequence[str]) -> str:
             from eacnn.datasets.structures import EMBEDDED_FILE
 
             h.update(file_sha256(EMBEDDED_FILE).encode())
+            if (SHIPPED_DIR / "embedded.json").is_file():
+                h.update(file_sha256(SHIPPED_DIR / "embedded.json").encode())
         else:
             for f in sorted(Path(source).glob("*.cif")):
                 h.update(f.name.encode() + f.read_bytes())
