@@ -196,16 +196,16 @@ def bravais_lattice(spacegroup_symbol: str, crystal_system: str) -> str:
     return _SYSTEM_LETTER.get(crystal_system, "?") + centring
 
 
-def neighbour_symmetry(emb: Embeddings, dataset, level: int = 0) -> pd.DataFrame:
-    """How symmetric the nearest wrong candidates are: for every query, the best-ranked candidate that is *not*
-    its own structure, and whether it shares the query's crystal system, Bravais lattice and space group
-    (percent of queries). Also the same for the wrong top-1 candidates alone."""
-    labels = dataset.labels.iloc[emb.index]
+def _symmetry_labels(labels: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     cs = labels["crystal_system"].to_numpy()
-    sg = labels["spacegroup_number"].to_numpy()
     bl = np.array([bravais_lattice(s, c) for s, c in zip(labels["spacegroup_symbol"], cs)])
-    _, top = Index(emb.structures).search(emb.patterns[level], k=2)
-    own = np.arange(len(emb.index))
+    return cs, bl, labels["spacegroup_number"].to_numpy()
+
+
+def _neighbour_table(queries: np.ndarray, candidates: np.ndarray, labels: pd.DataFrame) -> pd.DataFrame:
+    cs, bl, sg = _symmetry_labels(labels)
+    _, top = Index(candidates).search(queries, k=2)
+    own = np.arange(len(labels))
     other = np.where(top[:, 0] == own, top[:, 1], top[:, 0])  # nearest candidate that is not the query's own
     wrong = top[:, 0] != own
     rows = {}
@@ -218,6 +218,32 @@ def neighbour_symmetry(emb: Embeddings, dataset, level: int = 0) -> pd.DataFrame
                       "same Bravais lattice (%)": 100 * np.mean(bl[o] == bl[q]),
                       "same space group (%)": 100 * np.mean(sg[o] == sg[q])}
     return pd.DataFrame(rows).T
+
+
+def neighbour_symmetry(emb: Embeddings, dataset, level: int = 0) -> pd.DataFrame:
+    """How symmetric the nearest wrong candidates are: for every query, the best-ranked candidate that is *not*
+    its own structure, and whether it shares the query's crystal system, Bravais lattice and space group
+    (percent of queries). Also the same for the wrong top-1 candidates alone."""
+    return _neighbour_table(emb.patterns[level], emb.structures, dataset.labels.iloc[emb.index])
+
+
+def pattern_neighbour_symmetry(dataset, rows: np.ndarray) -> pd.DataFrame:
+    """:func:`neighbour_symmetry` for search-match: the clean simulated patterns of ``rows`` as queries and
+    candidates (cosine), so the nearest other candidate is the most similar other pattern."""
+    from eacnn.retrieval.index import normalize
+
+    z = normalize(dataset.vectors[np.asarray(rows)].astype(np.float32))
+    return _neighbour_table(z, z, dataset.labels.iloc[np.asarray(rows)])
+
+
+def symmetry_chance(dataset, rows: np.ndarray) -> pd.Series:
+    """The chance level of :func:`neighbour_symmetry`'s columns: the percent of random pairs of ``rows`` sharing a
+    crystal system, a Bravais lattice, a space group (100 · Σ share² of each label)."""
+    out = {}
+    for name, values in zip(("same crystal system (%)", "same Bravais lattice (%)", "same space group (%)"),
+                            _symmetry_labels(dataset.labels.iloc[np.asarray(rows)])):
+        out[name] = chance_purity(values)
+    return pd.Series(out)
 
 
 def spacegroup_predictions(embeddings: Sequence[Embeddings], dataset, classifier=None, level: int = 0,
@@ -509,6 +535,14 @@ def crystal_system_separation(spaces: dict, classes: np.ndarray, k: int = 10, si
                   "silhouette by crystal system": float(silhouette_score(z[sample], classes[sample], metric="cosine"))}
             for key, z in spaces.items()}
     return pd.DataFrame(rows).T
+
+
+def chance_purity(classes: np.ndarray) -> float:
+    """The k-NN purity (%) of a space with no class structure: a random neighbour shares a point's class with the
+    probability of that class's share, so the expected purity is 100 · Σ share²."""
+    _, counts = np.unique(np.asarray(classes), return_counts=True)
+    share = counts / counts.sum()
+    return float(100 * np.sum(share**2))
 
 
 def tsne_maps(spaces: dict, n: int = 1500, seed: int = 0) -> tuple[np.ndarray, dict]:

@@ -246,14 +246,16 @@ def shipped_table_path():
 
 
 def book_table(profile: str, methods: dict, dataset, conditions: Sequence[str] = CONDITIONS,
-               multiscale: Sequence[str] = ()) -> pd.DataFrame:
+               multiscale: Sequence[str] = (), refined: Sequence[str] = (), refine_queries: int = 200
+               ) -> pd.DataFrame:
     """The chapter's robustness table: for the ``cpu`` profile the shipped one (computed by
     ``scripts/robustness.py`` on the whole test pool with the shipped models, about 15 minutes), otherwise
     computed here for ``methods`` on ``dataset`` (smoke: seconds)."""
     path = shipped_table_path()
     if profile == "cpu" and path.is_file():
         return pd.read_csv(path)
-    return robustness_table(methods, dataset, conditions, multiscale=multiscale, progress=False)
+    return robustness_table(methods, dataset, conditions, multiscale=multiscale, refined=refined,
+                            refine_queries=refine_queries, progress=False)
 
 
 def pivot(table: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
@@ -264,8 +266,8 @@ def pivot(table: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
 
 
 def best_query(table: pd.DataFrame) -> pd.DataFrame:
-    """Per condition and method, the Top-1 of the query as measured and of the multi-scale query (NaN where not
-    computed): the two columns side by side."""
+    """Per condition and method, the Top-1 of the query as measured, of the multi-scale query and of the search as
+    ``eacnn search`` answers (NaN where not computed): the columns side by side."""
     p = table.pivot_table(index=["condition", "method"], columns="query", values="top1").reset_index()
     p["condition"] = pd.Categorical(p["condition"], [c for c in CONDITIONS if c in set(p["condition"])], ordered=True)
     return p.sort_values(["condition", "method"]).reset_index(drop=True)
@@ -273,7 +275,8 @@ def best_query(table: pd.DataFrame) -> pd.DataFrame:
 
 def book_numbers(table: pd.DataFrame) -> dict[str, str]:
     """The numbers chapter 5's prose quotes (Top-1, percent, one decimal; "n/a" where not computed): the current
-    model (``rob_*``, multi-scale where computed), search-match (``sm_*``) and the previous default (``prev_*``)."""
+    model (``rob_*``, multi-scale where computed; ``srch_*`` as ``eacnn search`` answers), search-match (``sm_*``;
+    ``sm_srch_*`` with the same refinement) and the previous default (``prev_*``)."""
     methods = list(dict.fromkeys(table["method"]))
     current = next((m for m in methods if m != "search-match" and "previous" not in m), None)
     previous = next((m for m in methods if "previous" in m), None)
@@ -286,6 +289,10 @@ def book_numbers(table: pd.DataFrame) -> dict[str, str]:
         ms = top1(method, condition, "multi-scale")
         return ms if ms != "n/a" else top1(method, condition, "as measured")
 
+    def queries(method, condition, query):
+        rows = table[(table["method"] == method) & (table["condition"] == condition) & (table["query"] == query)]
+        return f"{int(rows['queries'].iloc[0]):,}" if len(rows) else "n/a"
+
     out = {}
     for key, condition in [("iso_m2", "iso -2 %"), ("iso_p2", "iso +2 %"), ("aniso", "aniso 1.5 %"),
                            ("clean", "clean"), ("measured", "measured"), ("heldout", "held-out"),
@@ -294,4 +301,7 @@ def book_numbers(table: pd.DataFrame) -> dict[str, str]:
         out[f"sm_{key}"] = best("search-match", condition)
         out[f"prev_{key}_raw"] = top1(previous, condition, "as measured") if previous else "n/a"
         out[f"rob_{key}_raw"] = top1(current, condition, "as measured")
+        out[f"srch_{key}"] = top1(current, condition, "search")
+        out[f"sm_srch_{key}"] = top1("search-match", condition, "search")
+    out["srch_queries"] = queries(current, "iso -2 %", "search")
     return out

@@ -453,3 +453,52 @@ def test_plot_tsne_panels(close_figures):
     assert axes.shape == (2, 2) and not axes[1, 1].get_visible()
     assert axes[0, 0].get_title() == "m\nstructure tower" and axes[0, 0].get_legend() is not None
     assert sum(len(c.get_offsets()) for c in axes[0, 0].collections) == 9
+
+
+def test_chance_levels_are_sums_of_squared_shares(pool):
+    assert analysis.chance_purity(np.array(["a", "a", "b", "b"])) == pytest.approx(50.0)
+    assert analysis.chance_purity(np.array(["a"] * 3 + ["b"])) == pytest.approx(100 * (0.75**2 + 0.25**2))
+    dataset, emb = pool
+    chance = analysis.symmetry_chance(dataset, emb.index)
+    # test space groups: 8, 5, 1, 1, 1, 4 of 20
+    assert chance["same space group (%)"] == pytest.approx(100 * (64 + 25 + 1 + 1 + 1 + 16) / 400)
+    # crystal systems: cubic 8, monoclinic 5 + 1 + 1, triclinic 1, orthorhombic 4
+    assert chance["same crystal system (%)"] == pytest.approx(100 * (64 + 49 + 1 + 16) / 400)
+
+
+def test_search_match_neighbours_use_the_raw_patterns(pool):
+    dataset, emb = pool
+    rows = emb.index
+    table = analysis.pattern_neighbour_symmetry(dataset, rows)
+    assert table.loc["nearest other candidate (all queries)", "queries"] == len(rows)
+    # a copy of query 0's pattern as query 1's: query 0's nearest other candidate is query 1 (same group)
+    twin = SimpleNamespace(labels=dataset.labels, vectors=dataset.vectors.copy())
+    twin.vectors[rows[1]] = twin.vectors[rows[0]]
+    near = analysis.pattern_neighbour_symmetry(twin, rows[:2])
+    assert near.loc["nearest other candidate (all queries)", "same space group (%)"] == 100.0
+
+
+def test_mixture_summary_counts_phases_and_weight_errors():
+    from eacnn.measured.report import mixture_numbers, mixture_rows, mixture_summary
+
+    df = pd.DataFrame({
+        "kind": ["dara", "dara", "dara", "synthetic 2-phase (train)", "synthetic 2-phase (train)"],
+        "pattern": ["a", "a", "b", "s0", "s1"], "elements": ["any", "O V", "any", "any", "any"],
+        "truth": ["V2O5;TiO2", "V2O5;TiO2", "NiO;ZnO;In2O3", "X;Y", "X;Z"],
+        "truth_weight_fractions": ["0.300;0.700", "0.300;0.700", "0.3;0.3;0.4", "0.5;0.5", "0.2;0.8"],
+        "named": [2, 2, 1, 2, 1], "all": [True, True, False, True, False], "spurious": [0, 0, 2, 0, 1],
+        "weight_error_max": [0.05, 0.02, np.nan, 0.04, np.nan], "max_cosine": [np.nan] * 3 + [0.1, 0.5],
+        "all_by_id": [np.nan] * 3 + [True, False],
+        "found": ["TiO2;V2O5", "TiO2;V2O5", "NiO;Foo;Bar", "X;Y", "X;Q"],
+        "found_spacegroups": ["I4_1/amd;Pmmn"] * 2 + ["Fm-3m;P1;P1", "P1;P1", "P1;P1"],
+        "found_weight_fractions": ["0.72;0.28"] * 2 + ["0.5;0.3;0.2", "0.46;0.54", "0.5;0.5"]})
+    s = mixture_summary(df).set_index(["set", "search"])
+    dara = s.loc[("Dara lab scans", "whole database")]
+    assert dara["patterns"] == 2 and dara["every phase named (%)"] == 50.0 and dara["true phases named"] == "3 of 5"
+    assert dara["spurious phases per pattern"] == 1.0 and dara["weight error, median (wt %)"] == pytest.approx(5.0)
+    synth = s.loc[("synthetic 2-phase (train)", "whole database")]
+    assert synth["every phase, exact entry (%)"] == 50.0 and synth["judged for weight"] == 1
+    numbers = mixture_numbers(df)
+    assert numbers["mix_dara_el_all"] == "100" and numbers["mix_s3_any_all"] == "n/a"
+    rows = mixture_rows(df, "dara", search="elements")
+    assert list(rows["true wt %"]) == ["30 / 70"] and list(rows["found"]) == ["TiO2 I4_1/amd + V2O5 Pmmn"]

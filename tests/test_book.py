@@ -42,7 +42,7 @@ def test_source_notebooks_are_output_free_and_parametrised(path):
         "`python -c 'from eacnn.book.build import sync_colab_cells; sync_colab_cells()'`")
     objectives = [c for c in nb.cells if c.cell_type == "markdown" and "Learning objectives" in c.source]
     exercises = [c for c in nb.cells if c.cell_type == "markdown" and "```{exercise}" in c.source]
-    if not path.name.startswith("10_"):  # the run-times page reports the build; nothing to learn or practise
+    if not path.name.startswith("11_"):  # the run-times page reports the build; nothing to learn or practise
         assert objectives and exercises, f"{path.name}: learning objectives and exercises expected"
         for cell in exercises:
             assert "```{solution}" in cell.source and ":class: dropdown" in cell.source, \
@@ -315,18 +315,18 @@ def test_run_times_page_reads_this_builds_timings(tmp_path, monkeypatch):
 
 def test_stages_keep_dependencies_in_order():
     """Chapters run side by side only within a stage: the data set (02) before its readers, training (04) before
-    the chapters that evaluate the trained models, the run-times page (10) last."""
+    the chapters that evaluate the trained models, the run-times page (11) last."""
     from eacnn.book.build import _stages
 
     nbs = notebooks_in_toc(ROOT)
     stages = _stages(nbs)
     assert sorted(p for s in stages for p in s) == sorted(nbs)
     where = {p.name[:2]: i for i, s in enumerate(stages) for p in s}
-    for reader in ("03", "04", "05", "06", "07", "08", "09"):
+    for reader in ("03", "04", "05", "06", "07", "08", "09", "10"):
         assert where["02"] < where[reader]
-    for evaluator in ("05", "06", "07", "08", "09"):
+    for evaluator in ("05", "06", "07", "08", "09", "10"):
         assert where["04"] < where[evaluator]
-    assert where["10"] == len(stages) - 1 and len(stages[-1]) == 1
+    assert where["11"] == len(stages) - 1 and len(stages[-1]) == 1
     extra = _stages([Path("notebooks/01_a.ipynb"), Path("notebooks/xx_new.ipynb"), Path("notebooks/05_b.ipynb")])
     assert [len(s) for s in extra] == [1, 1, 1]  # an unknown chapter runs alone, in reading order
 

@@ -37,8 +37,8 @@ COLAB_PROMPTS = {"code_prompt_show": "Running on Google Colab? Show the setup ce
                  "code_prompt_hide": "Hide the Colab setup cell"}
 #: Execution stage of each chapter (by its number): a chapter starts once every chapter of an earlier stage has
 #: finished, and chapters of one stage run side by side. Chapters share work only through caches: 02 builds the
-#: data set the later ones read, 04 trains the models 05–09 evaluate, and 10 reports every chapter's time.
-STAGES = {"01": 0, "02": 0, "03": 1, "04": 1, "05": 2, "06": 2, "07": 2, "08": 2, "09": 2, "10": 3}
+#: data set the later ones read, 04 trains the models 05–10 evaluate, and 11 reports every chapter's time.
+STAGES = {"01": 0, "02": 0, "03": 1, "04": 1, "05": 2, "06": 2, "07": 2, "08": 2, "09": 2, "10": 2, "11": 3}
 
 
 @dataclass

@@ -380,6 +380,31 @@ def training_log(session: Session, dataset, kind: str):
     return pd.read_csv(path)
 
 
+def mixture_database(session: Session, model, dataset):
+    """The database the mixtures chapter searches: the search database of :func:`search_database` plus the reference
+    folders of the measured mixtures (XRD-AutoAnalyzer's Li–Mn–Ti–O–F and La–Zr–Li–O references, the Dara
+    precursors from the literature), as a user holding reference files would search. ``cpu``: the shipped model's
+    embedded structures plus the folders (built once, cached); ``smoke``/``paper``: the folders (smoke) or the
+    embedded structures and the folders (paper), embedded by the model trained here."""
+    import hashlib
+
+    from eacnn.paths import REFERENCE_CIFS_DARA_DIR, REFERENCE_CIFS_DIR, REFERENCE_CIFS_LA_ZR_LI_DIR, runs_dir
+    from eacnn.retrieval.database import default_database, model_database, open_database
+    from eacnn.retrieval.embed import model_digest
+
+    cfg = session.config
+    folders = [str(REFERENCE_CIFS_DIR), str(REFERENCE_CIFS_LA_ZR_LI_DIR), str(REFERENCE_CIFS_DARA_DIR)]
+    if cfg.profile == "cpu":
+        return default_database(["embedded", *folders], progress=False)
+    sources = folders if cfg.profile == "smoke" else ["embedded", *folders]
+    key = hashlib.sha256((model_digest(model) + repr(sources) + str(dataset.key)).encode()).hexdigest()[:16]
+    folder = runs_dir() / "databases" / f"{cfg.profile}-mixtures-{key}"
+    if not (folder / "manifest.json").is_file():
+        model_database(model, cfg, sources, folder, progress=False,
+                       calibration_queries=40 if cfg.profile == "smoke" else 300)
+    return open_database(folder)
+
+
 def search_database(session: Session, model, dataset):
     """The saved search database a chapter identifies measured patterns in, as each profile provides it:
 

@@ -1,5 +1,6 @@
 """How identification fares on measured patterns of known phases: the rank of the right phase, the verdict, and
-the verdict when that phase is missing from the database; precision and recall of "match" over them all."""
+the verdict when that phase is missing from the database; precision and recall of "match" over them all; and how
+the mixture search fares on the evaluation ``scripts/mixtures.py`` writes (``eacnn/data/mixtures.csv``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ import pandas as pd
 
 from eacnn.retrieval.identify import identify
 
-__all__ = ["identification_report", "verdict_quality"]
+__all__ = ["identification_report", "verdict_quality", "mixture_summary", "mixture_numbers", "mixture_rows",
+           "shipped_mixtures_path", "SEPARATED"]
+
+#: Two phases are well separated when the cosine of their clean patterns is below this (weight fractions are judged
+#: there: overlapping patterns trade intensity between phases).
+SEPARATED = 0.3
 
 
 def identification_report(grids: dict, db, rerank: int = 10, filters: Sequence[str] = ("none", "elements")
@@ -59,3 +65,79 @@ def verdict_quality(report: pd.DataFrame) -> dict:
     return {"matches": matches, "right matches": int(right.sum()),
             "precision": float(right.sum() / matches) if matches else float("nan"),
             "recall": float(right.sum() / len(report)) if len(report) else float("nan")}
+
+
+def shipped_mixtures_path():
+    """The mixture evaluation shipped with the package (written by ``scripts/mixtures.py``, shipped model)."""
+    from eacnn.paths import DATA_DIR
+
+    return DATA_DIR / "mixtures.csv"
+
+
+def _kind_label(kind: str) -> str:
+    return {"xrd_autoanalyzer": "XRD-AutoAnalyzer scans", "dara": "Dara lab scans"}.get(kind, kind)
+
+
+def mixture_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (set, search) of a mixture evaluation: patterns, every phase named (%, by reduced formula),
+    true phases named of all, spurious phases per pattern, and for synthetic sets every phase named by the exact
+    entry and the weight-fraction error where every phase was named and the phases are well separated."""
+    out = []
+    for (kind, restrict), part in df.groupby(["kind", df["elements"] != "any"], sort=False):
+        n_true = int(sum(len(str(t).split(";")) for t in part["truth"]))
+        row = {"set": _kind_label(kind), "search": "true elements only" if restrict else "whole database",
+               "patterns": len(part), "every phase named (%)": 100 * part["all"].mean(),
+               "true phases named": f"{int(part['named'].sum())} of {n_true}",
+               "spurious phases per pattern": part["spurious"].mean()}
+        judged = part[part["all"] & part["weight_error_max"].notna()]
+        if kind.startswith("synthetic"):
+            row["every phase, exact entry (%)"] = 100 * part["all_by_id"].mean()
+            judged = part[part["all_by_id"] & (part["max_cosine"] < SEPARATED)]
+        row["weight error, median (wt %)"] = 100 * judged["weight_error_max"].median() if len(judged) else np.nan
+        row["within ±10 wt % (%)"] = 100 * (judged["weight_error_max"] <= 0.1).mean() if len(judged) else np.nan
+        row["judged for weight"] = len(judged)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def mixture_rows(df: pd.DataFrame, kind: str, search: str = "any") -> pd.DataFrame:
+    """The measured patterns of one set (``kind``: "xrd_autoanalyzer" or "dara"), one search (``"any"``: the whole
+    database; else restricted to the true elements): truth beside what was found, weight fractions in %."""
+    part = df[(df["kind"] == kind) & ((df["elements"] == "any") == (search == "any"))]
+
+    def pct(text) -> str:
+        return " / ".join(f"{100 * float(x):.0f}" for x in str(text).split(";")) if isinstance(text, str) and text else "–"
+
+    return pd.DataFrame({
+        "pattern": part["pattern"].to_numpy(), "true phases": part["truth"].str.replace(";", " + ").to_numpy(),
+        "true wt %": [pct(t) for t in part["truth_weight_fractions"].fillna("")],
+        "found": [" + ".join(f"{f} {g}" for f, g in zip(str(a).split(";"), str(b).split(";"))) if a == a and a else "–"
+                  for a, b in zip(part["found"], part["found_spacegroups"])],
+        "found wt % (approx.)": [pct(t) for t in part["found_weight_fractions"].fillna("")],
+        "all named": part["all"].to_numpy(), "spurious": part["spurious"].to_numpy(),
+    })
+
+
+def mixture_numbers(df: pd.DataFrame) -> dict[str, str]:
+    """The numbers the mixtures chapter and the results page quote (strings, percent with no decimals)."""
+    s = mixture_summary(df)
+
+    def get(kind_label: str, search: str, column: str, fmt: str = ".0f") -> str:
+        row = s[(s["set"] == kind_label) & (s["search"] == search)]
+        if not len(row) or row[column].isna().all():
+            return "n/a"
+        value = row[column].iloc[0]
+        return value if isinstance(value, str) else format(value, fmt)
+
+    out = {}
+    for key, label in [("s2", "synthetic 2-phase (train)"), ("s3", "synthetic 3-phase (train)"),
+                       ("aa", "XRD-AutoAnalyzer scans"), ("dara", "Dara lab scans")]:
+        for skey, search in [("any", "whole database"), ("el", "true elements only")]:
+            out[f"mix_{key}_{skey}_all"] = get(label, search, "every phase named (%)")
+            out[f"mix_{key}_{skey}_named"] = get(label, search, "true phases named")
+            out[f"mix_{key}_{skey}_n"] = get(label, search, "patterns", "d")
+            out[f"mix_{key}_{skey}_spurious"] = get(label, search, "spurious phases per pattern", ".2f")
+            out[f"mix_{key}_{skey}_werr"] = get(label, search, "weight error, median (wt %)", ".1f")
+            out[f"mix_{key}_{skey}_w10"] = get(label, search, "within ±10 wt % (%)")
+            out[f"mix_{key}_{skey}_exact"] = get(label, search, "every phase, exact entry (%)")
+    return out
