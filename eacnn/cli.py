@@ -4,7 +4,7 @@
     eacnn build [--profile P] [--set KEY=VALUE]...          build (or load) the cached data set
     eacnn train [--profile P] [--set KEY=VALUE]... [--run-dir D]   train; resumes D
     eacnn search PATTERN... [--database D]... [--wavelength Cu|Å] [--elements Mn,O] [--top N] [--rerank N]
-                 [--plot hits.pdf] [--json]                 identify patterns (files, folders, globs)
+                 [--phases auto|N] [--plot fit.pdf] [--json]   identify patterns and their phases (files, folders, globs)
     eacnn database build SOURCE... --out DIR [--checkpoint C]   save a search database
     eacnn book [--profile smoke|cpu|paper]                   execute every notebook and render the book
 
@@ -385,7 +385,8 @@ def _identify(path: Path, args: argparse.Namespace, db) -> dict:
                          "weight_fraction": round(float(ph.weight_fraction), 4),
                          "weight_fraction_note": "approximate (RIR-style from fitted scales and Z·M·V)",
                          "intensity_fraction": round(float(ph.intensity_fraction), 4),
-                         "strain": round(float(ph.strain), 4), "zero_shift": round(float(ph.zero_shift), 3)}
+                         "strain": round(float(ph.strain), 4), "zero_shift": round(float(ph.zero_shift), 3),
+                         "confident": bool(ph.confident)}
                         for ph in mix.phases]
     answer["explained"] = round(float(mix.explained), 4)
     answer["rwp"] = round(float(mix.rwp), 4)
@@ -580,11 +581,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "them by score (mean of the refined pattern agreement and the model's similarity); the "
                         "verdict is then taken from that score and its margin over the best other phase (default "
                         "10; 0: the model's similarity alone)")
-    p.add_argument("--phases", type=_phases, default=1, metavar="auto|N",
-                   help="name up to N phases of a mixture (1-4), or 'auto' to stop when the residual holds no "
-                        "significant peak; each with an approximate weight fraction (default 1: single phase)")
+    p.add_argument("--phases", type=_phases, default="auto", metavar="auto|N",
+                   help="name every phase of a mixture: 'auto' (default) stops when the residual holds no "
+                        "significant peak or no candidate explains it (at most 4), N (1-4) names up to N; each "
+                        "phase with an approximate weight fraction. 1: the single best phase only (about 4 s "
+                        "faster per pattern)")
     p.add_argument("--plot", type=_figure,
-                   help="write the pattern over the top hits' simulated patterns here (.png, .pdf or .svg)")
+                   help="write a figure here (.png, .pdf or .svg): the measured pattern, the sum of the fitted "
+                        "phases, each phase and the residual (with --phases 1: the top hits' simulated patterns)")
     p.add_argument("--json", action="store_true", help="print the ranked list as JSON (stdout holds only the JSON)")
     p.add_argument("--checkpoint", help="a trained checkpoint (default: the shipped one)")
     p.set_defaults(func=_cmd_search)
