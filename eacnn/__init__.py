@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AugmentConfig", "Config", "DataConfig", "ModelConfig", "TrainConfig", "XRDConfig", "EACNNError",
     "XRDSimulator", "XRDPattern", "simulate_vectors", "load_pretrained", "EACNN", "fit", "load_or_train",
-    "clip_loss", "augment_patterns", "build_dataset", "read_pattern", "to_model_grid", "read_cif", "__version__",
+    "clip_loss", "augment_patterns", "build_dataset", "read_pattern", "to_model_grid", "read_cif", "identify",
+    "identify_phases", "default_database", "open_database", "__version__",
 ]
 
 # name -> submodule that defines it; imported on first attribute access (PEP 562)
@@ -24,7 +25,8 @@ _LAZY = {
     "load_pretrained": "training.checkpoint", "EACNN": "models", "fit": "training.loop",
     "load_or_train": "training.loop", "clip_loss": "training.losses", "augment_patterns": "physics.perturb",
     "build_dataset": "datasets.dataset", "read_pattern": "measured", "to_model_grid": "measured",
-    "read_cif": "datasets.structures",
+    "read_cif": "datasets.structures", "identify": "retrieval.identify", "identify_phases": "measured.mixtures",
+    "default_database": "retrieval.database", "open_database": "retrieval.database",
 }
 
 

@@ -211,3 +211,14 @@ def test_search_phases_auto_as_users_run_it(mixture_db, tmp_path):
     assert all({"id", "formula", "spacegroup", "weight_fraction"} <= set(p) for p in answer["phases"])
     assert sum(p["weight_fraction"] for p in answer["phases"]) == pytest.approx(1.0, abs=1e-3)
     assert (tmp_path / "mix.png").stat().st_size > 10_000 and answer["plot"].endswith("mix.png")
+
+
+def test_the_python_api_names_the_search_functions():
+    import eacnn
+    from eacnn.measured.mixtures import identify_phases
+    from eacnn.retrieval.database import default_database, open_database
+    from eacnn.retrieval.identify import identify
+
+    assert eacnn.identify_phases is identify_phases and eacnn.identify is identify
+    assert eacnn.default_database is default_database and eacnn.open_database is open_database
+    assert {"identify", "identify_phases", "default_database", "open_database"} <= set(eacnn.__all__)
