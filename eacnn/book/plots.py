@@ -151,7 +151,10 @@ def plot_spacegroup_frequency(spacegroup_numbers: np.ndarray, crystal_systems: n
     ax.set_ylabel("structures")
     from matplotlib.patches import Patch
 
-    ax.legend(handles=[Patch(color=SYSTEM_COLORS[c], label=c) for c in CRYSTAL_SYSTEMS], fontsize=SMALL_FONT, ncol=4)
+    # the legend sits above the bars: headroom on the log axis (×30 the tallest bar) keeps it off the data
+    ax.set_ylim(0.7, float(counts["n"].max()) * 30)
+    ax.legend(handles=[Patch(color=SYSTEM_COLORS[c], label=c) for c in CRYSTAL_SYSTEMS], fontsize=SMALL_FONT, ncol=7,
+              loc="upper center", columnspacing=1.0, handlelength=1.2, frameon=False)
     if title:
         ax.set_title(title)
     return ax
@@ -169,8 +172,15 @@ def plot_patterns_by_system(vectors: np.ndarray, crystal_systems: Sequence[str],
         plot_vector(vec, ax=ax, config=config, color=SYSTEM_COLORS.get(cs, "k"), fill=True)
         ax.set_ylabel("")
         ax.set_yticks([])
-        ax.text(0.99, 0.85, title, transform=ax.transAxes, ha="right", va="top", fontsize=SMALL_FONT)
+        ax.text(0.99, 0.85, _pretty_title(title), transform=ax.transAxes, ha="right", va="top", fontsize=SMALL_FONT,
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
+    _tidy_stack(list(np.atleast_1d(axes)))
     return axes
+
+
+def _pretty_title(text: str) -> str:
+    """Space-group symbols in a "formula · symbol · system" title printed as in the tables (P6₃/mmc)."""
+    return " · ".join(pretty_spacegroup(part) if k == 1 else part for k, part in enumerate(text.split(" · ")))
 
 
 def plot_training_curves(logs: dict, axes=None):
@@ -280,8 +290,9 @@ def plot_top_hits(query: np.ndarray, hits, vectors: np.ndarray, query_label: str
         plot_vector(query, ax=ax, config=config, color="0.75")
         name = f"#{h.rank} {h.formula} {pretty_spacegroup(h.spacegroup)} ({h.id})"
         plot_vector(vectors[h.row], ax=ax, config=config, color="C0", label=f"{name}, similarity {h.similarity:.3f}")
-    for ax in axes:
-        ax.legend(fontsize=SMALL_FONT)
+    for ax in axes:  # headroom above the tallest bin (max 1) holds the legend clear of the data
+        ax.set_ylim(0, 1.45)
+        ax.legend(fontsize=SMALL_FONT, loc="upper left", frameon=False)
     _tidy_stack(axes)
     return axes
 
@@ -346,11 +357,13 @@ def plot_classifier_vs_retrieval(binned, retrieval: str, classifier: str = "clas
     :func:`eacnn.analysis.accuracy_by_training_frequency`)."""
     ax = _ax(ax, figsize=(6, 3.2))
     x = np.arange(len(binned))
-    ax.bar(x - 0.2, binned[retrieval], 0.4, label=f"retrieval ({retrieval}): top-1's space group")
+    ax.bar(x - 0.2, binned[retrieval], 0.4, label=f"retrieval, {retrieval}: top-1's space group")
     ax.bar(x + 0.2, binned[classifier], 0.4, label="space-group classifier")
-    ax.set_xticks(x, [f"{n}\n({int(q)} queries)" for n, q in zip(binned.index, binned["queries"])], fontsize=SMALL_FONT)
-    ax.set(xlabel="training structures of the query's space group", ylabel="space group right (%)", ylim=(0, 105))
-    ax.legend(fontsize=SMALL_FONT)
+    ax.set_xticks(x, [f"{n}\n({int(q):,} queries)" for n, q in zip(binned.index, binned["queries"])],
+                  fontsize=SMALL_FONT)
+    # the legend above the axes, so it covers no bar
+    ax.set(xlabel="training structures of the query's space group", ylabel="space group right (%)", ylim=(0, 102))
+    ax.legend(fontsize=SMALL_FONT, loc="lower center", bbox_to_anchor=(0.5, 1.01), ncols=2, frameon=False)
     return ax
 
 
@@ -423,7 +436,7 @@ def plot_mixture(result, title: str | None = None, axes=None):
     if axes is None:
         import matplotlib.pyplot as plt
 
-        _, axes = plt.subplots(2, 1, figsize=(7, 3.8), sharex=True, layout="constrained",
+        _, axes = plt.subplots(2, 1, figsize=(9, 3.8), sharex=True, layout="constrained",
                                gridspec_kw={"height_ratios": (3, 1)})
     top, bottom = axes
     x, step = result.two_theta, float(result.two_theta[1] - result.two_theta[0])
@@ -435,8 +448,8 @@ def plot_mixture(result, title: str | None = None, axes=None):
     for k, (ph, curve) in enumerate(zip(result.phases, result.curves)):
         top.plot(x, curve, lw=0.9, color=f"C{k}",
                  label=f"{ph.formula} {pretty_spacegroup(ph.spacegroup)}, ~{100 * ph.weight_fraction:.0f} wt %")
-    top.set(ylabel="intensity (max 1)", ylim=(min(0.0, float(result.total.min())), 1.15))
-    top.legend(fontsize=SMALL_FONT, loc="upper right", ncols=2 if len(result.phases) > 2 else 1)
+    top.set(ylabel="intensity (max 1)", ylim=(min(0.0, float(result.total.min())), 1.05))
+    top.legend(fontsize=SMALL_FONT, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside the data
     if title:
         top.set_title(title)
     bottom.plot(x, result.residual, color="0.3", lw=0.9)
