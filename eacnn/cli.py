@@ -407,15 +407,19 @@ def _print_answer(answer: dict, rerank: int) -> None:
     print(hits[cols].to_string(index=False, float_format="%.4f"))
     margin = (f", margin over the best other phase {answer['margin']:.4f} (needs {answer['margin_threshold']:.4f})"
               if "margin" in answer else "")
-    print(f"verdict: {answer['verdict']} (top-1 {answer['score_name']} {answer['score']:.4f}, needs "
+    scope = "single-phase verdict" if answer.get("_mixture") is not None else "verdict"
+    print(f"{scope}: {answer['verdict']} (top-1 {answer['score_name']} {answer['score']:.4f}, needs "
           f"{answer['threshold']:.4f}{margin}; calibrated on validation structures asked with their phase present "
           f"and absent)")
     if answer.get("_mixture") is not None:
-        print(f"phases ({len(answer['phases'])}; {100 * answer['explained']:.0f} % of the intensity explained, "
-              f"Rwp {answer['rwp']:.3f}; stopped: {answer['stop_reason']}):")
+        print(f"phases of the pattern ({len(answer['phases'])}; {100 * answer['explained']:.0f} % of the intensity "
+              f"explained, Rwp {answer['rwp']:.3f}; stopped: {answer['stop_reason']}); each found by a profile fit to "
+              f"what the phases before it leave, kept when it passes the stopping rules (confident):")
         for ph in answer["phases"]:
+            flag = "" if ph.get("confident", True) else "  (not confident: past the stopping rules, listed because "
+            flag += "" if ph.get("confident", True) else "--phases asked for it)"
             print(f"  {ph['id']:<14} {ph['formula']:<12} {ph['spacegroup']:<10} ~{100 * ph['weight_fraction']:.0f} wt % "
-                  f"(approximate), strain {ph['strain']:+.4f}, zero shift {ph['zero_shift']:+.2f}°")
+                  f"(approximate), strain {ph['strain']:+.4f}, zero shift {ph['zero_shift']:+.2f}°{flag}")
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -583,9 +587,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "10; 0: the model's similarity alone)")
     p.add_argument("--phases", type=_phases, default="auto", metavar="auto|N",
                    help="name every phase of a mixture: 'auto' (default) stops when the residual holds no "
-                        "significant peak or no candidate explains it (at most 4), N (1-4) names up to N; each "
-                        "phase with an approximate weight fraction. 1: the single best phase only (about 4 s "
-                        "faster per pattern)")
+                        "significant peak or no candidate explains it (at most 4); N (2-4) goes on to N phases, "
+                        "marking those past the stopping rules not confident; each phase with an approximate "
+                        "weight fraction. 1: the single best phase only (about 4 s faster per pattern). The "
+                        "ranking and verdict printed first are the single-phase answer")
     p.add_argument("--plot", type=_figure,
                    help="write a figure here (.png, .pdf or .svg): the measured pattern, the sum of the fitted "
                         "phases, each phase and the residual (with --phases 1: the top hits' simulated patterns)")
