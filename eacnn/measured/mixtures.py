@@ -68,6 +68,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 from scipy.optimize import nnls
+from threadpoolctl import threadpool_limits
 
 from eacnn.config import XRDConfig
 from eacnn.datasets.structures import load_embedded, read_cif, row_to_structure
@@ -515,27 +516,28 @@ def identify_phases(vector: np.ndarray, covered: np.ndarray | None, db, phases: 
         raise PatternError("the pattern has no positive intensity over its covered bins")
     y = np.where(mask, np.clip(y, 0.0, None) / top, 0.0)
 
-    rules = _Rules(limit, elements, shortlist, significance, min_peak, min_gain, min_agreement)
-    empty = _Branch([], _fit_state(y, mask, [], xrd), kalpha2, [], f"reached {limit or MAX_PHASES} phases")
-    first = _rank(y, mask, db, rules, xrd, empty, 1)
-    if isinstance(first, str):
-        empty.stop = first
-        branches = [empty]
-    else:  # the first phase decides most of what follows: follow the best few first candidates to the end
-        branches = [_search(y, mask, db, rules, xrd, _accept(y, mask, rules, xrd, empty, 1, first, b), 2)
-                    for b in range(min(beam, len(first[0])))]
-    best = branches[0]  # the greedy line; another wins only with a clearly better fit and no more phases
-    for other in branches[1:]:
-        if other.slots and len(other.slots) <= len(best.slots) and (
-                not best.slots or other.state[4] < (1 - BEAM_GAIN) * best.state[4]):
-            best = other
-    if best.slots:
-        best.state = _recheck(y, mask, best.slots, best.state, db, xrd)
-    sigma = max(_noise(np.where(mask, y - best.state[3], 0.0), mask), 1e-6)
-    steps = [dict(row, branch=i + 1, chosen=br is best) for i, br in enumerate(branches) for row in br.steps]
-    result = _result(y, mask, best.slots, best.state, sigma, best.stop, pd.DataFrame(steps), db, structures, xrd)
-    result.kalpha2 = float(best.kalpha2 or 0.0)
-    return result
+    with threadpool_limits(1, "blas"):  # many small products: one BLAS thread, no spin-waiting on busy cores
+        rules = _Rules(limit, elements, shortlist, significance, min_peak, min_gain, min_agreement)
+        empty = _Branch([], _fit_state(y, mask, [], xrd), kalpha2, [], f"reached {limit or MAX_PHASES} phases")
+        first = _rank(y, mask, db, rules, xrd, empty, 1)
+        if isinstance(first, str):
+            empty.stop = first
+            branches = [empty]
+        else:  # the first phase decides most of what follows: follow the best few first candidates to the end
+            branches = [_search(y, mask, db, rules, xrd, _accept(y, mask, rules, xrd, empty, 1, first, b), 2)
+                        for b in range(min(beam, len(first[0])))]
+        best = branches[0]  # the greedy line; another wins only with a clearly better fit and no more phases
+        for other in branches[1:]:
+            if other.slots and len(other.slots) <= len(best.slots) and (
+                    not best.slots or other.state[4] < (1 - BEAM_GAIN) * best.state[4]):
+                best = other
+        if best.slots:
+            best.state = _recheck(y, mask, best.slots, best.state, db, xrd)
+        sigma = max(_noise(np.where(mask, y - best.state[3], 0.0), mask), 1e-6)
+        steps = [dict(row, branch=i + 1, chosen=br is best) for i, br in enumerate(branches) for row in br.steps]
+        result = _result(y, mask, best.slots, best.state, sigma, best.stop, pd.DataFrame(steps), db, structures, xrd)
+        result.kalpha2 = float(best.kalpha2 or 0.0)
+        return result
 
 
 @dataclass(frozen=True)
