@@ -222,3 +222,17 @@ def test_the_python_api_names_the_search_functions():
     assert eacnn.identify_phases is identify_phases and eacnn.identify is identify
     assert eacnn.default_database is default_database and eacnn.open_database is open_database
     assert {"identify", "identify_phases", "default_database", "open_database"} <= set(eacnn.__all__)
+
+
+def test_mixture_table_scores_each_pattern_by_formula(mixture_db):
+    from types import SimpleNamespace
+
+    from eacnn.measured.report import mixture_table
+
+    db, structures = mixture_db
+    y, _ = _mixture(structures, (40, 88), (0.6, 0.4), np.random.default_rng(5))
+    truth = tuple(db.labels["formula"].iloc[[40, 88]])
+    table = mixture_table({"mix": SimpleNamespace(vector=y, covered=None)}, {"mix": truth + ("Xx2O3",)}, db)
+    row = table.iloc[0]
+    assert row["named"] == 2 and row["true"] == 3 and row["spurious"] == 0, row
+    assert all(f in row["found (approx. wt %)"] for f in truth)

@@ -17,6 +17,7 @@ __all__ = [
     "STYLE",
     "apply_style",
     "pretty_spacegroup",
+    "pretty_spacegroups_in",
     "SYSTEM_COLORS",
     "save_figure",
     "plot_vector",
@@ -71,6 +72,13 @@ def pretty_spacegroup(symbol: str) -> str:
         return symbol
     s = re.sub(r"_(\d)", lambda m: "₀₁₂₃₄₅₆₇₈₉"[int(m.group(1))], symbol.strip())
     return re.sub(r"-(\d)", "\\1\u0305", s)
+
+
+def pretty_spacegroups_in(text: str) -> str:
+    """Every space-group symbol among the words of ``text`` printed as :func:`pretty_spacegroup` does
+    (``"TiO2 P4_2/mnm (30)"`` -> ``"TiO2 P4₂/mnm (30)"``)."""
+    return " ".join(pretty_spacegroup(w) if re.fullmatch(r"[PIFCABR][0-9a-z_/\-]+", w) else w
+                    for w in str(text).split(" "))
 
 
 def _ax(ax=None, figsize=(7, 3)):
@@ -436,7 +444,7 @@ def plot_mixture(result, title: str | None = None, axes=None):
     if axes is None:
         import matplotlib.pyplot as plt
 
-        _, axes = plt.subplots(2, 1, figsize=(9, 3.8), sharex=True, layout="constrained",
+        _, axes = plt.subplots(2, 1, figsize=(7, 4.2), sharex=True, layout="constrained",
                                gridspec_kw={"height_ratios": (3, 1)})
     top, bottom = axes
     x, step = result.two_theta, float(result.two_theta[1] - result.two_theta[0])
@@ -448,8 +456,9 @@ def plot_mixture(result, title: str | None = None, axes=None):
     for k, (ph, curve) in enumerate(zip(result.phases, result.curves)):
         top.plot(x, curve, lw=0.9, color=f"C{k}",
                  label=f"{ph.formula} {pretty_spacegroup(ph.spacegroup)}, ~{100 * ph.weight_fraction:.0f} wt %")
-    top.set(ylabel="intensity (max 1)", ylim=(min(0.0, float(result.total.min())), 1.05))
-    top.legend(fontsize=SMALL_FONT, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside the data
+    # headroom above the strongest bin (max 1) holds the legend clear of the peaks
+    top.set(ylabel="intensity (max 1)", ylim=(min(0.0, float(result.total.min())), 1.7))
+    top.legend(fontsize=SMALL_FONT, loc="upper left", ncols=2, frameon=False)
     if title:
         top.set_title(title)
     bottom.plot(x, result.residual, color="0.3", lw=0.9)

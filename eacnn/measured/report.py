@@ -12,7 +12,13 @@ import pandas as pd
 from eacnn.retrieval.identify import identify
 
 __all__ = ["identification_report", "verdict_quality", "mixture_summary", "mixture_numbers", "mixture_rows",
-           "shipped_mixtures_path", "SEPARATED"]
+           "mixture_table", "shipped_mixtures_path", "SEPARATED", "AUTOANALYZER_MIXTURES"]
+
+#: The four measured XRD-AutoAnalyzer mixtures shipped in ``eacnn/data/measured/mixtures`` and their phases (the
+#: file names; polymorphs and fractions are not stated).
+AUTOANALYZER_MIXTURES = {"Example__Li2MnO3+MnO+TiO2": ("Li2MnO3", "MnO", "TiO2"),
+                         "Example__Mn2O3+LiF": ("Mn2O3", "LiF"), "Example__TiO2+MnO": ("TiO2", "MnO"),
+                         "PDF_Example__Li2CO3-ZrO2": ("Li2CO3", "ZrO2")}
 
 #: Two phases are well separated when the cosine of their clean patterns is below this (weight fractions are judged
 #: there: overlapping patterns trade intensity between phases).
@@ -141,3 +147,31 @@ def mixture_numbers(df: pd.DataFrame) -> dict[str, str]:
             out[f"mix_{key}_{skey}_w10"] = get(label, search, "within ±10 wt % (%)")
             out[f"mix_{key}_{skey}_exact"] = get(label, search, "every phase, exact entry (%)")
     return out
+
+
+def mixture_table(grids: dict, truths: dict, db, elements: dict | None = None) -> pd.DataFrame:
+    """Search each pattern for every phase (:func:`eacnn.measured.mixtures.identify_phases`, ``"auto"``) and score
+    the answer against its true phases by reduced formula.
+
+    Args:
+        grids: name -> :class:`eacnn.measured.preprocess.GridResult`; truths: name -> true formulas.
+        db: a saved database; elements: name -> element list to restrict the search to (none: whole database).
+
+    Returns:
+        one row per pattern: pattern, true phases, found (formula, space group, approximate wt %), named (true
+        phases named), true (how many), spurious (found phases matching no true formula), explained (%), Rwp.
+    """
+    from eacnn.analysis import score_phases
+    from eacnn.measured.mixtures import identify_phases
+
+    rows = []
+    for name, grid in grids.items():
+        truth = list(truths[name])
+        result = identify_phases(grid.vector, grid.covered, db, elements=(elements or {}).get(name))
+        score = score_phases(truth, [p.formula for p in result.phases])
+        rows.append({"pattern": name, "true phases": " + ".join(truth),
+                     "found (approx. wt %)": " + ".join(f"{p.formula} {p.spacegroup} ({100 * p.weight_fraction:.0f})"
+                                                        for p in result.phases) or "–",
+                     "named": score["named"], "true": len(truth), "spurious": score["spurious"],
+                     "explained (%)": round(100 * result.explained), "Rwp": round(result.rwp, 3)})
+    return pd.DataFrame(rows)
