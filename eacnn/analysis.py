@@ -604,20 +604,7 @@ def synthetic_mixture(sticks: Sequence[tuple[np.ndarray, np.ndarray]], fractions
     return y[0], mask[0], {"strains": strains, "params": params}
 
 
-def reduced_formula(formula: str) -> str:
-    """The reduced formula of a formula string (``"Li2 Mn1 O3"``, ``"LiMnO2"``...), for matching names."""
-    from pymatgen.core import Composition  # pymatgen: only the mixture scores need it
-
-    return Composition(formula).reduced_formula
-
-
-def score_phases(truth: Sequence[str], found: Sequence[str]) -> dict:
-    """How many true phases (formulas) a mixture search named: ``named`` (count), ``all`` (every one),
-    ``spurious`` (found phases matching no true formula), by reduced formula (polymorphs count as named)."""
-    want = {reduced_formula(f) for f in truth}
-    got = [reduced_formula(f) for f in found]
-    named = want & set(got)
-    return {"named": len(named), "all": named == want, "spurious": sum(g not in want for g in got)}
-
+# reduced_formula and score_phases live with the mixture reports (eacnn.measured.report); named here as before
+from eacnn.measured.report import reduced_formula, score_phases  # noqa: E402
 
 __all__ += ["synthetic_mixture", "reduced_formula", "score_phases"]

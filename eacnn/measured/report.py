@@ -12,7 +12,8 @@ import pandas as pd
 from eacnn.retrieval.identify import identify
 
 __all__ = ["identification_report", "verdict_quality", "mixture_summary", "mixture_numbers", "mixture_rows",
-           "mixture_table", "shipped_mixtures_path", "SEPARATED", "AUTOANALYZER_MIXTURES"]
+           "mixture_table", "shipped_mixtures_path", "SEPARATED", "AUTOANALYZER_MIXTURES", "reduced_formula",
+           "score_phases"]
 
 #: The four measured XRD-AutoAnalyzer mixtures shipped in ``eacnn/data/measured/mixtures`` and their phases (the
 #: file names; polymorphs and fractions are not stated).
@@ -71,6 +72,22 @@ def verdict_quality(report: pd.DataFrame) -> dict:
     return {"matches": matches, "right matches": int(right.sum()),
             "precision": float(right.sum() / matches) if matches else float("nan"),
             "recall": float(right.sum() / len(report)) if len(report) else float("nan")}
+
+
+def reduced_formula(formula: str) -> str:
+    """The reduced formula of a formula string (``"Li2 Mn1 O3"``, ``"LiMnO2"``...), for matching names."""
+    from pymatgen.core import Composition
+
+    return Composition(formula).reduced_formula
+
+
+def score_phases(truth: Sequence[str], found: Sequence[str]) -> dict:
+    """How many true phases (formulas) a mixture search named: ``named`` (count), ``all`` (every one),
+    ``spurious`` (found phases matching no true formula), by reduced formula (polymorphs count as named)."""
+    want = {reduced_formula(f) for f in truth}
+    got = [reduced_formula(f) for f in found]
+    named = want & set(got)
+    return {"named": len(named), "all": named == want, "spurious": sum(g not in want for g in got)}
 
 
 def shipped_mixtures_path():
@@ -161,7 +178,6 @@ def mixture_table(grids: dict, truths: dict, db, elements: dict | None = None) -
         one row per pattern: pattern, true phases, found (formula, space group, approximate wt %), named (true
         phases named), true (how many), spurious (found phases matching no true formula), explained (%), Rwp.
     """
-    from eacnn.analysis import score_phases
     from eacnn.measured.mixtures import identify_phases
 
     rows = []
