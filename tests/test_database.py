@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -152,3 +153,33 @@ def test_identify_filters_elements_and_reads_partial_scans(small_db):
     assert result.hits["row"].iloc[0] == k
     with pytest.raises(EACNNError, match="made only of"):
         identify(sim.vectors[k], None, db, elements=["Xe"])
+
+
+def test_cached_database_is_built_once_by_processes_asking_at_once(tmp_path):
+    """Two processes asking for the same cached database at once (chapters side by side): one builds, the other
+    waits for it and opens the same folder; neither fails or sees a half-written folder."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import sys, time
+        import numpy as np
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_database import _labels
+        from eacnn.retrieval.database import cached_database, write_database
+        folder = __import__("pathlib").Path({str(tmp_path / "db")!r})
+        def build():
+            time.sleep(1.0)  # long enough for the other process to arrive while this one builds
+            (folder.parent / f"built-{{sys.argv[1]}}").touch()
+            emb = np.eye(8, 16, dtype=np.float32)
+            write_database(folder, _labels(8), emb, {{"stem.w": np.zeros((1, 1, 7), np.float32)}},
+                           {{"threshold": 0.7}}, "abc", ["test"])
+        print(len(cached_database(folder, build)))
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(k)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for k in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
+    assert [o.strip() for o, _ in outs] == ["8", "8"]
+    assert len(list(tmp_path.glob("built-*"))) == 1  # built once

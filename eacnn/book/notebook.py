@@ -386,23 +386,11 @@ def mixture_database(session: Session, model, dataset):
     precursors from the literature), as a user holding reference files would search. ``cpu``: the shipped model's
     embedded structures plus the folders (built once, cached); ``smoke``/``paper``: the folders (smoke) or the
     embedded structures and the folders (paper), embedded by the model trained here."""
-    import hashlib
+    from eacnn.paths import REFERENCE_CIFS_DARA_DIR, REFERENCE_CIFS_DIR, REFERENCE_CIFS_LA_ZR_LI_DIR
 
-    from eacnn.paths import REFERENCE_CIFS_DARA_DIR, REFERENCE_CIFS_DIR, REFERENCE_CIFS_LA_ZR_LI_DIR, runs_dir
-    from eacnn.retrieval.database import default_database, model_database, open_database
-    from eacnn.retrieval.embed import model_digest
-
-    cfg = session.config
     folders = [str(REFERENCE_CIFS_DIR), str(REFERENCE_CIFS_LA_ZR_LI_DIR), str(REFERENCE_CIFS_DARA_DIR)]
-    if cfg.profile == "cpu":
-        return default_database(["embedded", *folders], progress=False)
-    sources = folders if cfg.profile == "smoke" else ["embedded", *folders]
-    key = hashlib.sha256((model_digest(model) + repr(sources) + str(dataset.key)).encode()).hexdigest()[:16]
-    folder = runs_dir() / "databases" / f"{cfg.profile}-mixtures-{key}"
-    if not (folder / "manifest.json").is_file():
-        model_database(model, cfg, sources, folder, progress=False,
-                       calibration_queries=40 if cfg.profile == "smoke" else 300)
-    return open_database(folder)
+    return _profile_database(session, model, dataset, ["embedded", *folders],
+                             folders if session.config.profile == "smoke" else ["embedded", *folders], "mixtures-")
 
 
 def search_database(session: Session, model, dataset):
@@ -416,20 +404,26 @@ def search_database(session: Session, model, dataset):
     Returns:
         a :class:`eacnn.retrieval.database.SavedDatabase`.
     """
+    from eacnn.paths import REFERENCE_CIFS_DIR
+
+    return _profile_database(session, model, dataset, ["embedded"],
+                             [str(REFERENCE_CIFS_DIR)] if session.config.profile == "smoke" else ["embedded"], "")
+
+
+def _profile_database(session: Session, model, dataset, cpu_sources: list, trained_sources: list, tag: str):
+    """``cpu``: the shipped model's database of ``cpu_sources`` (:func:`default_database`); otherwise
+    ``trained_sources`` embedded by ``model`` with its verdict calibrated on ``dataset`` (smoke: on 40 validation
+    queries, in seconds; else 300), cached in the runs folder by the model's weights, the sources and the data set."""
     import hashlib
 
-    from eacnn.paths import REFERENCE_CIFS_DIR, runs_dir
-    from eacnn.retrieval.database import default_database, model_database, open_database
+    from eacnn.paths import runs_dir
+    from eacnn.retrieval.database import cached_database, default_database, model_database
     from eacnn.retrieval.embed import model_digest
 
     cfg = session.config
     if cfg.profile == "cpu":
-        return default_database(["embedded"], progress=False)
-    sources = [str(REFERENCE_CIFS_DIR)] if cfg.profile == "smoke" else ["embedded"]
-    key = hashlib.sha256((model_digest(model) + repr(sources) + str(dataset.key)).encode()).hexdigest()[:16]
-    folder = runs_dir() / "databases" / f"{cfg.profile}-{key}"
-    if not (folder / "manifest.json").is_file():
-        # smoke: a verdict calibrated on 40 validation queries, in seconds (the cpu profile's on 300)
-        model_database(model, cfg, sources, folder, progress=False,
-                       calibration_queries=40 if cfg.profile == "smoke" else 300)
-    return open_database(folder)
+        return default_database(cpu_sources, progress=False)
+    key = hashlib.sha256((model_digest(model) + repr(trained_sources) + str(dataset.key)).encode()).hexdigest()[:16]
+    folder = runs_dir() / "databases" / f"{cfg.profile}-{tag}{key}"
+    return cached_database(folder, lambda: model_database(model, cfg, trained_sources, folder, progress=False,
+                                                          calibration_queries=40 if cfg.profile == "smoke" else 300))

@@ -31,7 +31,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -42,7 +42,7 @@ from eacnn.retrieval.pattern_tower import PatternTower
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SavedDatabase", "open_database", "write_database", "build_database", "default_database",
+__all__ = ["SavedDatabase", "open_database", "write_database", "build_database", "default_database", "cached_database",
            "database_key", "file_sha256", "EXACT_LIMIT", "SHIPPED_DIR"]
 
 FORMAT_VERSION = 1
@@ -449,17 +449,37 @@ def default_database(sources: Sequence[str] = ("embedded",), checkpoint: str | P
         raise EACNNError(f"no checkpoint at {path}")
     sources = [str(s) for s in sources]
     folder = cache_dir() / "databases" / database_key(file_sha256(path), sources)
-    if (folder / "manifest.json").is_file():
+
+    def build() -> None:
+        shipped = "embedded" in sources and shipped_embeddings(file_sha256(path)) is not None
+        others = [s for s in sources if s != "embedded"]
+        log.warning("building the search database once for this model and these sources (%s); later searches reuse "
+                    "it", ("about 30 s: the embedded structures' embeddings are shipped" if shipped else
+                           "minutes: every embedded structure is embedded") + (f", plus embedding {', '.join(others)}"
+                                                                              if others else ""))
+        build_database(sources, folder, path, progress=progress)
+
+    return cached_database(folder, build)
+
+
+def cached_database(folder: Path, build: Callable[[], object]) -> SavedDatabase:
+    """The saved database at ``folder`` (a content-keyed cache), built by ``build()`` when it is missing or
+    unreadable. Processes that ask for the same folder at once (chapters executing side by side) wait for each other
+    (an exclusive lock on ``<folder>.lock``) instead of building it twice or swapping it under a reader."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "w") as handle:
         try:
-            return open_database(folder)
-        except EACNNError as err:
-            log.warning("%s; building it again", err)
-    shipped = "embedded" in sources and shipped_embeddings(file_sha256(path)) is not None
-    others = [s for s in sources if s != "embedded"]
-    log.warning("building the search database once for this model and these sources (%s); later searches reuse it",
-                ("about 30 s: the embedded structures' embeddings are shipped" if shipped else
-                 "minutes: every embedded structure is embedded") + (f", plus embedding {', '.join(others)}"
-                                                                   if others else ""))
-    build_database(sources, folder, path, progress=progress)
-    return open_database(folder)
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except ImportError:  # no POSIX locks (Windows): one process at a time is the caller's business
+            pass
+        if (folder / "manifest.json").is_file():
+            try:
+                return open_database(folder)
+            except EACNNError as err:
+                log.warning("%s; building it again", err)
+        build()
+        return open_database(folder)
 
