@@ -170,14 +170,14 @@ def _refined_ranks(sim: np.ndarray, scale: np.ndarray | None, patterns: np.ndarr
     """Rank of the true candidate [len(sel)] after refining each selected query's best ``rerank`` candidates
     (:func:`eacnn.retrieval.identify.refine`) and re-ranking them by weight · agreement + (1 − weight) · similarity,
     as ``eacnn search`` does; ``rerank + 1`` when it is not among them."""
-    from eacnn.retrieval.identify import refine
+    from eacnn.retrieval.identify import refine, rerank_score
 
     out = np.empty(len(sel), np.int64)
     for k, q in enumerate(sel):
         top = np.argsort(-sim[q], kind="stable")[:rerank]
         fits = refine(patterns[q], None if masks is None else masks[q], rows[top], dataset.sticks,
                       dataset.config.xrd, None if scale is None else scale[q, top])
-        agree = weight * fits["agreement"].to_numpy() + (1 - weight) * sim[q, top]
+        agree = rerank_score(fits["agreement"].to_numpy(), sim[q, top], weight)
         hit = np.flatnonzero(top == q)
         out[k] = 1 + int(np.sum(np.delete(agree, hit[0]) >= agree[hit[0]])) if len(hit) else rerank + 1
     return out

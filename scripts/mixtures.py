@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from eacnn.measured.report import AUTOANALYZER_MIXTURES, mixture_summary  # noqa: E402
 from eacnn.paths import (  # noqa: E402
     MEASURED_DIR,
     MIXTURES_DIR,
@@ -72,12 +73,8 @@ LITERATURE = {
     "ZnO_186": ("P6_3mc", ("hexagonal", 3.2498, 5.2066), ["Zn", "O"], [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.3819]],
                 "wurtzite ZnO: H. Kihara, G. Donnay, Can. Mineral. 23, 647 (1985)"),
 }
-# The XRD-AutoAnalyzer mixtures' phases (its file names), and the single-phase scans
-AUTOANALYZER = {"Example__Li2MnO3+MnO+TiO2": ["Li2MnO3", "MnO", "TiO2"], "Example__Mn2O3+LiF": ["Mn2O3", "LiF"],
-                "Example__TiO2+MnO": ["TiO2", "MnO"], "PDF_Example__Li2CO3-ZrO2": ["Li2CO3", "ZrO2"],
-                "Example__MnO": ["MnO"], "Example__Mn2O3": ["Mn2O3"], "Example__MnO2": ["MnO2"],
-                "Example__TiO2": ["TiO2"], "Example__LiMnO2": ["LiMnO2"]}
-SEPARATED = 0.3  # two phases are well separated when their clean patterns' cosine is below this
+# The XRD-AutoAnalyzer mixtures (eacnn.measured.report) and its five single-phase scans, phases from the file names
+AUTOANALYZER = {**AUTOANALYZER_MIXTURES, **{f"Example__{f}": (f,) for f in ("MnO", "Mn2O3", "MnO2", "TiO2", "LiMnO2")}}
 
 
 def write_literature_cifs(folder: Path) -> Path:
@@ -100,41 +97,6 @@ def write_literature_cifs(folder: Path) -> Path:
         "`../measured/mixtures/` (`eacnn.paths.REFERENCE_CIFS_DARA_DIR`).\n\n"
         + "".join(f"* `{k}.cif`: {v[-1]}\n" for k, v in LITERATURE.items()))
     return folder
-
-
-def merged_database(out: Path, folders: list[Path]):
-    """The shipped model's embedded database plus the reference folders, as one saved database at ``out`` (built
-    once: the embedded part from the shipped embeddings, only the references embedded)."""
-    from eacnn.paths import cache_dir
-    from eacnn.retrieval.database import (
-        build_database,
-        database_key,
-        default_database,
-        open_database,
-        write_database,
-    )
-
-    base = default_database()
-    key = database_key(base.manifest["checkpoint_sha256"], ["embedded"] + [str(f) for f in folders])
-    target = out / key
-    if (target / "manifest.json").is_file():
-        return open_database(target)
-    refs = build_database([str(f) for f in folders], cache_dir() / "databases" / f"refs-{key}", progress=True)
-    parts = [base, open_database(refs)]
-    if parts[1].manifest["checkpoint_sha256"] != base.manifest["checkpoint_sha256"]:
-        raise RuntimeError("the reference database was embedded by another model than the embedded database")
-    labels = pd.concat([p.labels for p in parts], ignore_index=True)
-    sticks = [p.sticks(i) for p in parts for i in range(len(p))]
-    counts = np.array([len(t) for t, _ in sticks])
-    arrays = {"offsets": np.concatenate([[0], np.cumsum(counts)]),
-              "two_theta": np.concatenate([t for t, _ in sticks]), "area": np.concatenate([a for _, a in sticks])}
-    with np.load(base.folder / "tower.npz") as f:
-        tower = {k: f[k] for k in f.files}
-    write_database(target, labels, np.concatenate([np.asarray(p.embeddings) for p in parts]), tower,
-                   base.manifest["calibration"], base.manifest["checkpoint_sha256"],
-                   base.manifest["sources"] + parts[1].manifest["sources"], arrays,
-                   np.concatenate([np.asarray(p.vectors, np.float32) for p in parts]))
-    return open_database(target)
 
 
 def _found_columns(result) -> dict:
@@ -279,31 +241,9 @@ def measured(db, out: Rows) -> None:
                      "weight_errors": ";".join(f"{e:.3f}" for e in errs), **_found_columns(result)})
 
 
-def summary(df: pd.DataFrame) -> str:
-    lines = []
-    for (kind, restrict), part in df.groupby(["kind", df["elements"] != "any"], sort=False):
-        label = "restricted to the true elements" if restrict else "whole database"
-        if kind.startswith("synthetic"):
-            sep = part[(part["max_cosine"] < SEPARATED) & part["all_by_id"]]
-            full = part[part["coverage"] > 0.99]
-            lines.append(f"{kind}, {label}: {len(part)} patterns; every phase named {part['all'].mean():.1%} "
-                         f"(formula), {part['all_by_id'].mean():.1%} (the exact entry), {part['all_types'].mean():.1%}"
-                         f" (structure type: space group and anonymised formula); full scans {full['all'].mean():.1%}"
-                         f" of {len(full)}; spurious phases per pattern {part['spurious'].mean():.2f}; weight-fraction "
-                         f"error (largest per pattern) where all named and well separated (n = {len(sep)}): median "
-                         f"{sep['weight_error_max'].median():.3f}, within ±0.10 "
-                         f"{(sep['weight_error_max'] <= 0.1).mean():.1%}")
-        else:
-            lines.append(f"{kind}, {label}: {len(part)} patterns; every phase named {part['all'].mean():.1%}; "
-                         f"true phases named {part['named'].sum()} of {sum(len(t.split(';')) for t in part['truth'])}; "
-                         f"spurious {part['spurious'].sum()}; largest weight error where all named (median) "
-                         f"{part['weight_error_max'].median():.3f}")
-    return "\n".join(lines)
-
-
 def main() -> None:
-    from eacnn.paths import DATA_DIR, cache_dir
-    from eacnn.retrieval.database import open_database
+    from eacnn.paths import DATA_DIR
+    from eacnn.retrieval.database import default_database, open_database
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n2", type=int, default=200, help="synthetic 2-phase mixtures")
@@ -324,7 +264,8 @@ def main() -> None:
     if args.write_cifs:
         print(f"wrote {write_literature_cifs(REFERENCE_CIFS_DARA_DIR)}")
     folders = [REFERENCE_CIFS_DIR, REFERENCE_CIFS_LA_ZR_LI_DIR, REFERENCE_CIFS_DARA_DIR]
-    db = open_database(args.database) if args.database else merged_database(cache_dir() / "databases", folders)
+    # the shipped model's embedded database (its shipped embeddings and verdict) plus the folders, built once
+    db = open_database(args.database) if args.database else default_database(["embedded", *map(str, folders)])
     print(f"database {db.folder}: {len(db)} candidates from {db.manifest['sources']}")
     out = Rows(args.out, f"{len(db)} candidates: " + " + ".join(Path(s).name for s in db.manifest["sources"]),
                args.resume)
@@ -332,7 +273,7 @@ def main() -> None:
         measured(db, out)
     synthetic(db, 2, args.n2, args.family, args.seed, args.n2 // 2, out)
     synthetic(db, 3, args.n3, args.family, args.seed, args.n3 // 2, out)
-    print(summary(out.write()))
+    print(mixture_summary(out.write()).round(2).to_string())
     print(f"{time.perf_counter() - t0:.0f} s -> {args.out}")
 
 

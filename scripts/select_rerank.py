@@ -27,7 +27,7 @@ def main() -> None:
 
     from eacnn.config import Config
     from eacnn.datasets.dataset import build_dataset
-    from eacnn.retrieval.identify import refine
+    from eacnn.retrieval.identify import refine, rerank_score
     from eacnn.retrieval.query import SCALES, rescale_many
     from eacnn.robustness import _similarities, condition_queries, method_embeddings
     from eacnn.training.checkpoint import DEFAULT_CHECKPOINT, load_pretrained
@@ -60,7 +60,7 @@ def main() -> None:
                 agree = refine(patterns[k], None if masks is None else masks[k], rows[top], ds.sticks,
                                ds.config.xrd, scale[k, top])["agreement"].to_numpy()
                 for w in WEIGHTS:
-                    hits[w].append(top[np.argmax(w * agree + (1 - w) * best[k, top])] == q)
+                    hits[w].append(top[np.argmax(rerank_score(agree, best[k, top], w))] == q)
             for w in WEIGHTS:
                 records.append({"method": name, "condition": condition, "w": w, "top1": 100 * np.mean(hits[w])})
     table = pd.DataFrame(records).pivot_table(index=["method", "condition"], columns="w", values="top1")

@@ -502,3 +502,11 @@ def test_mixture_summary_counts_phases_and_weight_errors():
     assert numbers["mix_dara_el_all"] == "100" and numbers["mix_s3_any_all"] == "n/a"
     rows = mixture_rows(df, "dara", search="elements")
     assert list(rows["true wt %"]) == ["30 / 70"] and list(rows["found"]) == ["TiO2 I4_1/amd + V2O5 Pmmn"]
+
+
+def test_phase_in_needs_formula_and_space_group():
+    from eacnn.measured.report import phase_in
+
+    db = SimpleNamespace(labels=pd.DataFrame({"formula": ["Mn1 O1", "Ti2 O4"], "spacegroup_symbol": ["P6_3mc", "C2/c"]}))
+    assert phase_in(db, "MnO", "P6_3mc") and phase_in(db, "TiO2", "C2/c")
+    assert not phase_in(db, "MnO", "Fm-3m") and not phase_in(db, "Mn2O3", "P6_3mc")

@@ -12,7 +12,7 @@ import pandas as pd
 from eacnn.retrieval.identify import identify
 
 __all__ = ["identification_report", "verdict_quality", "mixture_summary", "mixture_numbers", "mixture_rows",
-           "mixture_table", "shipped_mixtures_path", "SEPARATED", "AUTOANALYZER_MIXTURES", "reduced_formula",
+           "mixture_table", "shipped_mixtures_path", "SEPARATED", "AUTOANALYZER_MIXTURES", "reduced_formula", "phase_in",
            "score_phases"]
 
 #: The four measured XRD-AutoAnalyzer mixtures shipped in ``eacnn/data/measured/mixtures`` and their phases (the
@@ -88,6 +88,13 @@ def score_phases(truth: Sequence[str], found: Sequence[str]) -> dict:
     got = [reduced_formula(f) for f in found]
     named = want & set(got)
     return {"named": len(named), "all": named == want, "spurious": sum(g not in want for g in got)}
+
+
+def phase_in(db, formula: str, spacegroup: str) -> bool:
+    """Whether a database holds the phase: an entry of that reduced formula and space-group symbol."""
+    want = reduced_formula(formula)
+    rows = db.labels["spacegroup_symbol"].to_numpy() == spacegroup
+    return any(reduced_formula(f) == want for f in db.labels["formula"].to_numpy()[rows])
 
 
 def shipped_mixtures_path():

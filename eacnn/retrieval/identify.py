@@ -41,12 +41,20 @@ from eacnn.retrieval.query import SCALES, rescale_many
 log = logging.getLogger(__name__)
 
 __all__ = ["Identification", "identify", "refine", "calibrate", "open_set_threshold", "open_set_rule", "margin_of",
-           "REFINE_OFFSETS", "RERANK_WEIGHT",
+           "REFINE_OFFSETS", "RERANK_WEIGHT", "rerank_score",
            "REFINE_SHIFTS", "REFINE_WIDTHS"]
 
 #: Weight of the refined agreement in the re-ranking score (the rest: the model's similarity); chosen on the validation
 #: split (module docstring).
 RERANK_WEIGHT = 0.5
+
+
+def rerank_score(agreement, similarity, weight: float = RERANK_WEIGHT):
+    """The re-ranking score of refined candidates: ``weight`` · refined agreement + (1 − ``weight``) · the model's
+    similarity (arrays or Series of one shape; :data:`RERANK_WEIGHT` by default)."""
+    return weight * agreement + (1 - weight) * similarity
+
+
 REFINE_OFFSETS = np.linspace(-0.006, 0.006, 7)  # lattice-scale offsets around the query's best scale
 REFINE_SHIFTS = np.linspace(-0.3, 0.3, 7)  # degrees 2θ, zero shift
 REFINE_WIDTHS = (1.0, 2.0)  # peak FWHM in units of the model's xrd.fwhm
@@ -195,7 +203,7 @@ def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, 
     if rerank and len(hits):
         fits = refine(vector, covered, hits["row"].head(rerank), db.sticks, xrd, hits["scale"].head(rerank))
         hits = hits.merge(fits, on="row", how="left")
-        hits["score"] = RERANK_WEIGHT * hits["agreement"] + (1 - RERANK_WEIGHT) * hits["similarity"]
+        hits["score"] = rerank_score(hits["agreement"], hits["similarity"])
         order = np.argsort(-hits["score"].fillna(-np.inf).to_numpy(), kind="stable")
         hits = hits.iloc[order].reset_index(drop=True)
         if "score" in cal:
@@ -317,7 +325,7 @@ def calibrate(model, dataset, n_queries: int = 450, rerank: int = 10, target: fl
             cand = order if present else order[phase[order] != phase[own]]
             top = cand[: max(rerank, 1)]
             agree = refine(q, m, pool_rows[top], dataset.sticks, xrd, scale[top])["agreement"].to_numpy()
-            score = RERANK_WEIGHT * agree + (1 - RERANK_WEIGHT) * sim[top]
+            score = rerank_score(agree, sim[top])
             j = int(score.argmax())
             for key, value in (("present", present), ("similarity", sim[top[0]]),
                                ("sim_correct", present and phase[top[0]] == phase[own]), ("score", score[j]),
