@@ -394,6 +394,16 @@ def _identify(path: Path, args: argparse.Namespace, db) -> dict:
     return answer | {"_grid": grid, "_hits": hits, "_mixture": mix}
 
 
+def _rule_text() -> str:
+    """The re-ranking rule in words (:data:`eacnn.retrieval.identify.RERANK`)."""
+    from eacnn.retrieval.identify import RERANK
+
+    kind, value = RERANK
+    if kind == "linear":
+        return f"{value:g} × refined agreement + {1 - value:g} × the model's similarity"
+    return f"the model's similarity − {value:g} × ln(1 − agreement²), the log-likelihood of the refined fit"
+
+
 def _print_answer(answer: dict, rerank: int) -> None:
     hits = answer["_hits"]
     n = answer["candidates"]
@@ -403,7 +413,7 @@ def _print_answer(answer: dict, rerank: int) -> None:
     if "agreement" in hits:
         cols += ["agreement", "strain", "zero_shift", "score"]
         print(f"read at lattice scales 0.96–1.04; top {rerank} refined (lattice scale, zero shift, width) and "
-              f"re-ranked by score (mean of the refined agreement and the model's similarity)")
+              f"re-ranked by score ({_rule_text()})")
     print(hits[cols].to_string(index=False, float_format="%.4f"))
     margin = (f", margin over the best other phase {answer['margin']:.4f} (needs {answer['margin_threshold']:.4f})"
               if "margin" in answer else "")
@@ -582,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=_whole(1), default=10, help="how many candidates to list (default 10)")
     p.add_argument("--rerank", type=_whole(0, MAX_RERANK), default=10, metavar="N",
                    help="refine the model's top N (lattice scale ±3 %%, zero shift ±0.3°, peak width) and re-rank "
-                        "them by score (mean of the refined pattern agreement and the model's similarity); the "
+                        "them by score (the model's similarity and the refined pattern agreement, combined); the "
                         "verdict is then taken from that score and its margin over the best other phase (default "
                         "10; 0: the model's similarity alone)")
     p.add_argument("--phases", type=_phases, default="auto", metavar="auto|N",

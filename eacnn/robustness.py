@@ -32,8 +32,7 @@ from tqdm.auto import tqdm
 from eacnn.config import MeasurementConfig
 from eacnn.physics.measurement import perturb_measured
 from eacnn.physics.perturb import bragg_shift, profile_patterns
-from eacnn.retrieval.identify import RERANK_WEIGHT
-from eacnn.retrieval.query import SCALES, rescale_many
+from eacnn.retrieval.query import SCALES, rescale_many, scale_prior
 from eacnn.training.batches import _random_strains, measured_queries, strain_cell
 from eacnn.training.metrics import true_rank
 
@@ -166,10 +165,11 @@ def _similarities(model, candidates: np.ndarray, clean: np.ndarray, patterns: np
 
 
 def _refined_ranks(sim: np.ndarray, scale: np.ndarray | None, patterns: np.ndarray, masks: np.ndarray | None,
-                   sel: np.ndarray, dataset, rows: np.ndarray, rerank: int, weight: float) -> np.ndarray:
+                   sel: np.ndarray, dataset, rows: np.ndarray, rerank: int, rule) -> np.ndarray:
     """Rank of the true candidate [len(sel)] after refining each selected query's best ``rerank`` candidates
-    (:func:`eacnn.retrieval.identify.refine`) and re-ranking them by weight · agreement + (1 − weight) · similarity,
-    as ``eacnn search`` does; ``rerank + 1`` when it is not among them."""
+    (:func:`eacnn.retrieval.identify.refine`) and re-ranking them by ``rule``
+    (:func:`eacnn.retrieval.identify.rerank_score`; None: the default's), as ``eacnn search`` does; ``rerank + 1`` when
+    it is not among them."""
     from eacnn.retrieval.identify import refine, rerank_score
 
     out = np.empty(len(sel), np.int64)
@@ -177,7 +177,7 @@ def _refined_ranks(sim: np.ndarray, scale: np.ndarray | None, patterns: np.ndarr
         top = np.argsort(-sim[q], kind="stable")[:rerank]
         fits = refine(patterns[q], None if masks is None else masks[q], rows[top], dataset.sticks,
                       dataset.config.xrd, None if scale is None else scale[q, top])
-        agree = rerank_score(fits["agreement"].to_numpy(), sim[q, top], weight)
+        agree = rerank_score(fits["agreement"].to_numpy(), sim[q, top], rule)
         hit = np.flatnonzero(top == q)
         out[k] = 1 + int(np.sum(np.delete(agree, hit[0]) >= agree[hit[0]])) if len(hit) else rerank + 1
     return out
@@ -193,8 +193,8 @@ def robustness_table(methods: dict, dataset, conditions: Sequence[str] = CONDITI
         multiscale: conditions also scored with the query read at every lattice scale of :data:`SCALES`.
         refined: conditions also scored as ``eacnn search`` answers (query "search": the multi-scale similarity
             where computed, else the one as measured, then the best ``rerank`` candidates refined and re-ranked by
-            :data:`eacnn.retrieval.identify.RERANK_WEIGHT` · agreement + the rest · similarity for a model, by the
-            agreement alone for search-match, whose similarity is the unrefined pattern cosine) on
+            :data:`eacnn.retrieval.identify.RERANK` for a model, by the agreement alone for search-match, whose
+            similarity is the unrefined pattern cosine) on
             ``refine_queries`` seeded queries (all when fewer), the whole split still the pool.
 
     Returns:
@@ -226,15 +226,15 @@ def robustness_table(methods: dict, dataset, conditions: Sequence[str] = CONDITI
                               zip(patterns, masks if masks is not None else [None] * len(patterns))]
                     ys = np.concatenate([y for y, _ in scaled])
                     ms = np.concatenate([mm for _, mm in scaled])
-                    at = _similarities(model, cands[name], clean, ys, ms)
+                    at = _similarities(model, cands[name], clean, ys, ms) + scale_prior(SCALES[s : s + 1])[0]
                     scale[at > best] = SCALES[s]
                     np.maximum(best, at, out=best)
                 sim = best
                 record(condition, name, "multi-scale", true_rank(best, np.arange(len(rows))))
             if condition in refined:
-                weight = 1.0 if model is None else RERANK_WEIGHT
+                rule = ("linear", 1.0) if model is None else None  # search-match: the agreement alone
                 record(condition, name, "search", _refined_ranks(sim, scale, patterns, masks, sel, dataset, rows,
-                                                                 rerank, weight))
+                                                                 rerank, rule))
     return pd.DataFrame(records)
 
 

@@ -36,28 +36,45 @@ from eacnn.config import XRDConfig
 from eacnn.errors import EACNNError
 from eacnn.physics.perturb import bragg_shift
 from eacnn.physics.profile import bin_kernel
-from eacnn.retrieval.query import SCALES, rescale_many
+from eacnn.retrieval.query import SCALE_PENALTY, SCALES, multiscale_best, rescale_many, scale_prior
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Identification", "identify", "refine", "calibrate", "open_set_threshold", "open_set_rule", "margin_of",
-           "REFINE_OFFSETS", "RERANK_WEIGHT", "rerank_score",
-           "REFINE_SHIFTS", "REFINE_WIDTHS"]
+           "REFINE_OFFSETS", "RERANK", "rerank_score",
+           "REFINE_SHIFTS", "REFINE_WIDTHS", "REFINE_FINE_STEPS"]
 
-#: Weight of the refined agreement in the re-ranking score (the rest: the model's similarity); chosen on the validation
-#: split (module docstring).
-RERANK_WEIGHT = 0.5
+#: How refined candidates are re-ranked (:func:`rerank_score`): ("linear", w) or ("likelihood", b); chosen on the
+#: validation split (module docstring).
+RERANK = ("likelihood", 0.04)
+#: 1 − agreement² below this counts as this (a fit cannot be better than the pattern's float32 rounding)
+FIT_FLOOR = 1e-6
 
 
-def rerank_score(agreement, similarity, weight: float = RERANK_WEIGHT):
-    """The re-ranking score of refined candidates: ``weight`` · refined agreement + (1 − ``weight``) · the model's
-    similarity (arrays or Series of one shape; :data:`RERANK_WEIGHT` by default)."""
-    return weight * agreement + (1 - weight) * similarity
+def rerank_score(agreement, similarity, rule: tuple[str, float] | None = None):
+    """The re-ranking score of refined candidates (arrays or Series of one shape), by ``rule`` (:data:`RERANK` when
+    None):
+
+    - ``("linear", w)``: w · agreement + (1 − w) · similarity;
+    - ``("likelihood", b)``: similarity − b · ln(1 − agreement²). For unit vectors, 1 − cos² is the residual of the
+      best scaled fit, and −(n/2) ln(residual) the log-likelihood of the fit under Gaussian noise of unknown size:
+      a near-perfect fit (an isotropic mismatch, refined away) outweighs any difference in similarity, while among
+      imperfect fits (anisotropic strain, texture, impurities) a residual twice as large costs only b · ln 2.
+    """
+    kind, value = RERANK if rule is None else rule
+    if kind == "linear":
+        return value * agreement + (1 - value) * similarity
+    if kind == "likelihood":
+        return similarity - value * np.log(np.maximum(1.0 - np.asarray(agreement, np.float64) ** 2, FIT_FLOOR))
+    raise ValueError(f"unknown re-ranking rule {kind!r}: 'linear' or 'likelihood'")
 
 
 REFINE_OFFSETS = np.linspace(-0.006, 0.006, 7)  # lattice-scale offsets around the query's best scale
 REFINE_SHIFTS = np.linspace(-0.3, 0.3, 7)  # degrees 2θ, zero shift
 REFINE_WIDTHS = (1.0, 2.0)  # peak FWHM in units of the model's xrd.fwhm
+#: the finer stages after the coarse grid: (lattice-scale step, zero-shift step in degrees), each searched ±2 steps
+REFINE_FINE_STEPS = ((0.001, 0.05), (0.00025, 0.0125))
+_FINE_GRID = np.arange(-2, 3, dtype=np.float64)  # [5] steps either side of the best point
 FINE = 0.02  # degrees; the fine grid reflections are deposited on before the bin integrals
 
 
@@ -107,22 +124,35 @@ def _refine(vector, covered, rows, sticks, xrd, scales) -> pd.DataFrame:
     for k, row in enumerate(rows):
         tt, area = sticks(int(row))
         tt, area = np.asarray(tt, np.float64), np.asarray(area, np.float32)
+
+        def best_of(eps, delta, width):  # (cosine, strain, shift) of the best of the (eps [V], delta [V]) pairs
+            y = np.where(mask, _profiles(tt, area, eps, delta, xrd, width), 0.0)  # [V, n_bins]
+            cos = (y @ q) / np.maximum(np.linalg.norm(y, axis=1), 1e-12)
+            j = int(np.argmax(cos))
+            return float(cos[j]), float(eps[j]), float(delta[j])
+
         centre = 1.0 / float(scales[k]) - 1.0 if scales is not None else 0.0
-        eps, delta = np.meshgrid(centre + REFINE_OFFSETS, REFINE_SHIFTS, indexing="ij")
-        eps, delta = eps.ravel(), delta.ravel()
-        # lattice scale and zero shift on the grid at the model's width, then the width at that fit
-        y = np.where(mask, _profiles(tt, area, eps, delta, xrd, REFINE_WIDTHS[0] * xrd.fwhm), 0.0)  # [V, n_bins]
-        cos = (y @ q) / np.maximum(np.linalg.norm(y, axis=1), 1e-12)
-        j = int(np.argmax(cos))
-        best = (float(cos[j]), float(eps[j]), float(delta[j]), REFINE_WIDTHS[0] * xrd.fwhm)
+        # the coarse grid around the query's scale at the model's width, then the width at that fit
+        cos, eps, delta = best_of(*_grid(centre + REFINE_OFFSETS, REFINE_SHIFTS), REFINE_WIDTHS[0] * xrd.fwhm)
+        width = REFINE_WIDTHS[0] * xrd.fwhm
         for factor in REFINE_WIDTHS[1:]:
-            y = np.where(mask, _profiles(tt, area, eps[j : j + 1], delta[j : j + 1], xrd, factor * xrd.fwhm), 0.0)
-            c = float((y @ q)[0] / max(np.linalg.norm(y), 1e-12))
-            if c > best[0]:
-                best = (c, best[1], best[2], factor * xrd.fwhm)
-        out.append({"row": int(row), "agreement": best[0], "strain": best[1], "zero_shift": best[2],
-                    "width": best[3]})
+            c = best_of(np.array([eps]), np.array([delta]), factor * xrd.fwhm)[0]
+            if c > cos:
+                cos, width = c, factor * xrd.fwhm
+        # finer grids around the best point (a coarse step leaves the right candidate up to 0.1 % of scale off,
+        # enough for an isostructural look-alike to fit as well): each stage keeps the best so far
+        for d_eps, d_shift in REFINE_FINE_STEPS:
+            c, e, z = best_of(*_grid(eps + d_eps * _FINE_GRID, delta + d_shift * _FINE_GRID), width)
+            if c > cos:
+                cos, eps, delta = c, e, z
+        out.append({"row": int(row), "agreement": cos, "strain": eps, "zero_shift": delta, "width": width})
     return pd.DataFrame(out, columns=["row", "agreement", "strain", "zero_shift", "width"])
+
+
+def _grid(eps: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (strain, shift) pair of two 1-D grids, flattened: ([len(eps) · len(delta)], same)."""
+    e, d = np.meshgrid(eps, delta, indexing="ij")
+    return e.ravel(), d.ravel()
 
 
 def query_embeddings(encode: Callable, vector: np.ndarray, covered: np.ndarray | None, xrd: XRDConfig,
@@ -134,10 +164,9 @@ def query_embeddings(encode: Callable, vector: np.ndarray, covered: np.ndarray |
 
 def multiscale_similarity(embeddings: np.ndarray, z: np.ndarray, scales: np.ndarray = SCALES
                           ) -> tuple[np.ndarray, np.ndarray]:
-    """(best similarity [n], its scale [n]) of each candidate embedding [n, d] over the query's scales z [S, d]."""
-    sim = np.asarray(embeddings @ z.T)  # [n, S]
-    j = sim.argmax(axis=1)
-    return sim[np.arange(len(sim)), j], np.asarray(scales)[j]
+    """(best similarity [n], its scale [n]) of each candidate embedding [n, d] over the query's scales z [S, d], each
+    scale's similarity with its :func:`eacnn.retrieval.query.scale_prior`."""
+    return multiscale_best(z, embeddings, scales)
 
 
 @dataclass
@@ -186,8 +215,9 @@ def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, 
         sims, best_scales = sim[best], scale[best]
     else:  # an indexed database: the union of each scale's nearest candidates
         found: dict[int, tuple[float, float]] = {}
-        for s, zs in zip(scales, z):
+        for s, zs, prior in zip(scales, z, scale_prior(scales)):
             for v, r in zip(*db.scores(zs, 4 * k, keep)):
+                v = float(v) + prior
                 if int(r) not in found or v > found[int(r)][0]:
                     found[int(r)] = (float(v), float(s))
         order = sorted(found, key=lambda r: -found[r][0])[:k]
@@ -336,7 +366,8 @@ def calibrate(model, dataset, n_queries: int = 450, rerank: int = 10, target: fl
     pres = r["present"].astype(bool)
     sim_t = open_set_threshold(r["similarity"][pres], r["sim_correct"][pres], r["similarity"][~pres], target)
     score_t, margin_t, precision, recall = open_set_rule(r["score"], r["margin"], r["correct"], pres, target)
-    out = {"similarity": sim_t, "score": score_t, "margin": margin_t, "rerank_weight": RERANK_WEIGHT,
+    out = {"similarity": sim_t, "score": score_t, "margin": margin_t, "rerank_rule": list(RERANK),
+           "scale_penalty": SCALE_PENALTY,
            "target": target,
            "n_queries": int(len(chosen)),
            "queries": "validation split: a third each measured (training family), measured (held-out family), "

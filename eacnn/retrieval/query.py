@@ -24,10 +24,22 @@ import numpy as np
 
 from eacnn.config import XRDConfig
 
-__all__ = ["SCALES", "rescale", "rescale_many", "multiscale_best"]
+__all__ = ["SCALES", "SCALE_PENALTY", "scale_prior", "rescale", "rescale_many", "multiscale_best"]
 
 #: Lattice scales s (d-spacings times s) a query is read at: 0.96–1.04 in 1 % steps.
 SCALES = np.round(np.linspace(0.96, 1.04, 9), 4)
+
+#: The prior on the mismatch: a candidate's similarity at scale s is lowered by this much per 1 % of |s − 1|, so a
+#: look-alike that needs a larger rescaling than the right phase must be that much more similar. A measured cell
+#: is usually within 1–2 % of its database entry; chosen on the validation split (``scripts/select_rerank.py``).
+SCALE_PENALTY = 0.01
+
+
+def scale_prior(scales: np.ndarray = SCALES, penalty: float | None = None) -> np.ndarray:
+    """[S] what is added to a similarity found at each lattice scale: −penalty · |s − 1| / 1 %
+    (:data:`SCALE_PENALTY` when ``penalty`` is None)."""
+    penalty = SCALE_PENALTY if penalty is None else penalty
+    return -penalty * np.abs(np.asarray(scales, np.float64) - 1.0) / 0.01
 
 
 def _source_two_theta(two_theta: np.ndarray, scale: float, wavelength: float) -> np.ndarray:
@@ -81,8 +93,8 @@ def rescale_many(vector: np.ndarray, scales: np.ndarray = SCALES, xrd: XRDConfig
 
 def multiscale_best(z_scales: np.ndarray, candidates: np.ndarray, scales: np.ndarray = SCALES
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """(best cosine similarity [n], the scale it was found at [n]) of every candidate [n, d] against a query
-    embedded at each scale, ``z_scales`` [S, d] (all L2-normalised)."""
-    sim = np.asarray(candidates) @ np.asarray(z_scales, dtype=np.float32).T  # [n, S]
+    """(best cosine similarity [n] plus the :func:`scale_prior` of its scale, that scale [n]) of every candidate
+    [n, d] against a query embedded at each scale, ``z_scales`` [S, d] (all L2-normalised)."""
+    sim = np.asarray(candidates) @ np.asarray(z_scales, dtype=np.float32).T + scale_prior(scales)[None]  # [n, S]
     best = sim.argmax(axis=1)
     return sim[np.arange(len(sim)), best], np.asarray(scales)[best]
