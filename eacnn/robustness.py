@@ -185,7 +185,8 @@ def _refined_ranks(sim: np.ndarray, scale: np.ndarray | None, patterns: np.ndarr
 
 def robustness_table(methods: dict, dataset, conditions: Sequence[str] = CONDITIONS, split: str = "test",
                      multiscale: Sequence[str] = (), refined: Sequence[str] = (), refine_queries: int = 3000,
-                     rerank: int = 10, seed: int = 0, progress: bool = True) -> pd.DataFrame:
+                     rerank: int = 10, seed: int = 0, progress: bool = True,
+                     as_measured_only: Sequence[str] = ()) -> pd.DataFrame:
     """Top-1 / Top-5 (percent) of every method under every condition, the whole split as the pool.
 
     Args:
@@ -196,6 +197,7 @@ def robustness_table(methods: dict, dataset, conditions: Sequence[str] = CONDITI
             :data:`eacnn.retrieval.identify.RERANK` for a model, by the agreement alone for search-match, whose
             similarity is the unrefined pattern cosine) on
             ``refine_queries`` seeded queries (all when fewer), the whole split still the pool.
+        as_measured_only: methods scored as measured only (a baseline kept for reference).
 
     Returns:
         one row per (condition, method, query): ``top1``, ``top5``, ``queries``, ``candidates``.
@@ -216,6 +218,8 @@ def robustness_table(methods: dict, dataset, conditions: Sequence[str] = CONDITI
         for name, model in methods.items():
             sim = _similarities(model, cands[name], clean, patterns, masks)
             record(condition, name, "as measured", true_rank(sim, np.arange(len(rows))))
+            if name in as_measured_only:
+                continue
             scale = None
             if condition in multiscale:
                 best = np.full_like(sim, -np.inf)

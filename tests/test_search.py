@@ -123,3 +123,51 @@ def test_open_set_rule_uses_the_margin_where_the_score_alone_cannot_separate():
     # nothing reaches the target: no match at all
     t1, _, p1, r1 = open_set_rule(score[3:], margin[3:], correct[3:], present[3:], 0.8)
     assert r1 == 0.0 and t1 > score.max()
+
+
+def test_fine_refinement_recovers_an_off_grid_scale(monkeypatch):
+    """A mismatch between the coarse grid's points is fitted closer by the finer stages: the right candidate's fit
+    leaves a residual several times smaller, so a look-alike cannot fit better for the coarse grid's sake."""
+    import eacnn.retrieval.identify as identify
+    from eacnn.config import XRDConfig
+    from eacnn.physics.perturb import bragg_shift, profile_patterns
+
+    xrd = XRDConfig()
+    rng = np.random.default_rng(5)
+    sticks = [(np.sort(rng.uniform(15, 78, 15)), rng.uniform(0.1, 1.0, 15))]
+    eps, shift = 0.0133, 0.037  # off the coarse grid (0.2 % and 0.1° steps)
+    query = profile_patterns([(bragg_shift(sticks[0][0], eps, shift, xrd.wavelength), sticks[0][1])], xrd=xrd)[0]
+    fine = identify.refine(query, None, [0], lambda i: sticks[i], xrd, scales=[1 / 1.01]).iloc[0]
+    monkeypatch.setattr(identify, "REFINE_FINE_STEPS", ())
+    coarse = identify.refine(query, None, [0], lambda i: sticks[i], xrd, scales=[1 / 1.01]).iloc[0]
+    assert 1 - fine.agreement < (1 - coarse.agreement) / 3 and 1 - fine.agreement < 2e-4
+    assert fine.strain == pytest.approx(eps, abs=1e-3) and fine.zero_shift == pytest.approx(shift, abs=0.05)
+
+
+def test_likelihood_rerank_lets_a_near_perfect_fit_win_and_similarity_decide_among_rough_fits():
+    from eacnn.retrieval.identify import rerank_score
+
+    rule = ("likelihood", 0.04)
+    # a fit within noise beats a rough fit of a candidate the model liked better
+    s = rerank_score(np.array([0.9999, 0.995]), np.array([0.95, 0.99]), rule)
+    assert s[0] > s[1]
+    # two rough fits, one a little rougher: the model's clearly better similarity decides
+    s = rerank_score(np.array([0.97, 0.975]), np.array([0.99, 0.95]), rule)
+    assert s[0] > s[1]
+    # linear rule: the weighted mean
+    assert rerank_score(np.array([1.0]), np.array([0.5]), ("linear", 0.5))[0] == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="unknown"):
+        rerank_score(np.array([1.0]), np.array([0.5]), ("median", 1.0))
+
+
+def test_scale_prior_costs_nothing_at_one_and_grows_with_the_rescaling():
+    from eacnn.retrieval.query import SCALES, multiscale_best, scale_prior
+
+    prior = scale_prior(SCALES, 0.01)
+    assert prior[SCALES == 1.0] == 0.0 and prior.min() == pytest.approx(-0.04)
+    assert np.allclose(prior, prior[::-1])  # symmetric about 1
+    # two candidates equally similar, one at scale 1 and one only when rescaled by 3 %: the first wins
+    z = np.eye(len(SCALES), dtype=np.float32)  # one embedding direction per scale
+    cands = np.stack([z[list(SCALES).index(1.0)], z[list(SCALES).index(1.03)]])
+    sim, scale = multiscale_best(z, cands, SCALES)
+    assert scale.tolist() == [1.0, 1.03] and sim[0] > sim[1]
