@@ -35,6 +35,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 from threadpoolctl import threadpool_limits
 
 from eacnn.config import XRDConfig
@@ -90,18 +91,22 @@ def _kernel(xrd: XRDConfig, width: float) -> tuple[float, np.ndarray]:
 
 def _profiles(two_theta: np.ndarray, area: np.ndarray, strains: np.ndarray, shifts: np.ndarray, xrd: XRDConfig,
               width: float) -> np.ndarray:
-    """Binned patterns [V, n_bins] of one candidate's reflections under each (strain, shift) pair [V]."""
+    """Binned patterns [V, n_bins] of one candidate's reflections under each (strain, shift) pair [V].
+
+    Each reflection is split between its two neighbouring points of the fine grid, so the deposits form a sparse
+    [V, n_fine] matrix with 2p entries a row; its product with the kernel is 2-3x faster than a dense one."""
     lo, kernel = _kernel(xrd, width)  # [n_fine, n_bins]
     pos = bragg_shift(two_theta[None, :], strains[:, None], shifts[:, None], xrd.wavelength)  # [V, p]
     x = (pos - lo) / FINE
-    i0 = np.clip(np.floor(x).astype(np.int64), 0, kernel.shape[0] - 2)
-    w1 = np.clip(x - i0, 0.0, 1.0)
     n_fine = kernel.shape[0]
-    flat = (np.arange(len(strains))[:, None] * n_fine + i0).ravel()  # [V * p] positions in the flattened [V, n_fine]
-    weights = np.broadcast_to(area[None, :], w1.shape)
-    dep = np.bincount(flat, (weights * (1 - w1)).ravel(), minlength=len(strains) * n_fine)
-    dep += np.bincount(flat + 1, (weights * w1).ravel(), minlength=len(strains) * n_fine)
-    return dep.reshape(len(strains), n_fine).astype(np.float32) @ kernel  # [V, n_bins]
+    i0 = np.clip(np.floor(x).astype(np.int64), 0, n_fine - 2)  # [V, p]
+    w1 = np.clip(x - i0, 0.0, 1.0)  # [V, p] share of the upper point
+    n, p = pos.shape
+    cols = np.stack([i0, i0 + 1], axis=-1).reshape(n, 2 * p)  # [V, 2p]
+    weights = np.stack([area[None, :] * (1.0 - w1), area[None, :] * w1], axis=-1).reshape(n, 2 * p)
+    deposit = sparse.csr_matrix((weights.astype(np.float32).ravel(), cols.ravel(), np.arange(0, n * 2 * p + 1, 2 * p)),
+                                shape=(n, n_fine))
+    return np.asarray(deposit @ kernel)  # [V, n_bins]
 
 
 def refine(vector: np.ndarray, covered: np.ndarray | None, rows: Sequence[int], sticks: Callable, xrd: XRDConfig,
