@@ -157,6 +157,37 @@ def test_book_build_passes_its_profile_to_every_notebook(tmp_path, monkeypatch):
     assert seen == [{"smoke": False, "profile": "cpu", "device": "auto"}]
 
 
+def test_a_kernel_that_dies_while_starting_is_started_again_but_a_cell_error_is_not_retried(tmp_path, monkeypatch):
+    """Two kernels started side by side can lose a TCP port to each other and die before replying; that start is
+    tried again. A failing cell is the notebook's own error and fails the build at once."""
+    import papermill
+
+    from eacnn.book.build import execute_notebooks
+    from eacnn.errors import BookError
+
+    calls = []
+
+    def flaky(src, out, parameters, **kwargs):
+        calls.append(src)
+        if len(calls) == 1:
+            raise RuntimeError("Kernel died before replying to kernel_info")
+        Path(out).write_text(Path(src).read_text())
+
+    monkeypatch.setattr(papermill, "execute_notebook", flaky)
+    execute_notebooks("cpu", root=ROOT, staging=tmp_path, only=["01_"])
+    assert len(calls) == 2 and (tmp_path / "notebooks" / "01_xrd_simulation.ipynb").is_file()
+
+    def cell_fails(src, out, parameters, **kwargs):
+        calls.append(src)
+        raise papermill.PapermillExecutionError(0, 1, "1/0", "ZeroDivisionError", "division by zero", [])
+
+    calls.clear()
+    monkeypatch.setattr(papermill, "execute_notebook", cell_fails)
+    with pytest.raises(BookError, match="ZeroDivisionError"):
+        execute_notebooks("cpu", root=ROOT, staging=tmp_path / "again", only=["01_"])
+    assert len(calls) == 1
+
+
 def test_executed_notebooks_are_tidied_for_their_pages(tmp_path):
     """papermill's injected parameters cell is removed from the page; a figure moves to a captioned cell of its own,
     leaving the cell's other outputs (glued values, tables) where they were; progress-bar widgets are dropped."""

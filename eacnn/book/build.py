@@ -142,8 +142,15 @@ def execute_notebooks(
         log.info("executing %s (%s)", rel, profile)
         t0 = time.perf_counter()
         try:
-            pm.execute_notebook(str(root / rel), str(out), parameters=parameters, cwd=str(root / rel.parent),
-                                kernel_name="python3", progress_bar=False, execution_timeout=timeout)
+            for attempt in range(KERNEL_START_ATTEMPTS):
+                try:
+                    pm.execute_notebook(str(root / rel), str(out), parameters=parameters, cwd=str(root / rel.parent),
+                                        kernel_name="python3", progress_bar=False, execution_timeout=timeout)
+                    break
+                except RuntimeError as err:  # not a cell's error: the kernel never started
+                    if not _kernel_start_failed(err) or attempt + 1 == KERNEL_START_ATTEMPTS:
+                        raise
+                    log.warning("%s: the kernel did not start (%s); starting it again", rel, err)
         except pm.PapermillExecutionError as err:
             raise BookError(f"notebook {rel} failed in cell {err.exec_count}: {err.ename}: {err.evalue} "
                             f"(executed copy with the traceback: {out})") from err
@@ -213,6 +220,17 @@ def tidy_executed(path: Path) -> None:
 
 
 _WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+#: Kernel starts tried per notebook. Two kernels started side by side each pick free TCP ports first and bind them
+#: later, so one can lose a port to the other ("Address already in use") and die before it replies; a second start
+#: picks new ports.
+KERNEL_START_ATTEMPTS = 3
+
+
+def _kernel_start_failed(err: BaseException) -> bool:
+    """Whether ``err`` says the kernel died while starting (not that a cell failed)."""
+    return "Kernel died before replying to kernel_info" in str(err)
 
 
 def repository_url(root: Path | None = None) -> str:
