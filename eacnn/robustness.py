@@ -38,7 +38,7 @@ from eacnn.training.metrics import true_rank
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CONDITIONS", "condition_queries", "robustness_table", "method_embeddings"]
+__all__ = ["CONDITIONS", "condition_queries", "robustness_table", "method_embeddings", "scaled_similarities"]
 
 CONDITIONS = ("clean", "iso -3 %", "iso -2 %", "iso -1 %", "iso +1 %", "iso +2 %", "iso +3 %", "aniso 1.5 %",
               "texture", "window 20–60°", "low angle 10–45°", "impurity 10 %", "measured", "held-out")
@@ -164,6 +164,18 @@ def _similarities(model, candidates: np.ndarray, clean: np.ndarray, patterns: np
     return _embed_queries(model, patterns, masks) @ candidates.T
 
 
+def scaled_similarities(model, candidates: np.ndarray, clean: np.ndarray, patterns: np.ndarray,
+                        masks: np.ndarray | None, xrd, scales: np.ndarray = SCALES):
+    """Yield (scale, similarities [q, n] of the queries read at that lattice scale to the candidates) for each scale
+    of ``scales``: the multi-scale query (:func:`eacnn.retrieval.query.rescale_many`), one scale at a time so that
+    a caller keeps only what it reduces (a running best, or a stack for a few queries)."""
+    for s in scales:
+        read = [rescale_many(p, np.array([s]), xrd, None if masks is None else m)
+                for p, m in zip(patterns, masks if masks is not None else [None] * len(patterns))]
+        yield float(s), _similarities(model, candidates, clean, np.concatenate([y for y, _ in read]),
+                                      np.concatenate([m for _, m in read]))
+
+
 def _refined_ranks(sim: np.ndarray, scale: np.ndarray | None, patterns: np.ndarray, masks: np.ndarray | None,
                    sel: np.ndarray, dataset, rows: np.ndarray, rerank: int, rule) -> np.ndarray:
     """Rank of the true candidate [len(sel)] after refining each selected query's best ``rerank`` candidates
@@ -224,14 +236,9 @@ def robustness_table(methods: dict, dataset, conditions: Sequence[str] = CONDITI
             if condition in multiscale:
                 best = np.full_like(sim, -np.inf)
                 scale = np.ones(sim.shape, np.float32)
-                for s in range(len(SCALES)):
-                    scaled = [rescale_many(p, SCALES[s : s + 1], dataset.config.xrd,
-                                           None if masks is None else m) for p, m in
-                              zip(patterns, masks if masks is not None else [None] * len(patterns))]
-                    ys = np.concatenate([y for y, _ in scaled])
-                    ms = np.concatenate([mm for _, mm in scaled])
-                    at = _similarities(model, cands[name], clean, ys, ms) + scale_prior(SCALES[s : s + 1])[0]
-                    scale[at > best] = SCALES[s]
+                for s, at in scaled_similarities(model, cands[name], clean, patterns, masks, dataset.config.xrd):
+                    at += scale_prior([s])[0]
+                    scale[at > best] = s
                     np.maximum(best, at, out=best)
                 sim = best
                 record(condition, name, "multi-scale", true_rank(best, np.arange(len(rows))))

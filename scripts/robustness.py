@@ -2,14 +2,15 @@
 anisotropic strain, texture, partial scans, impurities, the measurement family training draws from and a held-out
 family it never sees, for search-match, the previous default model and the current one.
 
-    python scripts/robustness.py [--out eacnn/data/robustness.csv] [--previous PATH]
+    python scripts/robustness.py [--out eacnn/data/robustness.csv] [--previous PATH] [--conditions A,B,...]
 
 The test pool is only read here, to report: every setting of the models was chosen on the validation split. Each
 condition's queries are seeded (:func:`eacnn.robustness.condition_queries`) and the same for every method; the
 "multi-scale" rows read each query at the lattice scales 0.96–1.04 (:data:`eacnn.retrieval.query.SCALES`); the
 "search" rows answer as ``eacnn search`` does (multi-scale, then the best ten refined and re-ranked) for 1,000 seeded
 queries of each condition, the whole test split still the pool. The previous default is scored as measured only (a
-reference for what the training changed). About an hour on one core once the data set is cached.
+reference for what the training changed). About an hour on one core once the data set is cached; on two cores, run
+two halves of the conditions side by side (``--conditions``, each to its own ``--out``) and concatenate them.
 """
 
 from __future__ import annotations
@@ -36,14 +37,20 @@ def main() -> None:
     parser.add_argument("--previous", default=str(DATA_DIR / "checkpoints" / "previous.pt"),
                         help="the previous default model, reported beside the current one (skipped when missing)")
     parser.add_argument("--refine-queries", type=int, default=1000, help="queries per condition of the search rows")
+    parser.add_argument("--conditions", help="a comma-separated subset of the conditions (default: all)")
     args = parser.parse_args()
+    conditions = CONDITIONS if not args.conditions else tuple(c.strip() for c in args.conditions.split(","))
+    unknown = sorted(set(conditions) - set(CONDITIONS))
+    if unknown:
+        parser.error(f"unknown condition(s) {unknown}; choose from {list(CONDITIONS)}")
     torch.set_flush_denormal(True)
     t0 = time.perf_counter()
     methods = {"search-match": None, "eacnn (current default)": load_pretrained(DEFAULT_CHECKPOINT)}
     if Path(args.previous).is_file():
         methods["eacnn (previous default)"] = load_pretrained(args.previous)
     ds = build_dataset(Config.cpu(), progress=True)
-    table = robustness_table(methods, ds, multiscale=MULTISCALE, refined=CONDITIONS, refine_queries=args.refine_queries,
+    table = robustness_table(methods, ds, conditions, multiscale=MULTISCALE, refined=conditions,
+                             refine_queries=args.refine_queries,
                              as_measured_only=("eacnn (previous default)",))
     table.to_csv(args.out, index=False, float_format="%.2f")
     print(table.pivot_table(index=["condition", "query"], columns="method", values="top1").round(2).to_string())

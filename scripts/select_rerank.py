@@ -1,23 +1,28 @@
-"""Choose how ``eacnn search`` ranks: its re-ranking rule for the refined candidates
-(:data:`eacnn.retrieval.identify.RERANK`) and the multi-scale query's prior on the lattice mismatch
-(:data:`eacnn.retrieval.query.SCALE_PENALTY`), on the validation split only.
+"""Choose how ``eacnn search`` ranks, and which trained checkpoint ships, on the validation split only.
 
-    python scripts/select_rerank.py [--queries 400]
+    python scripts/select_rerank.py [--queries 400]                       # the rule, for the shipped model
+    python scripts/select_rerank.py --checkpoints A.pt B.pt ... [--queries 400]   # the model, for the shipped rule
 
 For seven query conditions of :mod:`eacnn.robustness` (clean, iso −2 %, iso +1 %, anisotropic 1.5 %, texture, the
 training measurement family, the held-out family), each of ``--queries`` validation structures is read at the lattice
-scales of the multi-scale query and compared, by the shipped model, with a pool as large as the test split (the
-validation and training structures, 9,047 in the cpu profile: among 905 look-alikes are ten times rarer than among
-the 9,046 test structures). Each candidate keeps its best similarity over the scales less ``penalty`` per 1 % of
-scale away from 1; the best ten are refined (:func:`eacnn.retrieval.identify.refine`) and re-ranked by each rule of
-:data:`SCORES`. Prints Top-1 per (condition, penalty, rule) and the mean over conditions; the best mean is the
-default. About 10 minutes on 2 cores. (Search-match re-ranks by the agreement alone: its similarity is the unrefined
-cosine of the same pattern, which the refined one supersedes.)
+scales of the multi-scale query and compared, by a model, with a pool as large as the test split (the validation and
+training structures, 9,047 in the cpu profile: among 905 look-alikes are ten times rarer than among the 9,046 test
+structures). Each candidate keeps its best similarity over the scales less ``penalty`` per 1 % of scale away from 1;
+the best ten are refined (:func:`eacnn.retrieval.identify.refine`) and re-ranked by a rule of
+:func:`eacnn.retrieval.identify.rerank_score`: Top-1 as ``eacnn search`` answers.
+
+Without ``--checkpoints`` the shipped model is scored under every (penalty, rule) of :data:`PENALTIES` ×
+:data:`SCORES` (the re-ranking rule and the mismatch prior: :data:`eacnn.retrieval.identify.RERANK`,
+:data:`eacnn.retrieval.query.SCALE_PENALTY`); about 15 minutes on 2 cores. With ``--checkpoints`` each checkpoint is
+scored under the shipped rule and prior (about 5 minutes each): the epoch that ships. Either way the best mean over
+the conditions wins. (Search-match re-ranks by the agreement alone: its similarity is the unrefined cosine of the same
+pattern, which the refined one supersedes.)
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -30,60 +35,72 @@ SCORES = (("linear", 0.5), ("linear", 0.75), ("linear", 1.0), ("likelihood", 0.0
           ("likelihood", 0.02), ("likelihood", 0.04))
 
 
-def main() -> None:
-    import torch
-
-    from eacnn.config import Config
-    from eacnn.datasets.dataset import build_dataset
-    from eacnn.retrieval.identify import refine, rerank_score
-    from eacnn.retrieval.query import SCALES, rescale_many, scale_prior
-    from eacnn.robustness import _similarities, condition_queries
+def search_top1(model, ds, n_queries: int, penalties, rules, label: str = "") -> list[dict]:
+    """Top-1 (percent) of ``n_queries`` seeded validation queries per condition, penalty and rule, the validation and
+    training structures the pool, answered as ``eacnn search`` does with ``model``."""
     from eacnn.retrieval.embed import embed_dataset
-    from eacnn.training.checkpoint import DEFAULT_CHECKPOINT, load_pretrained
+    from eacnn.retrieval.identify import refine, rerank_score
+    from eacnn.retrieval.query import SCALES, scale_prior
+    from eacnn.robustness import condition_queries, scaled_similarities
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--queries", type=int, default=400)
-    args = parser.parse_args()
-    torch.set_flush_denormal(True)
-    ds = build_dataset(Config.cpu(), progress=False)
     val = ds.indices("val")
     pool = np.concatenate([val, ds.indices("train")])  # queries are the first len(val) rows of the pool
-    sel = np.random.default_rng(1).permutation(len(val))[: args.queries]
+    sel = np.random.default_rng(1).permutation(len(val))[:n_queries]
     clean = ds.vectors[pool].astype(np.float32)
-    model = load_pretrained(DEFAULT_CHECKPOINT)
     emb = np.concatenate([embed_dataset(model, ds, split, levels=(0,), progress=False).structures
                           for split in ("val", "train")])
     records = []
     for condition in CONDITIONS:
         patterns, masks = condition_queries(ds, val[sel], condition, seed=7)
-        sims = []
-        for s in SCALES:  # [q, n] at each scale
-            read = [rescale_many(p, np.array([s]), ds.config.xrd, None if masks is None else mk)
-                    for p, mk in zip(patterns, masks if masks is not None else [None] * len(patterns))]
-            sims.append(_similarities(model, emb, clean, np.concatenate([y for y, _ in read]),
-                                      np.concatenate([mk for _, mk in read])))
-        sims = np.stack(sims, axis=1)  # [q, S, n]
-        for penalty in PENALTIES:
+        sims = np.stack([sim for _, sim in scaled_similarities(model, emb, clean, patterns, masks, ds.config.xrd)],
+                        axis=1)  # [q, S, n]
+        for penalty in penalties:
             at = sims + scale_prior(SCALES, penalty)[None, :, None]
             j = at.argmax(axis=1)  # [q, n] the best scale of each candidate
             best = np.take_along_axis(at, j[:, None], axis=1)[:, 0]  # [q, n]
-            hits = {rule: [] for rule in SCORES}
+            hits = {rule: [] for rule in rules}
             for k, q in enumerate(sel):
                 top = np.argsort(-best[k], kind="stable")[:10]
                 agree = refine(patterns[k], None if masks is None else masks[k], pool[top], ds.sticks,
                                ds.config.xrd, SCALES[j[k, top]])["agreement"].to_numpy()
-                for rule in SCORES:
+                for rule in rules:
                     hits[rule].append(top[np.argmax(rerank_score(agree, best[k, top], rule))] == q)
-            for rule in SCORES:
-                records.append({"condition": condition, "penalty": penalty, "rule": f"{rule[0]} {rule[1]:g}",
-                                "top1": 100 * np.mean(hits[rule])})
-            print(condition, penalty, {f"{r[0]} {r[1]:g}": round(100 * np.mean(h), 1) for r, h in hits.items()},
-                  flush=True)
-    table = pd.DataFrame(records).pivot_table(index="condition", columns=["penalty", "rule"], values="top1")
+            for rule in rules:
+                records.append({"model": label, "condition": condition, "penalty": penalty,
+                                "rule": f"{rule[0]} {rule[1]:g}", "top1": 100 * np.mean(hits[rule])})
+            print(label, condition, penalty, {f"{r[0]} {r[1]:g}": round(100 * np.mean(h), 1)
+                                              for r, h in hits.items()}, flush=True)
+    return records
+
+
+def main() -> None:
+    import torch
+
+    from eacnn.config import Config
+    from eacnn.datasets.dataset import build_dataset
+    from eacnn.retrieval.identify import RERANK
+    from eacnn.retrieval.query import SCALE_PENALTY
+    from eacnn.training.checkpoint import DEFAULT_CHECKPOINT, load_pretrained
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--queries", type=int, default=400)
+    parser.add_argument("--checkpoints", nargs="+", help="compare these checkpoints under the shipped rule")
+    args = parser.parse_args()
+    torch.set_flush_denormal(True)
+    ds = build_dataset(Config.cpu(), progress=False)
+    if args.checkpoints:
+        records = []
+        for path in args.checkpoints:
+            records += search_top1(load_pretrained(path), ds, args.queries, (SCALE_PENALTY,), (RERANK,),
+                                   Path(path).stem)
+        table = pd.DataFrame(records).pivot_table(index="condition", columns="model", values="top1")
+    else:
+        records = search_top1(load_pretrained(DEFAULT_CHECKPOINT), ds, args.queries, PENALTIES, SCORES)
+        table = pd.DataFrame(records).pivot_table(index="condition", columns=["penalty", "rule"], values="top1")
     print(table.round(1).T.to_string())
     means = table.mean()
     print("mean over conditions:\n" + means.round(2).to_string())
-    print(f"best (penalty, rule): {means.idxmax()}")
+    print(f"best: {means.idxmax()}")
 
 
 if __name__ == "__main__":
