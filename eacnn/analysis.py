@@ -442,8 +442,11 @@ def perturbed_examples(dataset, row: int, levels=(1, 2, 3), seed: int = 0) -> di
 
 
 def best_epoch(log: pd.DataFrame) -> pd.Series:
-    """The row of a training log that selection kept: the best ``val_score`` (mean of clean and perturbed
-    validation Top-1) where the log has one, else the best clean ``val_top1`` (logs of the earlier protocol)."""
+    """The row of a training log that selection kept: the row marked ``kept`` in a shipped log (the epoch chosen
+    after training, :func:`eacnn.training.checkpoint.export_checkpoint`), else the best ``val_score`` (mean of clean
+    and perturbed validation Top-1) where the log has one, else the best clean ``val_top1`` (earlier logs)."""
+    if "kept" in log and (log["kept"].fillna(0) == 1).sum() == 1:
+        return log.loc[(log["kept"].fillna(0) == 1).idxmax()]
     score = log["val_score"] if "val_score" in log and log["val_score"].notna().any() else log["val_top1"]
     return log.loc[score.idxmax()]
 

@@ -212,6 +212,8 @@ def test_best_epoch_prefers_the_selection_score():
     log = _log(val_score=[0.1, 0.2, 0.6, 0.5], val_top1_perturbed=[0.0, 0.1, 0.8, 0.5], val_pool=[99, 99, 99, 99])
     assert analysis.best_epoch(log)["epoch"] == 3
     assert analysis.best_epoch(_log())["epoch"] == 4  # older logs: the best clean Top-1
+    # a shipped log marks the epoch chosen after training, whatever the in-training score says
+    assert analysis.best_epoch(_log(val_score=[0.1, 0.2, 0.6, 0.5], kept=[0, 1, 0, 0]))["epoch"] == 2
     assert analysis.validation_pool(log, 10) == 99 and analysis.validation_pool(_log(), 10) == 10
     summary = analysis.training_summary({"new": log, "old": _log()}, n_val=10)
     assert summary.loc["new"].to_dict() == pytest.approx({

@@ -358,10 +358,30 @@ def test_early_stopping_on_validation_top1(data, tmp_path, monkeypatch):
     assert torch.load(result.best_path, weights_only=True)["epoch"] == 0
 
 
+def test_export_ships_any_epoch_with_the_whole_log_and_marks_it(trained, tmp_path):
+    from eacnn.analysis import best_epoch
+    from eacnn.training.checkpoint import export_checkpoint, load_checkpoint, save_checkpoint
+
+    _, result = trained
+    first = load_checkpoint(result.run_dir / "last.pt")
+    first["epoch"], first["history"] = 0, first["history"][:1]  # as if copied after the first epoch
+    src = result.run_dir / "epoch_1.pt"
+    save_checkpoint(src, first)
+    try:
+        dst = export_checkpoint(src, tmp_path / "shipped.pt")
+    finally:
+        src.unlink()
+    log = pd.read_csv(tmp_path / "shipped_log.csv")
+    assert list(log["epoch"]) == [1, 2] and list(log["kept"]) == [1, 0]  # the run's whole history
+    assert int(best_epoch(log)["epoch"]) == 1 and int(load_checkpoint(dst)["epoch"]) == 0
+    assert "optimizer" not in load_checkpoint(dst)
+
+
 @pytest.mark.parametrize("kind", ["eacnn", "paper"])
 def test_shipped_checkpoints_load_safely_and_match_their_logs(kind):
     """The shipped models load with weights_only=True; the default is exactly what `eacnn train --profile cpu`
     trains (same config), and each log's selected epoch is the checkpoint's."""
+    from eacnn.analysis import best_epoch
     from eacnn.training.checkpoint import SHIPPED, config_mismatch, load_checkpoint, load_pretrained
 
     ckpt = load_checkpoint(SHIPPED[kind])
@@ -369,6 +389,6 @@ def test_shipped_checkpoints_load_safely_and_match_their_logs(kind):
     assert int(ckpt["epoch"]) + 1 in set(log["epoch"])
     if kind == "eacnn":
         assert config_mismatch(ckpt["config"], Config.cpu().to_dict()) == []
-        assert int(log.loc[log["val_score"].idxmax(), "epoch"]) == int(ckpt["epoch"]) + 1
+        assert int(best_epoch(log)["epoch"]) == int(ckpt["epoch"]) + 1
     model = load_pretrained(SHIPPED[kind])
     assert model.model_config.kind == kind

@@ -188,7 +188,9 @@ SHIPPED = {"eacnn": DATA_DIR / "checkpoints" / "default.pt", "paper": DATA_DIR /
 def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
     """Write a slim copy of a training checkpoint for shipping: weights, config, versions, data key and the
     training history — no optimizer, scheduler or scaler state (a third of the size). Also writes
-    ``<dst stem>.json`` (the resolved config) and ``<dst stem>_log.csv`` (one row per epoch) beside it."""
+    ``<dst stem>.json`` (the resolved config) and ``<dst stem>_log.csv`` (one row per epoch of the whole run, ``kept``
+    = 1 on the epoch ``src`` holds) beside it. ``src`` may be any epoch's checkpoint of a run: the history comes
+    from the run's ``last.pt`` beside it when there is one."""
     import json
 
     import pandas as pd
@@ -204,5 +206,6 @@ def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
     save_checkpoint(dst, slim)
     atomic_write_bytes(dst.with_suffix(".json"), json.dumps(slim["config"], indent=2, sort_keys=True).encode())
     history = pd.DataFrame(slim.get("history", []), columns=LOG_COLUMNS)
+    history["kept"] = (history["epoch"] == int(slim["epoch"]) + 1).astype(int)  # the epoch that ships
     atomic_write_bytes(dst.with_name(dst.stem + "_log.csv"), history.to_csv(index=False).encode())
     return dst
