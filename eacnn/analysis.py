@@ -50,6 +50,7 @@ __all__ = [
     "training_summary",
     "ablation_table",
     "ablation_highlights",
+    "epoch_search_table",
     "model_sizes",
     "embedding_spaces",
     "crystal_system_separation",
@@ -491,6 +492,25 @@ def ablation_highlights(ablation: pd.DataFrame) -> dict:
     return {"epochs": int(ablation["epochs"].iloc[0]), "best": best["structure tower"],
             "paper_clean": float(paper["val Top-1 clean (%)"]), "best_clean": float(best["val Top-1 clean (%)"]),
             "best_moderate": float(best["val Top-1 moderate (%)"])}
+
+
+def epoch_search_table(path=None) -> pd.DataFrame:
+    """Top-1 (percent) as ``eacnn search`` answers, per validation condition (rows, then their ``mean``) and per
+    epoch of a run trained without early stopping (columns: the epoch number, or the checkpoint's name when it is
+    not ``epoch_N``): ``eacnn/data/epochs.csv``, written by ``scripts/select_rerank.py --checkpoints ... --out``.
+    An empty DataFrame when the file is absent."""
+    path = DATA_DIR / "epochs.csv" if path is None else path
+    if not Path(path).is_file():
+        return pd.DataFrame()
+    records = pd.read_csv(path)
+    order = list(dict.fromkeys(records["condition"]))
+    names = list(dict.fromkeys(records["model"]))
+    table = records.pivot_table(index="condition", columns="model", values="top1").loc[order, names]
+    table.loc["mean"] = table.mean()
+    table.columns = [int(c.split("_")[1]) if str(c).startswith("epoch_") and str(c).split("_")[1].isdigit()
+                     else c for c in table.columns]
+    table.columns.name = "epoch"
+    return table
 
 
 def model_sizes(models: dict) -> pd.DataFrame:

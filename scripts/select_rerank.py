@@ -35,9 +35,9 @@ SCORES = (("linear", 0.5), ("linear", 0.75), ("linear", 1.0), ("likelihood", 0.0
           ("likelihood", 0.02), ("likelihood", 0.04))
 
 
-def search_top1(model, ds, n_queries: int, penalties, rules, label: str = "") -> list[dict]:
+def search_top1(model, ds, n_queries: int, penalties, rules, label: str = "", rerank: int = 10) -> list[dict]:
     """Top-1 (percent) of ``n_queries`` seeded validation queries per condition, penalty and rule, the validation and
-    training structures the pool, answered as ``eacnn search`` does with ``model``."""
+    training structures the pool, answered as ``eacnn search`` does with ``model`` (its best ``rerank`` refined)."""
     from eacnn.retrieval.embed import embed_dataset
     from eacnn.retrieval.identify import refine, rerank_score
     from eacnn.retrieval.query import SCALES, scale_prior
@@ -60,7 +60,7 @@ def search_top1(model, ds, n_queries: int, penalties, rules, label: str = "") ->
             best = np.take_along_axis(at, j[:, None], axis=1)[:, 0]  # [q, n]
             hits = {rule: [] for rule in rules}
             for k, q in enumerate(sel):
-                top = np.argsort(-best[k], kind="stable")[:10]
+                top = np.argsort(-best[k], kind="stable")[:rerank]
                 agree = refine(patterns[k], None if masks is None else masks[k], pool[top], ds.sticks,
                                ds.config.xrd, SCALES[j[k, top]])["agreement"].to_numpy()
                 for rule in rules:
@@ -85,6 +85,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--queries", type=int, default=400)
     parser.add_argument("--checkpoints", nargs="+", help="compare these checkpoints under the shipped rule")
+    parser.add_argument("--rerank", type=int, default=10, help="candidates refined per query (eacnn search's --rerank)")
+    parser.add_argument("--out", help="also write the per-condition Top-1 table here (CSV)")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     ds = build_dataset(Config.cpu(), progress=False)
@@ -92,12 +94,15 @@ def main() -> None:
         records = []
         for path in args.checkpoints:
             records += search_top1(load_pretrained(path), ds, args.queries, (SCALE_PENALTY,), (RERANK,),
-                                   Path(path).stem)
+                                   Path(path).stem, args.rerank)
         table = pd.DataFrame(records).pivot_table(index="condition", columns="model", values="top1")
     else:
-        records = search_top1(load_pretrained(DEFAULT_CHECKPOINT), ds, args.queries, PENALTIES, SCORES)
+        records = search_top1(load_pretrained(DEFAULT_CHECKPOINT), ds, args.queries, PENALTIES, SCORES,
+                              rerank=args.rerank)
         table = pd.DataFrame(records).pivot_table(index="condition", columns=["penalty", "rule"], values="top1")
     print(table.round(1).T.to_string())
+    if args.out:
+        pd.DataFrame(records).to_csv(args.out, index=False, float_format="%.2f")
     means = table.mean()
     print("mean over conditions:\n" + means.round(2).to_string())
     print(f"best: {means.idxmax()}")

@@ -512,3 +512,15 @@ def test_phase_in_needs_formula_and_space_group():
     db = SimpleNamespace(labels=pd.DataFrame({"formula": ["Mn1 O1", "Ti2 O4"], "spacegroup_symbol": ["P6_3mc", "C2/c"]}))
     assert phase_in(db, "MnO", "P6_3mc") and phase_in(db, "TiO2", "C2/c")
     assert not phase_in(db, "MnO", "Fm-3m") and not phase_in(db, "Mn2O3", "P6_3mc")
+
+
+def test_epoch_search_table_orders_conditions_and_adds_the_mean(tmp_path):
+    rows = [{"model": m, "condition": c, "penalty": 0.01, "rule": "likelihood 0.04", "top1": v}
+            for m, vals in (("epoch_3", (100.0, 80.0)), ("epoch_16", (98.0, 86.0)), ("avg", (99.0, 84.0)))
+            for c, v in zip(("clean", "aniso 1.5 %"), vals)]
+    path = tmp_path / "epochs.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    table = analysis.epoch_search_table(path)
+    assert list(table.index) == ["clean", "aniso 1.5 %", "mean"] and list(table.columns) == [3, 16, "avg"]
+    assert table.loc["mean", 3] == 90.0 and table.loc["mean", 16] == 92.0 and table.loc["aniso 1.5 %", "avg"] == 84.0
+    assert analysis.epoch_search_table(tmp_path / "missing.csv").empty

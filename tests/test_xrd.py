@@ -415,3 +415,29 @@ def test_no_reflection_in_range():
         XRDSimulator(XRDConfig(two_theta_max=20.0)).vector(tiny)
     with pytest.raises(NoReflectionsError, match="9.9"):
         XRDSimulator(XRDConfig(wavelength=9.9)).vector(_cubic("Cu", "Fm-3m", 3.615))
+
+
+def test_plain_array_structures_simulate_exactly_like_pymatgen_ones():
+    """The (lattice, species, fractional coordinates) form the database uses for 18,093 table rows: the same
+    vectors and sticks as the pymatgen Structure, for an ordered and a partially occupied cell; bad input is named."""
+    from pymatgen.core import Lattice, Structure
+
+    from eacnn.errors import StructureError
+    from eacnn.physics.xrd import simulate_batch
+
+    lattice = [[4.2, 0.0, 0.0], [0.0, 4.2, 0.0], [0.0, 0.0, 4.2]]
+    species = [["Mn", "Mn", "Mn", "Mn", "O", "O", "O", "O"], [{"Fe": 0.5, "Ni": 0.5}, "O"]]
+    coords = [[[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5], [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5],
+               [0.5, 0.5, 0.5]], [[0, 0, 0], [0.5, 0.5, 0.5]]]
+    plain = [(lattice, sp, xyz) for sp, xyz in zip(species, coords)]
+    pmg = [Structure(Lattice(lattice), sp, xyz) for sp, xyz in zip(species, coords)]
+    a, b = simulate_batch(pmg, progress=False), simulate_batch(plain, progress=False)
+    assert not a.failures and not b.failures
+    np.testing.assert_array_equal(a.vectors, b.vectors)
+    for i in range(2):
+        np.testing.assert_array_equal(a.stick_two_theta[i], b.stick_two_theta[i])
+        np.testing.assert_array_equal(a.stick_intensity[i], b.stick_intensity[i])
+    bad = simulate_batch([(lattice, ["Mn", "O"], [[0, 0, 0]]), (lattice, ["Qq"], [[0, 0, 0]])], progress=False,
+                         ids=["short", "unknown"])
+    assert isinstance(bad.failures[0], StructureError) and "2 species for 1 sites" in str(bad.failures[0])
+    assert "Qq" in str(bad.failures[1])

@@ -51,6 +51,7 @@ __all__ = [
     "CifFolder",
     "load_embedded",
     "row_to_structure",
+    "row_arrays",
     "embedded_structures",
     "structure_to_row",
     "table_from_structures",
@@ -105,6 +106,15 @@ def row_to_structure(row) -> "Structure":  # noqa: F821
         )
     except (ValueError, KeyError, TypeError) as err:
         raise StructureError(f"row {row.get('material_id', '?')!r} cannot be rebuilt: {err}") from err
+
+
+def row_arrays(row) -> tuple[list, list, list]:
+    """One row of a structure table as the plain (lattice [3, 3] Å, species [N], fractional coordinates [N, 3]) that
+    the XRD simulator reads (:func:`eacnn.physics.xrd.simulate_batch`) without a pymatgen ``Structure``."""
+    try:
+        return json.loads(row["lattice_matrix"]), json.loads(row["species"]), json.loads(row["frac_coords"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise StructureError(f"row {row.get('material_id', '?')!r} cannot be read: {err}") from err
 
 
 def embedded_structures(split: str | None = None, limit: int = 0) -> tuple[pd.DataFrame, list]:

@@ -116,17 +116,31 @@ class _Crystal:
 
 
 def _as_crystal(structure, label: str = "structure") -> _Crystal:
-    """Check a pymatgen Structure and unpack it; errors name the structure and the bad value."""
+    """Check a pymatgen Structure, or a structure as plain arrays, and unpack it; errors name the structure and the
+    bad value.
+
+    The plain form is the tuple (lattice [3, 3] rows a, b, c in Å, species [N], fractional coordinates [N, 3]), each
+    species an element symbol or {symbol: occupancy}, as a structure table row stores them
+    (:mod:`eacnn.datasets.structures`): simulating thousands of table rows then skips building pymatgen objects.
+    """
     index = _scattering_table()[0]
-    if not (hasattr(structure, "lattice") and hasattr(structure, "sites")):
+    if isinstance(structure, tuple) and len(structure) == 3:
+        matrix, species, coords = structure
+        sites = [({sp: 1.0} if isinstance(sp, str) else dict(sp), xyz) for sp, xyz in zip(species, coords)]
+        if len(species) != len(coords):
+            raise StructureError(f"{label}: {len(species)} species for {len(coords)} sites")
+    elif hasattr(structure, "lattice") and hasattr(structure, "sites"):
+        matrix = structure.lattice.matrix
+        sites = [(site.species, site.frac_coords) for site in structure]
+    else:
         hint = " (a file name? read it first with eacnn.read_cif)" if isinstance(structure, (str, Path)) else ""
         raise StructureError(f"{label}: expected a pymatgen Structure, got {type(structure).__name__} "
                              f"{str(structure)[:80]!r}{hint}")
-    if len(structure) == 0:
+    if len(sites) == 0:
         raise StructureError(f"{label}: the structure has no sites")
     frac, occupancy, elements = [], {}, {}  # occupancy: (site, local element) -> occ; elements: table row -> local
-    for i, site in enumerate(structure):
-        for sp, occu in site.species.items():
+    for i, (species, xyz) in enumerate(sites):
+        for sp, occu in species.items():
             symbol = sp.symbol if hasattr(sp, "symbol") else str(sp)  # Fe2+ -> "Fe"; DummySpecies -> "X"
             if symbol not in index:
                 raise UnknownElementError(
@@ -134,8 +148,8 @@ def _as_crystal(structure, label: str = "structure") -> _Crystal:
                 )
             key = (i, elements.setdefault(index[symbol], len(elements)))
             occupancy[key] = occupancy.get(key, 0.0) + occu  # Fe2+ and Fe3+ on one site both scatter as Fe
-        frac.append(site.frac_coords)
-    metric, lengths, volume = _cell(structure.lattice.matrix, label)
+        frac.append(xyz)
+    metric, lengths, volume = _cell(matrix, label)
     frac_arr = np.array(frac, dtype=np.float64)
     if not math.isfinite(frac_arr.sum()):  # one cheap test; the details only when it fails
         bad = int(np.flatnonzero(~np.isfinite(frac_arr).all(axis=1))[0])
@@ -773,7 +787,8 @@ def simulate_batch(
     """Vectors and sticks of many structures; failures are collected with their reasons, not raised.
 
     Args:
-        structures: pymatgen Structures.
+        structures: pymatgen Structures, or structures as plain (lattice, species, fractional coordinates) tuples
+            (:func:`_as_crystal`).
         config: XRD settings; the paper's when None.
         n_jobs: worker processes (1 = in this process; -1 = all cores).
         chunk_size: most structures per vectorised batch.
