@@ -1,7 +1,7 @@
 """Choose how ``eacnn search`` ranks, and which trained checkpoint ships, on the validation split only.
 
     python scripts/select_rerank.py [--queries 400]                       # the rule, for the shipped model
-    python scripts/select_rerank.py --checkpoints A.pt B.pt ... [--queries 400]   # the model, for the shipped rule
+    python scripts/select_rerank.py --checkpoints A.pt B.pt ... [--out epochs.csv]  # the model, for the shipped rule
 
 For seven query conditions of :mod:`eacnn.robustness` (clean, iso −2 %, iso +1 %, anisotropic 1.5 %, texture, the
 training measurement family, the held-out family), each of ``--queries`` validation structures is read at the lattice
@@ -14,8 +14,9 @@ the best ten are refined (:func:`eacnn.retrieval.identify.refine`) and re-ranked
 Without ``--checkpoints`` the shipped model is scored under every (penalty, rule) of :data:`PENALTIES` ×
 :data:`SCORES` (the re-ranking rule and the mismatch prior: :data:`eacnn.retrieval.identify.RERANK`,
 :data:`eacnn.retrieval.query.SCALE_PENALTY`); about 15 minutes on 2 cores. With ``--checkpoints`` each checkpoint is
-scored under the shipped rule and prior (about 5 minutes each): the epoch that ships. Either way the best mean over
-the conditions wins. (Search-match re-ranks by the agreement alone: its similarity is the unrefined cosine of the same
+scored under the shipped rule and prior (about 5 minutes each on one core): the epoch that ships; chapter 4 shows
+``eacnn/data/epochs.csv``, written this way for the epochs of a run trained without early stopping. Either way the
+best mean over the conditions wins; ``--rerank N`` refines N candidates instead of ten. (Search-match re-ranks by the agreement alone: its similarity is the unrefined cosine of the same
 pattern, which the refined one supersedes.)
 """
 
