@@ -441,3 +441,16 @@ def test_plain_array_structures_simulate_exactly_like_pymatgen_ones():
                          ids=["short", "unknown"])
     assert isinstance(bad.failures[0], StructureError) and "2 species for 1 sites" in str(bad.failures[0])
     assert "Qq" in str(bad.failures[1])
+
+
+def test_sticks_are_split_linearly_between_two_grid_points_and_kept_on_the_grid():
+    """The one deposit the simulator, refinement and the mixture fit share (eacnn.physics.profile)."""
+    from eacnn.physics.profile import deposit_matrix, split_on_grid
+
+    i0, w1 = split_on_grid(np.array([2.25, 0.0, -3.0, 9.5, 42.0]), 10)
+    assert i0.tolist() == [2, 0, 0, 8, 8] and w1.tolist() == [0.25, 0.0, 0.0, 1.0, 1.0]
+    # two variants of two sticks (areas 1 and 2) on a grid from 10° in 0.1° steps
+    dep = deposit_matrix(np.array([[10.05, 10.3], [10.3, 10.3]]), np.array([1.0, 2.0]), 10.0, 0.1, 8).toarray()
+    np.testing.assert_allclose(dep[0], [0.5, 0.5, 0, 2.0, 0, 0, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(dep[1], [0, 0, 0, 3.0, 0, 0, 0, 0], atol=1e-6)  # coinciding sticks add up
+    np.testing.assert_allclose(dep.sum(axis=1), [3.0, 3.0], rtol=1e-6)  # the area is kept

@@ -66,7 +66,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 from scipy.optimize import nnls
 from threadpoolctl import threadpool_limits
 
@@ -75,7 +74,7 @@ from eacnn.datasets.structures import load_embedded, read_cif, row_to_structure
 from eacnn.errors import ConfigError, EACNNError, PatternError
 from eacnn.physics.measurement import CU_KALPHA2
 from eacnn.physics.perturb import bragg_shift
-from eacnn.physics.profile import bin_kernel
+from eacnn.physics.profile import bin_kernel, deposit_matrix
 from eacnn.retrieval.identify import identify
 from eacnn.retrieval.query import rescale_many
 
@@ -202,7 +201,7 @@ def profile_grid(two_theta: np.ndarray, area: np.ndarray, strains: np.ndarray, s
     ``kalpha2``: area ratio of a Cu Kα2 copy of every reflection (its d-spacings read at λ(Kα2), i.e. a strain of
     (1 + ε) λ₁/λ₂ − 1, then the same zero shift). Without it, the same numbers as
     :func:`eacnn.retrieval.identify._profiles`, through a sparse deposit matrix (two entries per reflection and
-    variant), so a grid of hundreds of variants costs milliseconds.
+    variant: :func:`eacnn.physics.profile.deposit_matrix`), so a grid of hundreds of variants costs milliseconds.
     """
     lo, kernel = _kernel(xrd, float(width))  # [n_fine, n_bins]
     strains, shifts = np.asarray(strains, np.float64)[:, None], np.asarray(shifts, np.float64)[:, None]
@@ -211,14 +210,7 @@ def profile_grid(two_theta: np.ndarray, area: np.ndarray, strains: np.ndarray, s
         second = bragg_shift(two_theta[None, :], (1 + strains) * xrd.wavelength / CU_KALPHA2 - 1, shifts,
                              xrd.wavelength)
         pos, area = np.concatenate([pos, second], axis=1), np.concatenate([area, kalpha2 * area])  # [V, 2p], [2p]
-    x = (pos - lo) / FINE
-    i0 = np.clip(np.floor(x).astype(np.int64), 0, kernel.shape[0] - 2)
-    w1 = np.clip(x - i0, 0.0, 1.0)
-    v, p = pos.shape
-    rows = np.repeat(np.arange(v), 2 * p)
-    cols = np.stack([i0, i0 + 1], axis=-1).ravel()
-    vals = np.stack([area[None, :] * (1 - w1), area[None, :] * w1], axis=-1).ravel()
-    dep = sparse.csr_matrix((vals, (rows, cols)), shape=(v, kernel.shape[0]))  # duplicates are summed
+    dep = deposit_matrix(pos, area, lo, FINE, kernel.shape[0], dtype=np.float64)  # [V, n_fine]
     return np.asarray(dep @ kernel, dtype=np.float64)
 
 

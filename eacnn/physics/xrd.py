@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from eacnn.config import XRDConfig
 from eacnn.errors import ConfigError, NoReflectionsError, StructureError, UnknownElementError
-from eacnn.physics.profile import bin_kernel, bin_profile
+from eacnn.physics.profile import bin_kernel, bin_profile, split_on_grid
 
 log = logging.getLogger(__name__)
 
@@ -405,12 +405,10 @@ def _deposit(two_theta: np.ndarray, area: np.ndarray, cfg: XRDConfig) -> tuple[n
     two per stick in stick order.
     """
     lo, kernel = _kernel(cfg.two_theta_min, cfg.two_theta_max, cfg.step, cfg.fwhm, cfg.eta, cfg.fine_step, _pad(cfg))
-    pos = (two_theta - lo) / cfg.fine_step  # [p] position on the fine grid, >= 0 up to rounding
-    i0 = np.minimum(pos.astype(np.int64), kernel.shape[0] - 2)  # [p] floor (truncation of pos >= 0)
-    w1 = np.minimum(np.maximum(pos - i0, 0.0), 1.0)  # [p] share of the upper point
-    cols = np.empty((len(pos), 2), dtype=np.int64)  # [p, 2]
+    i0, w1 = split_on_grid((two_theta - lo) / cfg.fine_step, kernel.shape[0])  # [p] lower point, upper share
+    cols = np.empty((len(i0), 2), dtype=np.int64)  # [p, 2]
     cols[:, 0], cols[:, 1] = i0, i0 + 1
-    weights = np.empty((len(pos), 2), dtype=np.float32)  # [p, 2]
+    weights = np.empty((len(i0), 2), dtype=np.float32)  # [p, 2]
     weights[:, 0], weights[:, 1] = area * (1.0 - w1), area * w1
     return kernel, cols.ravel(), weights.ravel()
 
