@@ -2,7 +2,7 @@
 
     eacnn simulate STRUCTURE.cif [--wavelength Cu|Å] [--plot out.png] [--json]   the 140-bin pattern of a structure
     eacnn build [--profile P] [--set KEY=VALUE]...          build (or load) the cached data set
-    eacnn train [--profile P] [--set KEY=VALUE]... [--run-dir D]   train; resumes D
+    eacnn train [--profile P] [--set KEY=VALUE]... [--run-dir D] [--keep-epochs]   train; resumes D
     eacnn search PATTERN... [--database D]... [--wavelength Cu|Å] [--elements Mn,O] [--top N] [--rerank N]
                  [--phases auto|N] [--plot fit.pdf] [--json]   identify patterns and their phases (files, folders, globs)
     eacnn database build SOURCE... --out DIR [--checkpoint C]   save a search database
@@ -286,7 +286,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"space-group classifier: best epoch {int(best.epoch)}, validation accuracy {100 * best.val_acc:.2f} % "
               f"(perturbed {100 * best.val_acc_perturbed:.2f} %); checkpoint {out}")
         return 0
-    result = fit(cfg, ds, run_dir=args.run_dir, resume=not args.fresh)
+    result = fit(cfg, ds, run_dir=args.run_dir, resume=not args.fresh, keep_epochs=args.keep_epochs)
     print(f"best validation Top-1 {100 * result.best_top1:.2f} % (selection score {100 * result.best_score:.2f} %); "
           f"checkpoint {result.best_path}")
     return 0
@@ -575,6 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. model.kind=paper")
     p.add_argument("--run-dir", type=_run_dir, help="run folder (default: under $EACNN_RUNS, named by config and data)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing last.pt instead of resuming")
+    p.add_argument("--keep-epochs", action="store_true",
+                   help="also keep each epoch's checkpoint as epoch_N.pt in the run folder (to score them afterwards)")
     p.add_argument("--classifier", metavar="FILE", type=_output,
                    help="train the space-group classifier baseline instead (train.epochs epochs) and save it to FILE")
     p.set_defaults(func=_cmd_train)

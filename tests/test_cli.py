@@ -233,3 +233,15 @@ def test_first_search_on_an_empty_cache_then_a_warm_one_without_torch(tmp_path):
     assert warm.returncode == 0, warm.stderr
     assert warm.stderr.strip().splitlines()[-1] == "no torch" and "building" not in warm.stderr
     assert json.loads(warm.stdout)["results"] == json.loads(first.stdout)["results"]
+
+
+@pytest.mark.slow
+def test_train_keeps_each_epoch_when_asked(tmp_path):
+    """`eacnn train --keep-epochs`: every epoch's checkpoint beside last.pt and best.pt, to score afterwards."""
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "eacnn", "train", "--profile", "smoke", "--set", "train.epochs=2",
+                           "--set", "train.max_steps_per_epoch=2", "--run-dir", str(run), "--keep-epochs"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    assert "best validation Top-1" in proc.stdout and "Traceback" not in proc.stderr
+    assert {"epoch_1.pt", "epoch_2.pt", "last.pt", "best.pt"} <= {p.name for p in run.iterdir()}

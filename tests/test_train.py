@@ -190,7 +190,7 @@ def trained(data, tmp_path_factory):
 
     cfg = _cfg()
     run_dir = tmp_path_factory.mktemp("run")
-    return cfg, fit(cfg, data, run_dir=run_dir, progress=False)
+    return cfg, fit(cfg, data, run_dir=run_dir, progress=False, keep_epochs=True)
 
 
 def test_fit_writes_the_run_folder(trained, data):
@@ -360,17 +360,13 @@ def test_early_stopping_on_validation_top1(data, tmp_path, monkeypatch):
 
 def test_export_ships_any_epoch_with_the_whole_log_and_marks_it(trained, tmp_path):
     from eacnn.analysis import best_epoch
-    from eacnn.training.checkpoint import export_checkpoint, load_checkpoint, save_checkpoint
+    from eacnn.training.checkpoint import export_checkpoint, load_checkpoint
 
-    _, result = trained
-    first = load_checkpoint(result.run_dir / "last.pt")
-    first["epoch"], first["history"] = 0, first["history"][:1]  # as if copied after the first epoch
-    src = result.run_dir / "epoch_1.pt"
-    save_checkpoint(src, first)
-    try:
-        dst = export_checkpoint(src, tmp_path / "shipped.pt")
-    finally:
-        src.unlink()
+    _, result = trained  # trained with keep_epochs: epoch_1.pt and epoch_2.pt beside last.pt
+    first, second = (load_checkpoint(result.run_dir / f"epoch_{n}.pt") for n in (1, 2))
+    assert (first["epoch"], second["epoch"]) == (0, 1) and len(first["history"]) == 1
+    assert any(not torch.equal(first["state_dict"][k], second["state_dict"][k]) for k in first["state_dict"])
+    dst = export_checkpoint(result.run_dir / "epoch_1.pt", tmp_path / "shipped.pt")
     log = pd.read_csv(tmp_path / "shipped_log.csv")
     assert list(log["epoch"]) == [1, 2] and list(log["kept"]) == [1, 0]  # the run's whole history
     assert int(best_epoch(log)["epoch"]) == 1 and int(load_checkpoint(dst)["epoch"]) == 0

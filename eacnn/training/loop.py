@@ -327,7 +327,8 @@ class Selection:
 # Contrastive training
 # ---------------------------------------------------------------------------------------------------------------
 def fit(
-    cfg: Config, dataset, run_dir: str | Path | None = None, resume: bool = True, progress: bool = True
+    cfg: Config, dataset, run_dir: str | Path | None = None, resume: bool = True, progress: bool = True,
+    keep_epochs: bool = False,
 ) -> FitResult:
     """Train the two-tower model on ``dataset``'s train split, selecting on its val split.
 
@@ -338,13 +339,15 @@ def fit(
         resume: continue from ``run_dir/last.pt`` when it exists (it must match config and data); False starts
             over and overwrites.
         progress: tqdm bars (rank 0 only).
+        keep_epochs: also keep every epoch's checkpoint as ``run_dir/epoch_N.pt`` (N from 1), to score the epochs
+            afterwards (``scripts/select_rerank.py --checkpoints``; chapter 4).
 
     Raises:
         CheckpointError: resuming from a corrupt ``last.pt`` or one made for another config or dataset.
     """
     d = _init_distributed(cfg.train.device)
     try:
-        return _fit(cfg, dataset, run_dir, resume, progress, d)
+        return _fit(cfg, dataset, run_dir, resume, progress, d, keep_epochs)
     finally:
         if d.owns_group:
             dist.destroy_process_group()
@@ -444,7 +447,8 @@ def _contrastive_step(cfg: Config, net, model: EACNN, device: torch.device, d: _
     return step_loss
 
 
-def _fit(cfg: Config, dataset, run_dir, resume: bool, progress: bool, d: _Dist) -> FitResult:
+def _fit(cfg: Config, dataset, run_dir, resume: bool, progress: bool, d: _Dist, keep_epochs: bool = False
+         ) -> FitResult:
     tc = cfg.train
     device = resolve_device(tc.device, d.local_rank, d.world)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg, dataset.key)
@@ -499,7 +503,7 @@ def _fit(cfg: Config, dataset, run_dir, resume: bool, progress: bool, d: _Dist) 
         stop = torch.zeros(1)
         if d.main:  # validation, bookkeeping and checkpoints on rank 0; the stop decision is broadcast
             _validate_and_checkpoint(cfg, dataset, model, optimizer, scheduler, scaler, val, sel, history, epoch,
-                                     train_loss, time.perf_counter() - t0, run_dir)
+                                     train_loss, time.perf_counter() - t0, run_dir, keep_epochs)
             stop[0] = float(sel.finished)
         if d.world > 1:
             dist.broadcast(stop, src=0)
@@ -517,8 +521,9 @@ def _fit(cfg: Config, dataset, run_dir, resume: bool, progress: bool, d: _Dist) 
 
 def _validate_and_checkpoint(cfg: Config, dataset, model: EACNN, optimizer, scheduler, scaler, val: _Validation,
                              sel: Selection, history: list, epoch: int, train_loss: float, seconds: float,
-                             run_dir: Path) -> None:
-    """Validate, log the epoch, write ``last.pt`` (and ``best.pt`` when it improved) and ``log.csv``."""
+                             run_dir: Path, keep_epochs: bool = False) -> None:
+    """Validate, log the epoch, write ``last.pt`` (and ``best.pt`` when it improved, ``epoch_N.pt`` with
+    ``keep_epochs``) and ``log.csv``."""
     t0 = time.perf_counter()
     metrics = evaluate_retrieval(model, val.batches, cfg.train.batch_size, val.distractors, val.perturbed, val.masks)
     improved = sel.update(epoch, metrics["val_score"], cfg.train.epochs - 1, metrics["val_top1"])
@@ -540,6 +545,8 @@ def _validate_and_checkpoint(cfg: Config, dataset, model: EACNN, optimizer, sche
     if improved:
         save_checkpoint(run_dir / "best.pt", payload)
     save_checkpoint(run_dir / "last.pt", payload)
+    if keep_epochs:
+        save_checkpoint(run_dir / f"epoch_{epoch + 1}.pt", payload)
     _write_log(run_dir, history)
     log.info("epoch %d: train %.4f, val %.4f, top-1 %.3f (perturbed %.3f), top-5 %.3f, T %.4f (%.1f s)",
              epoch + 1, train_loss, metrics["val_loss"], metrics["val_top1"], metrics["val_top1_perturbed"],
