@@ -16,8 +16,8 @@ Without ``--checkpoints`` the shipped model is scored under every (penalty, rule
 :data:`eacnn.retrieval.query.SCALE_PENALTY`); about 15 minutes on 2 cores. With ``--checkpoints`` each checkpoint is
 scored under the shipped rule and prior (about 5 minutes each on one core): the epoch that ships; chapter 4 shows
 ``eacnn/data/epochs.csv``, written this way for the epochs of a run trained without early stopping. Either way the
-best mean over the conditions wins; ``--rerank N`` refines N candidates instead of ten. (Search-match re-ranks by the agreement alone: its similarity is the unrefined cosine of the same
-pattern, which the refined one supersedes.)
+best mean over the conditions wins; ``--rerank N`` refines N candidates instead of ten. (Search-match re-ranks by
+the agreement alone: its similarity is the unrefined cosine of the same pattern, which the refined one supersedes.)
 """
 
 from __future__ import annotations
