@@ -54,7 +54,8 @@ def main() -> None:
     pool = np.concatenate([val, ds.indices("train")])  # queries are the first len(val) rows of the pool
     sel = np.random.default_rng(1).permutation(len(val))[: args.queries]
     model = load_pretrained(DEFAULT_CHECKPOINT)
-    emb = np.concatenate([embed_dataset(model, ds, s, levels=(0,), progress=False).structures for s in ("val", "train")])
+    emb = np.concatenate([embed_dataset(model, ds, split, levels=(0,), progress=False).structures
+                          for split in ("val", "train")])
     clean = ds.vectors[pool].astype(np.float32)
     cache = {}
 
