@@ -80,11 +80,11 @@ def rescale_many(vector: np.ndarray, scales: np.ndarray = SCALES, xrd: XRDConfig
                  mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(patterns [S, n_bins], masks [S, n_bins]) of one pattern at each scale of ``scales``; a scale that leaves
     no intensity inside the window gives the unscaled pattern instead (it never wins)."""
-    ys, ms = [], []
-    base = rescale(vector, 1.0, xrd, mask)
+    ys, ms, base = [], [], None
     for s in scales:
         y, m = rescale(vector, float(s), xrd, mask)
-        if not y.max() > 0:
+        if not y.max() > 0:  # the unscaled read, computed only when a scale needs it
+            base = base if base is not None else rescale(vector, 1.0, xrd, mask)
             y, m = base
         ys.append(y)
         ms.append(m)
