@@ -4,14 +4,14 @@ conditions?
 
     python scripts/explore_aniso_refine.py [--queries 400] [--conditions "aniso 1.5 %,measured"]
 
-Same protocol as ``scripts/select_rerank.py`` (validation queries, the validation + training structures as the
-pool, multi-scale query with the shipped prior, the best ten refined by :func:`eacnn.retrieval.identify.refine`
-and re-ranked by the shipped rule). Then each of the ten is fitted again with a symmetric strain tensor E (six
+Same protocol and code as ``scripts/select_rerank.py`` (its ``search_top1``: validation queries, the validation +
+training structures as the pool, multi-scale query with the shipped prior, the best ten refined by
+:func:`eacnn.retrieval.identify.refine` and re-ranked by the shipped rule). Then each of the ten is fitted again with a symmetric strain tensor E (six
 components, so symmetry-equivalent reflections split as the strained metric says, plus the zero shift; a seeded
 random search in four shrinking rounds of 64 trials from the isotropic fit), the agreement kept when it is better,
 and the candidates re-ranked by ``rerank_score(agreement, similarity) − λ · |dev E| / 1 %``, where dev E is the
-strain's deviatoric (shape-changing) part. Prints Top-1 per condition for the isotropic fit ("iso") and for each λ
-of :data:`PENALTIES`.
+strain's deviatoric (shape-changing) part. Prints Top-1 per condition for the isotropic fit (the shipped rule's
+name) and for each λ of :data:`PENALTIES` ("aniso λ").
 
 The fit needs each reflection's Miller indices, which neither the data-set cache nor a search database stores: here
 they are recomputed from each candidate's structure (``Dataset.structure``), about 30 ms a candidate.
@@ -20,12 +20,15 @@ they are recomputed from each candidate's structure (``Dataset.structure``), abo
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-CONDITIONS = ("clean", "iso -2 %", "iso +1 %", "aniso 1.5 %", "texture", "measured", "held-out")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from select_rerank import CONDITIONS, search_top1  # noqa: E402
+
 PENALTIES = (0.0, 0.01, 0.02, 0.03, 0.04, 0.06)  # rerank score per 1 % of deviatoric strain
 ROUNDS = ((0.006, 64), (0.003, 64), (0.0015, 64), (0.0007, 64))  # (step of E, trials) of the random search
 
@@ -37,10 +40,8 @@ def main() -> None:
     from eacnn.datasets.dataset import build_dataset
     from eacnn.physics import xrd as X
     from eacnn.physics.profile import deposit_matrix
-    from eacnn.retrieval.embed import embed_dataset
-    from eacnn.retrieval.identify import FINE, _kernel, refine, rerank_score
-    from eacnn.retrieval.query import SCALES, scale_prior
-    from eacnn.robustness import condition_queries, scaled_similarities
+    from eacnn.retrieval.identify import FINE, RERANK, _kernel, rerank_score
+    from eacnn.retrieval.query import SCALE_PENALTY
     from eacnn.training.checkpoint import DEFAULT_CHECKPOINT, load_pretrained
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -50,14 +51,7 @@ def main() -> None:
     torch.set_flush_denormal(True)
     ds = build_dataset(Config.cpu(), progress=False)
     xrd = ds.config.xrd
-    val = ds.indices("val")
-    pool = np.concatenate([val, ds.indices("train")])  # queries are the first len(val) rows of the pool
-    sel = np.random.default_rng(1).permutation(len(val))[: args.queries]
-    model = load_pretrained(DEFAULT_CHECKPOINT)
-    emb = np.concatenate([embed_dataset(model, ds, split, levels=(0,), progress=False).structures
-                          for split in ("val", "train")])
-    clean = ds.vectors[pool].astype(np.float32)
-    cache = {}
+    cache, streams = {}, {}
 
     def reflections(row: int):
         """(|g|² [R] Å⁻², the six metric derivatives [R, 6], areas [R]) of a candidate's unmerged reflections."""
@@ -98,33 +92,21 @@ def main() -> None:
         dev = t - np.trace(t) / 3 * np.eye(3)
         return best, float(np.sqrt((dev ** 2).sum()) / 0.01)
 
-    results = {}
-    for cond in args.conditions.split(","):
-        t0 = time.perf_counter()
-        rng = np.random.default_rng([0, CONDITIONS.index(cond)])  # the same draws whichever conditions run together
-        patterns, masks = condition_queries(ds, val[sel], cond, seed=7)
-        sims = np.stack([s for _, s in scaled_similarities(model, emb, clean, patterns, masks, xrd)], axis=1)
-        sims += scale_prior(SCALES)[None, :, None]  # [q, S, n]
-        j = sims.argmax(axis=1)
-        best = np.take_along_axis(sims, j[:, None], axis=1)[:, 0]  # [q, n]
-        hits = {key: [] for key in ["iso"] + [f"aniso {p:g}" for p in PENALTIES]}
-        for k, q in enumerate(sel):
-            top = np.argsort(-best[k], kind="stable")[:10]
-            mask = None if masks is None else masks[k]
-            fits = refine(patterns[k], mask, pool[top], ds.sticks, xrd, SCALES[j[k, top]])
-            agree, sim = fits["agreement"].to_numpy(), best[k, top]
-            hits["iso"].append(top[np.argmax(rerank_score(agree, sim))] == q)
-            fitted = [aniso_fit(patterns[k], mask, pool[c], fr.strain, fr.zero_shift, fr.width, rng)
-                      for c, fr in zip(top, fits.itertuples())]
-            better = np.array([a > g for (a, _), g in zip(fitted, agree)])
-            aa = np.where(better, [a for a, _ in fitted], agree)
-            dev = np.where(better, [d for _, d in fitted], 0.0)
-            for p in PENALTIES:
-                hits[f"aniso {p:g}"].append(top[np.argmax(rerank_score(aa, sim) - p * dev)] == q)
-        results[cond] = {key: 100 * float(np.mean(v)) for key, v in hits.items()}
-        print(cond, {key: round(v, 1) for key, v in results[cond].items()}, f"{time.perf_counter() - t0:.0f} s",
-              flush=True)
-    table = pd.DataFrame(results).T
+    def aniso_scores(condition, pattern, mask, rows, fits, similarity) -> dict:
+        """The refined candidates re-scored with a fitted strain tensor, one score per penalty of PENALTIES."""
+        if condition not in streams:  # the same draws whichever conditions run together
+            streams[condition] = np.random.default_rng([0, CONDITIONS.index(condition)])
+        agree = fits["agreement"].to_numpy()
+        fitted = [aniso_fit(pattern, mask, row, fr.strain, fr.zero_shift, fr.width, streams[condition])
+                  for row, fr in zip(rows, fits.itertuples())]
+        better = np.array([a > g for (a, _), g in zip(fitted, agree)])
+        aa = np.where(better, [a for a, _ in fitted], agree)
+        dev = np.where(better, [d for _, d in fitted], 0.0)
+        return {f"aniso {p:g}": rerank_score(aa, similarity) - p * dev for p in PENALTIES}
+
+    records = search_top1(load_pretrained(DEFAULT_CHECKPOINT), ds, args.queries, (SCALE_PENALTY,), (RERANK,),
+                          conditions=tuple(args.conditions.split(",")), extra=aniso_scores)
+    table = pd.DataFrame(records).pivot_table(index="condition", columns="rule", values="top1", sort=False)
     table.loc["mean"] = table.mean()
     print(table.round(1).to_string())
 

@@ -36,9 +36,14 @@ SCORES = (("linear", 0.5), ("linear", 0.75), ("linear", 1.0), ("likelihood", 0.0
           ("likelihood", 0.02), ("likelihood", 0.04))
 
 
-def search_top1(model, ds, n_queries: int, penalties, rules, label: str = "", rerank: int = 10) -> list[dict]:
+def search_top1(model, ds, n_queries: int, penalties, rules, label: str = "", rerank: int = 10,
+                conditions=CONDITIONS, extra=None) -> list[dict]:
     """Top-1 (percent) of ``n_queries`` seeded validation queries per condition, penalty and rule, the validation and
-    training structures the pool, answered as ``eacnn search`` does with ``model`` (its best ``rerank`` refined)."""
+    training structures the pool, answered as ``eacnn search`` does with ``model`` (its best ``rerank`` refined).
+
+    ``extra(condition, pattern, mask, rows, fits, similarity) -> {name: scores}``, when given, scores the refined
+    candidates (dataset ``rows``, :func:`eacnn.retrieval.identify.refine`'s ``fits``, their multi-scale
+    ``similarity``) in other ways too; each name is recorded as a rule (``scripts/explore_aniso_refine.py``)."""
     from eacnn.retrieval.embed import embed_dataset
     from eacnn.retrieval.identify import refine, rerank_score
     from eacnn.retrieval.query import SCALES, scale_prior
@@ -51,7 +56,7 @@ def search_top1(model, ds, n_queries: int, penalties, rules, label: str = "", re
     emb = np.concatenate([embed_dataset(model, ds, split, levels=(0,), progress=False).structures
                           for split in ("val", "train")])
     records = []
-    for condition in CONDITIONS:
+    for condition in conditions:
         patterns, masks = condition_queries(ds, val[sel], condition, seed=7)
         sims = np.stack([sim for _, sim in scaled_similarities(model, emb, clean, patterns, masks, ds.config.xrd)],
                         axis=1)  # [q, S, n]
@@ -59,18 +64,22 @@ def search_top1(model, ds, n_queries: int, penalties, rules, label: str = "", re
             at = sims + scale_prior(SCALES, penalty)[None, :, None]
             j = at.argmax(axis=1)  # [q, n] the best scale of each candidate
             best = np.take_along_axis(at, j[:, None], axis=1)[:, 0]  # [q, n]
-            hits = {rule: [] for rule in rules}
+            hits = {f"{rule[0]} {rule[1]:g}": [] for rule in rules}
             for k, q in enumerate(sel):
                 top = np.argsort(-best[k], kind="stable")[:rerank]
-                agree = refine(patterns[k], None if masks is None else masks[k], pool[top], ds.sticks,
-                               ds.config.xrd, SCALES[j[k, top]])["agreement"].to_numpy()
-                for rule in rules:
-                    hits[rule].append(top[np.argmax(rerank_score(agree, best[k, top], rule))] == q)
-            for rule in rules:
-                records.append({"model": label, "condition": condition, "penalty": penalty,
-                                "rule": f"{rule[0]} {rule[1]:g}", "top1": 100 * np.mean(hits[rule])})
-            print(label, condition, penalty, {f"{r[0]} {r[1]:g}": round(100 * np.mean(h), 1)
-                                              for r, h in hits.items()}, flush=True)
+                mask = None if masks is None else masks[k]
+                fits = refine(patterns[k], mask, pool[top], ds.sticks, ds.config.xrd, SCALES[j[k, top]])
+                agree = fits["agreement"].to_numpy()
+                scores = {f"{rule[0]} {rule[1]:g}": rerank_score(agree, best[k, top], rule) for rule in rules}
+                if extra is not None:
+                    scores.update(extra(condition, patterns[k], mask, pool[top], fits, best[k, top]))
+                for name, score in scores.items():
+                    hits.setdefault(name, []).append(top[np.argmax(score)] == q)
+            for name, h in hits.items():
+                records.append({"model": label, "condition": condition, "penalty": penalty, "rule": name,
+                                "top1": 100 * np.mean(h)})
+            print(label, condition, penalty, {name: round(100 * np.mean(h), 1) for name, h in hits.items()},
+                  flush=True)
     return records
 
 
