@@ -6,15 +6,15 @@ conditions?
 
 Same protocol and code as ``scripts/select_rerank.py`` (its ``search_top1``: validation queries, the validation +
 training structures as the pool, multi-scale query with the shipped prior, the best ten refined by
-:func:`eacnn.retrieval.identify.refine` and re-ranked by the shipped rule). Then each of the ten is fitted again with a symmetric strain tensor E (six
-components, so symmetry-equivalent reflections split as the strained metric says, plus the zero shift; a seeded
-random search in four shrinking rounds of 64 trials from the isotropic fit), the agreement kept when it is better,
-and the candidates re-ranked by ``rerank_score(agreement, similarity) − λ · |dev E| / 1 %``, where dev E is the
+:func:`eacnn.retrieval.identify.refine` and re-ranked by the shipped rule). Then each of the ten is fitted again
+with a symmetric strain tensor E (six components, so symmetry-equivalent reflections split as the strained metric
+says, plus the zero shift; a seeded random search in four shrinking rounds of 64 trials from the isotropic fit), the
+agreement kept when it is better, and the candidates re-ranked by ``rerank_score(agreement, similarity) − λ · |dev E| / 1 %``, where dev E is the
 strain's deviatoric (shape-changing) part. Prints Top-1 per condition for the isotropic fit (the shipped rule's
 name) and for each λ of :data:`PENALTIES` ("aniso λ").
 
 The fit needs each reflection's Miller indices, which neither the data-set cache nor a search database stores: here
-they are recomputed from each candidate's structure (``Dataset.structure``), about 30 ms a candidate.
+they are recomputed from each candidate's structure (``Dataset.structure``); with the fit, about 12 ms a candidate.
 """
 
 from __future__ import annotations
