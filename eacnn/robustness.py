@@ -177,20 +177,22 @@ def scaled_similarities(model, candidates: np.ndarray, clean: np.ndarray, patter
 
 
 def _refined_ranks(sim: np.ndarray, scale: np.ndarray | None, patterns: np.ndarray, masks: np.ndarray | None,
-                   sel: np.ndarray, dataset, rows: np.ndarray, rerank: int, rule) -> np.ndarray:
+                   sel: np.ndarray, dataset, rows: np.ndarray, rerank: int, rule, truth: np.ndarray | None = None
+                   ) -> np.ndarray:
     """Rank of the true candidate [len(sel)] after refining each selected query's best ``rerank`` candidates
-    (:func:`eacnn.retrieval.identify.refine`) and re-ranking them by ``rule``
+    (:func:`eacnn.retrieval.identify.refine`, with each candidate's cell fitted too) and re-ranking them by ``rule``
     (:func:`eacnn.retrieval.identify.rerank_score`; None: the default's), as ``eacnn search`` does; ``rerank + 1`` when
-    it is not among them."""
+    it is not among them. Query q's true candidate is candidate q, or ``truth[k]`` for the k-th selected query."""
     from eacnn.retrieval.identify import refine, rerank_score
 
     out = np.empty(len(sel), np.int64)
     for k, q in enumerate(sel):
         top = np.argsort(-sim[q], kind="stable")[:rerank]
         fits = refine(patterns[q], None if masks is None else masks[q], rows[top], dataset.sticks,
-                      dataset.config.xrd, None if scale is None else scale[q, top])
-        agree = rerank_score(fits["agreement"].to_numpy(), sim[q, top], rule)
-        hit = np.flatnonzero(top == q)
+                      dataset.config.xrd, None if scale is None else scale[q, top], dataset.reflections)
+        anisotropy = 0.0 if rule is not None else fits["anisotropy"].to_numpy()  # search-match: the agreement alone
+        agree = rerank_score(fits["agreement"].to_numpy(), sim[q, top], rule, anisotropy)
+        hit = np.flatnonzero(top == (q if truth is None else truth[k]))
         out[k] = 1 + int(np.sum(np.delete(agree, hit[0]) >= agree[hit[0]])) if len(hit) else rerank + 1
     return out
 
@@ -198,7 +200,7 @@ def _refined_ranks(sim: np.ndarray, scale: np.ndarray | None, patterns: np.ndarr
 def robustness_table(methods: dict, dataset, conditions: Sequence[str] = CONDITIONS, split: str = "test",
                      multiscale: Sequence[str] = (), refined: Sequence[str] = (), refine_queries: int = 3000,
                      rerank: int = 10, seed: int = 0, progress: bool = True,
-                     as_measured_only: Sequence[str] = ()) -> pd.DataFrame:
+                     as_measured_only: Sequence[str] = (), search_only: bool = False) -> pd.DataFrame:
     """Top-1 / Top-5 (percent) of every method under every condition, the whole split as the pool.
 
     Args:
@@ -210,6 +212,9 @@ def robustness_table(methods: dict, dataset, conditions: Sequence[str] = CONDITI
             similarity is the unrefined pattern cosine) on
             ``refine_queries`` seeded queries (all when fewer), the whole split still the pool.
         as_measured_only: methods scored as measured only (a baseline kept for reference).
+        search_only: only the "search" rows of the ``refined`` conditions, with the similarities of the selected
+            queries alone (the same queries and answers as a whole run, in a fraction of the time: the rows that
+            change when only the refinement changes).
 
     Returns:
         one row per (condition, method, query): ``top1``, ``top5``, ``queries``, ``candidates``.
@@ -226,10 +231,17 @@ def robustness_table(methods: dict, dataset, conditions: Sequence[str] = CONDITI
                         "queries": len(ranks), "candidates": len(rows)})
 
     for condition in tqdm(conditions, desc="conditions", disable=not progress):
+        if search_only and condition not in refined:
+            continue
         patterns, masks = condition_queries(dataset, rows, condition, seed)
+        if search_only:  # the selected queries alone: query k is the sel[k]-th row
+            patterns, masks = patterns[sel], None if masks is None else masks[sel]
         for name, model in methods.items():
+            if search_only and name in as_measured_only:
+                continue
             sim = _similarities(model, cands[name], clean, patterns, masks)
-            record(condition, name, "as measured", true_rank(sim, np.arange(len(rows))))
+            if not search_only:
+                record(condition, name, "as measured", true_rank(sim, np.arange(len(rows))))
             if name in as_measured_only:
                 continue
             scale = None
@@ -241,11 +253,13 @@ def robustness_table(methods: dict, dataset, conditions: Sequence[str] = CONDITI
                     scale[at > best] = s
                     np.maximum(best, at, out=best)
                 sim = best
-                record(condition, name, "multi-scale", true_rank(best, np.arange(len(rows))))
+                if not search_only:
+                    record(condition, name, "multi-scale", true_rank(best, np.arange(len(rows))))
             if condition in refined:
                 rule = ("linear", 1.0) if model is None else None  # search-match: the agreement alone
-                record(condition, name, "search", _refined_ranks(sim, scale, patterns, masks, sel, dataset, rows,
-                                                                 rerank, rule))
+                picked, truth = (np.arange(len(sel)), sel) if search_only else (sel, None)
+                record(condition, name, "search", _refined_ranks(sim, scale, patterns, masks, picked, dataset, rows,
+                                                                 rerank, rule, truth))
     return pd.DataFrame(records)
 
 

@@ -2,6 +2,7 @@
 
     python scripts/select_rerank.py [--queries 400]                       # the rule, for the shipped model
     python scripts/select_rerank.py --checkpoints A.pt B.pt ... [--out epochs.csv]  # the model, for the shipped rule
+    python scripts/select_rerank.py --cell-grid [--out eacnn/data/cell_fit.csv]      # the cell fit's settings
 
 For seven query conditions of :mod:`eacnn.robustness` (clean, iso −2 %, iso +1 %, anisotropic 1.5 %, texture, the
 training measurement family, the held-out family), each of ``--queries`` validation structures is read at the lattice
@@ -16,7 +17,11 @@ Without ``--checkpoints`` the shipped model is scored under every (penalty, rule
 :data:`eacnn.retrieval.query.SCALE_PENALTY`); about 15 minutes on 2 cores. With ``--checkpoints`` each checkpoint is
 scored under the shipped rule and prior (about 5 minutes each on one core): the epoch that ships; chapter 4 shows
 ``eacnn/data/epochs.csv``, written this way for the epochs of a run trained without early stopping. Either way the
-best mean over the conditions wins; ``--rerank N`` refines N candidates instead of ten. (Search-match re-ranks by
+best mean over the conditions wins; ``--rerank N`` refines N candidates instead of ten. With ``--cell-grid`` the
+shipped model and rule are scored with lattice scales only and with the cell fit
+(:func:`eacnn.retrieval.identify.refine_cell`) under each prior against anisotropic strain and each residual gain a
+cell fit must reach (:data:`CELL_PRIORS` × :data:`CELL_GAINS`); chapter 5 shows ``eacnn/data/cell_fit.csv``, written
+this way. ``--conditions`` takes a subset, so that two halves can run side by side. (Search-match re-ranks by
 the agreement alone: its similarity is the unrefined cosine of the same pattern, which the refined one supersedes.)
 """
 
@@ -37,13 +42,14 @@ SCORES = (("linear", 0.5), ("linear", 0.75), ("linear", 1.0), ("likelihood", 0.0
 
 
 def search_top1(model, ds, n_queries: int, penalties, rules, label: str = "", rerank: int = 10,
-                conditions=CONDITIONS, extra=None) -> list[dict]:
+                conditions=CONDITIONS, extra=None, cell: bool = True) -> list[dict]:
     """Top-1 (percent) of ``n_queries`` seeded validation queries per condition, penalty and rule, the validation and
     training structures the pool, answered as ``eacnn search`` does with ``model`` (its best ``rerank`` refined).
 
     ``extra(condition, pattern, mask, rows, fits, similarity) -> {name: scores}``, when given, scores the refined
     candidates (dataset ``rows``, :func:`eacnn.retrieval.identify.refine`'s ``fits``, their multi-scale
-    ``similarity``) in other ways too; each name is recorded as a rule (``scripts/explore_aniso_refine.py``)."""
+    ``similarity``) in other ways too; each name is recorded as a rule. ``cell=False`` refines lattice scales only
+    (no cell fit)."""
     from eacnn.retrieval.embed import embed_dataset
     from eacnn.retrieval.identify import refine, rerank_score
     from eacnn.retrieval.query import SCALES, scale_prior
@@ -68,9 +74,11 @@ def search_top1(model, ds, n_queries: int, penalties, rules, label: str = "", re
             for k, q in enumerate(sel):
                 top = np.argsort(-best[k], kind="stable")[:rerank]
                 mask = None if masks is None else masks[k]
-                fits = refine(patterns[k], mask, pool[top], ds.sticks, ds.config.xrd, SCALES[j[k, top]])
+                fits = refine(patterns[k], mask, pool[top], ds.sticks, ds.config.xrd, SCALES[j[k, top]],
+                              ds.reflections if cell else None)
                 agree = fits["agreement"].to_numpy()
-                scores = {f"{rule[0]} {rule[1]:g}": rerank_score(agree, best[k, top], rule) for rule in rules}
+                aniso = fits["anisotropy"].to_numpy()
+                scores = {f"{rule[0]} {rule[1]:g}": rerank_score(agree, best[k, top], rule, aniso) for rule in rules}
                 if extra is not None:
                     scores.update(extra(condition, patterns[k], mask, pool[top], fits, best[k, top]))
                 for name, score in scores.items():
@@ -81,6 +89,38 @@ def search_top1(model, ds, n_queries: int, penalties, rules, label: str = "", re
             print(label, condition, penalty, {name: round(100 * np.mean(h), 1) for name, h in hits.items()},
                   flush=True)
     return records
+
+
+#: the cell fit's settings compared by ``--cell-grid``: score per 1 % of anisotropic strain × the residual gain a
+#: cell fit needs (:data:`eacnn.retrieval.identify.ANISOTROPY_PENALTY`, :data:`~eacnn.retrieval.identify.CELL_MIN_GAIN`)
+CELL_PRIORS = (0.0, 0.02, 0.04, 0.06)
+CELL_GAINS = (1.0, 2.0, 4.0)
+
+
+def cell_grid(model, ds, n_queries: int, conditions=CONDITIONS) -> list[dict]:
+    """Top-1 per condition for the shipped rule with lattice scales only ("isotropic") and with the cell fit under
+    each (prior, gain) of :data:`CELL_PRIORS` × :data:`CELL_GAINS` (each candidate's cell fitted once)."""
+    from eacnn.retrieval.identify import RERANK, cell_kept, refine_cell, rerank_score
+    from eacnn.retrieval.query import SCALE_PENALTY
+
+    def scores(condition, pattern, mask, rows, fits, similarity) -> dict:
+        iso = fits["agreement"].to_numpy()
+        cell = np.array([refine_cell(pattern, mask, ds.reflections(int(r)), ds.config.xrd, f.strain, f.zero_shift,
+                                     f.width)[:2] if ds.reflections(int(r)) is not None else (-1.0, 0.0)
+                         for r, f in zip(rows, fits.itertuples())])  # [k, 2] agreement, anisotropy
+        out = {}
+        for gain in CELL_GAINS:
+            kept = cell_kept(iso, cell[:, 0], gain)
+            agree, aniso = np.where(kept, cell[:, 0], iso), np.where(kept, cell[:, 1], 0.0)
+            for prior in CELL_PRIORS:
+                base = rerank_score(agree, similarity, RERANK)  # without the shipped prior, then this one
+                out[f"cell prior {prior:g} gain {gain:g}"] = base - prior * aniso / 0.01
+        return out
+
+    records = search_top1(model, ds, n_queries, (SCALE_PENALTY,), (RERANK,), "default", conditions=conditions,
+                          extra=scores, cell=False)
+    return [r for r in records if r["rule"].startswith("cell")] + [
+        {**r, "rule": "isotropic"} for r in records if not r["rule"].startswith("cell")]
 
 
 def main() -> None:
@@ -95,20 +135,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--queries", type=int, default=400)
     parser.add_argument("--checkpoints", nargs="+", help="compare these checkpoints under the shipped rule")
+    parser.add_argument("--cell-grid", action="store_true",
+                        help="compare the cell fit's settings (and no cell fit) for the shipped model and rule")
     parser.add_argument("--rerank", type=int, default=10, help="candidates refined per query (eacnn search's --rerank)")
     parser.add_argument("--out", help="also write the per-condition Top-1 table here (CSV)")
+    parser.add_argument("--conditions", default=",".join(CONDITIONS),
+                        help="a comma-separated subset of the conditions (two halves can run side by side)")
     args = parser.parse_args()
+    conditions = tuple(c.strip() for c in args.conditions.split(","))
+    unknown = sorted(set(conditions) - set(CONDITIONS))
+    if unknown:
+        parser.error(f"unknown condition(s) {unknown}; choose from {list(CONDITIONS)}")
     torch.set_flush_denormal(True)
     ds = build_dataset(Config.cpu(), progress=False)
-    if args.checkpoints:
+    if args.cell_grid:
+        records = cell_grid(load_pretrained(DEFAULT_CHECKPOINT), ds, args.queries, conditions)
+        table = pd.DataFrame(records).pivot_table(index="condition", columns="rule", values="top1")
+    elif args.checkpoints:
         records = []
         for path in args.checkpoints:
             records += search_top1(load_pretrained(path), ds, args.queries, (SCALE_PENALTY,), (RERANK,),
-                                   Path(path).stem, args.rerank)
+                                   Path(path).stem, args.rerank, conditions)
         table = pd.DataFrame(records).pivot_table(index="condition", columns="model", values="top1")
     else:
         records = search_top1(load_pretrained(DEFAULT_CHECKPOINT), ds, args.queries, PENALTIES, SCORES,
-                              rerank=args.rerank)
+                              rerank=args.rerank, conditions=conditions)
         table = pd.DataFrame(records).pivot_table(index="condition", columns=["penalty", "rule"], values="top1")
     print(table.round(1).T.to_string())
     if args.out:

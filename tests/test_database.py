@@ -70,6 +70,7 @@ def test_write_open_search_and_verify(tmp_path, tower):
     sim, rows = db.scores(emb[8], 5, keep)
     assert keep[rows].all()
     np.testing.assert_array_equal(db.sticks(3)[0], [30.0, 40.0])
+    assert not db.has_reflections  # written without: searches refine lattice scales only
     assert not list(tmp_path.glob("*.tmp"))  # written through a temporary folder renamed into place
     # a changed file is caught by verification, a foreign folder is refused with what to do
     (folder / "labels.csv.gz").write_bytes(b"garbage")
@@ -77,6 +78,30 @@ def test_write_open_search_and_verify(tmp_path, tower):
         open_database(folder, verify=True)
     with pytest.raises(EACNNError, match="eacnn database build"):
         open_database(tmp_path)
+
+
+def test_indexed_reflections_round_trip(tmp_path, tower):
+    """Each candidate's reflections one by one (for the cell fit) come back as written; a candidate without any
+    reads as None."""
+    from pymatgen.core import Lattice, Structure
+
+    from eacnn.physics.xrd import indexed_reflections
+    from eacnn.retrieval.database import reflections_arrays
+
+    structures = [Structure(Lattice.cubic(4.2), ["Na", "Cl"], [[0, 0, 0], [.5, .5, .5]]),
+                  Structure(Lattice.hexagonal(3.2, 5.2), ["Zn", "O"], [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.38]])]
+    refl = indexed_reflections(structures) + [None]
+    emb = np.eye(3, 256, dtype=np.float32)
+    sticks = {"offsets": np.arange(0, 4) * 2, "two_theta": np.tile([30.0, 40.0], 3), "area": np.ones(6)}
+    folder = write_database(tmp_path / "db", _labels(3), emb, tower, {"threshold": 0.7}, "abc", ["test"], sticks,
+                            reflections=reflections_arrays(refl))
+    db = open_database(folder, verify=True)
+    assert db.has_reflections and db.reflections(2) is None
+    for row in (0, 1):
+        got = db.reflections(row)
+        np.testing.assert_array_equal(got.hkl, refl[row].hkl)
+        np.testing.assert_allclose(got.area, refl[row].area, rtol=1e-6)
+        np.testing.assert_array_equal(got.metric, refl[row].metric)
 
 
 @pytest.mark.slow

@@ -171,3 +171,77 @@ def test_scale_prior_costs_nothing_at_one_and_grows_with_the_rescaling():
     cands = np.stack([z[list(SCALES).index(1.0)], z[list(SCALES).index(1.03)]])
     sim, scale = multiscale_best(z, cands, SCALES)
     assert scale.tolist() == [1.0, 1.03] and sim[0] > sim[1]
+
+
+def _tetragonal_pair():
+    """A cubic perovskite-like cell (the database's) and the same cell strained tetragonally by 1.5 % along c and
+    −0.5 % along a and b (the measured sample's): symmetry-equivalent reflections such as (200)/(002) split."""
+    from pymatgen.core import Lattice, Structure
+
+    species, coords = ["Sr", "Ti", "O", "O", "O"], [[0, 0, 0], [.5, .5, .5], [.5, .5, 0], [.5, 0, .5], [0, .5, .5]]
+    a = 3.905
+    cubic = Structure(Lattice.cubic(a), species, coords)
+    strained = Structure(Lattice.tetragonal(a * 0.995, a * 1.015), species, coords)
+    return cubic, strained
+
+
+def test_indexed_reflections_reproduce_the_simulated_pattern():
+    """The reflections one by one, each placed by its Miller indices and the reciprocal metric, profile to the
+    simulator's own pattern (same positions and summed areas; only the merging differs)."""
+    from eacnn.config import XRDConfig
+    from eacnn.physics.perturb import profile_patterns
+    from eacnn.physics.xrd import XRDSimulator, indexed_reflections, metric_monomials
+
+    xrd = XRDConfig()
+    cubic, strained = _tetragonal_pair()
+    refl = indexed_reflections([cubic, strained], xrd)
+    for structure, r in zip((cubic, strained), refl):
+        pos = np.degrees(2 * np.arcsin(xrd.wavelength / 2 * np.sqrt(metric_monomials(r.hkl) @ r.metric)))
+        y = profile_patterns([(pos, r.area)], xrd=xrd)[0]
+        want = XRDSimulator(xrd).vector(structure)
+        assert float(y @ want / np.linalg.norm(y) / np.linalg.norm(want)) > 0.99999
+    assert len(refl[1].hkl) > len(np.unique(np.round(metric_monomials(refl[1].hkl) @ refl[1].metric, 8)))  # equivalents
+    with pytest.raises(Exception, match="structure 0"):
+        indexed_reflections(["not a structure"], xrd)
+
+
+def test_cell_fit_follows_an_anisotropic_strain_the_lattice_scale_cannot():
+    """A tetragonally strained sample of a cubic database entry: the best isotropic scale leaves split peaks
+    unfitted; the least-squares cell fit matches them, and reports the strain's deviatoric size."""
+    from eacnn.config import XRDConfig
+    from eacnn.physics.xrd import XRDSimulator, indexed_reflections
+    from eacnn.retrieval import identify
+
+    xrd = XRDConfig()
+    cubic, strained = _tetragonal_pair()
+    query = XRDSimulator(xrd).vector(strained)
+    sticks = XRDSimulator(xrd).get_pattern(cubic)
+    lookup = {0: (sticks.two_theta, sticks.intensity / sticks.intensity.max())}
+    iso = identify.refine(query, None, [0], lookup.get, xrd).iloc[0]
+    cell = identify.refine(query, None, [0], lookup.get, xrd,
+                           reflections=lambda row: indexed_reflections([cubic], xrd)[0]).iloc[0]
+    assert iso.agreement < 0.995 and iso.anisotropy == 0.0
+    assert cell.agreement > 0.9999 and 1 - cell.agreement < (1 - iso.agreement) / 50
+    # principal strains (−0.5, −0.5, +1.5) %: deviatoric part (−2/3, −2/3, 4/3) %, norm 1.63 %
+    assert cell.anisotropy == pytest.approx(0.0163, abs=0.001)
+
+
+def test_cell_fit_gradient_is_exact_and_far_fits_are_refused(monkeypatch):
+    from eacnn.config import XRDConfig
+    from eacnn.physics.xrd import XRDSimulator, indexed_reflections, metric_monomials
+    from eacnn.retrieval import identify
+
+    xrd = XRDConfig()
+    cubic, strained = _tetragonal_pair()
+    r = indexed_reflections([cubic], xrd)[0]
+    q = XRDSimulator(xrd).vector(strained).astype(np.float64)
+    q /= np.linalg.norm(q)
+    d = np.sqrt(r.metric[:3])
+    unit = 0.01 * np.array([d[0] ** 2, d[1] ** 2, d[2] ** 2, d[0] * d[1], d[0] * d[2], d[1] * d[2]])
+    f = identify._CellProfile(q, np.ones(len(q), bool), metric_monomials(r.hkl), r.area, r.metric, unit, xrd, 0.3)
+    x = np.array([0.3, -0.2, 0.5, 0.1, -0.1, 0.05, 0.2])
+    h = 1e-5
+    numeric = np.stack([(f.residual(x + h * e) - f.residual(x - h * e)) / (2 * h) for e in np.eye(7)], axis=1)
+    assert np.abs(f.jacobian(x) - numeric).max() < 1e-4 * np.abs(numeric).max()
+    monkeypatch.setattr(identify, "CELL_MAX_STRAIN", 0.001)  # the 1.5 % strain is then out of range
+    assert identify.refine_cell(q, None, r, xrd)[0] == -1.0

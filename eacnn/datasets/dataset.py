@@ -519,6 +519,7 @@ class CrystalDataset:
             "reason": arrays["skipped_reason"],
             "detail": arrays["skipped_detail"],
         })  # fmt: skip
+        self._reflections: dict = {}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -537,6 +538,15 @@ class CrystalDataset:
         """Peak positions [p] (degrees 2θ) and areas [p] (strongest = 1) of structure ``i``."""
         a, b = self._a["stick_offsets"][i : i + 2]
         return self._a["stick_two_theta"][a:b].astype(np.float64), self._a["stick_intensity"][a:b].astype(np.float64)
+
+    def reflections(self, i: int):
+        """Structure ``i``'s reflections one by one (:func:`eacnn.physics.xrd.indexed_reflections`: Miller indices,
+        areas, reciprocal metric), for fits that strain its cell; computed on first use (about 1 ms) and kept."""
+        if i not in self._reflections:
+            from eacnn.physics.xrd import indexed_reflections
+
+            self._reflections[i] = indexed_reflections([self.structure(int(i))], self.config.xrd)[0]
+        return self._reflections[i]
 
     def graph(self, i: int) -> dict[str, np.ndarray]:
         """The periodic graph of structure ``i`` in :func:`eacnn.datasets.graphs.structure_graph`'s format."""

@@ -50,7 +50,7 @@ from eacnn.physics.profile import bin_kernel, bin_profile, split_on_grid
 log = logging.getLogger(__name__)
 
 __all__ = ["XRDSimulator", "XRDPattern", "SimulationResult", "simulate_vectors", "simulate_batch", "bin_profile",
-           "scattering_factor"]
+           "scattering_factor", "IndexedReflections", "indexed_reflections", "metric_monomials", "STRAIN_PAD"]
 
 # Reflections weaker than this fraction of their structure's strongest are numerical zeros (systematic absences
 # come out near 1e-14 in float32); dropping them makes e.g. a supercell give exactly the sticks of its cell.
@@ -846,3 +846,48 @@ def simulate_vectors(
     if result.failures:
         raise next(iter(result.failures.values()))  # the first by index; its message names the structure
     return result.vectors
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reflections one by one, for fits that strain the cell
+# ---------------------------------------------------------------------------------------------------------------
+#: degrees beyond the padded model window that indexed reflections reach: a cell strained by up to 3 % moves a
+#: reflection at 80° by about 3°
+STRAIN_PAD = 3.0
+
+
+@dataclass(frozen=True)
+class IndexedReflections:
+    """One structure's reflections unmerged (symmetry-equivalent ones apart, one of each Friedel pair), so that a
+    strained cell can move each as its metric says: 1/d² = :func:`metric_monomials` (hkl) @ metric."""
+
+    hkl: np.ndarray  # [R, 3] Miller indices (float)
+    area: np.ndarray  # [R] integrated intensity, the strongest 1
+    metric: np.ndarray  # [6] (G11, G22, G33, G12, G13, G23) reciprocal metric tensor, Å⁻²
+
+
+def metric_monomials(hkl: np.ndarray) -> np.ndarray:
+    """[R, 6] (h², k², l², 2hk, 2hl, 2kl) of Miller indices [R, 3]: 1/d² = monomials @ (G11, G22, G33, G12, G13,
+    G23), linear in the reciprocal metric."""
+    h, k, l = np.asarray(hkl, dtype=np.float64).T
+    return np.stack([h * h, k * k, l * l, 2 * h * k, 2 * h * l, 2 * k * l], axis=1)
+
+
+def indexed_reflections(structures: Sequence, config: XRDConfig | None = None, chunk_size: int = 256,
+                        progress: bool = False) -> list[IndexedReflections | None]:
+    """Each structure's :class:`IndexedReflections` reaching the padded model window, :data:`STRAIN_PAD` degrees
+    further on both sides (None where none); structures as for :func:`simulate_batch`, in batches of
+    ``chunk_size``. Errors name the structure."""
+    cfg = config or XRDConfig()
+    pad = _pad(cfg) + STRAIN_PAD
+    crystals = [_within_limits(_as_crystal(s, f"structure {i}"), cfg, cfg.two_theta_max + pad, f"structure {i}")
+                for i, s in enumerate(structures)]
+    out = []
+    for a in tqdm(range(0, len(crystals), chunk_size), desc="indexing reflections", disable=not progress):
+        chunk = crystals[a : a + chunk_size]
+        refl = _reflections(chunk, cfg, cfg.two_theta_min - pad, cfg.two_theta_max + pad, with_hkl=True)
+        bounds = np.searchsorted(refl.seg, np.arange(len(chunk) + 1))
+        for c, lo, hi in zip(chunk, bounds[:-1], bounds[1:]):
+            area = refl.intensity[lo:hi].astype(np.float64)
+            out.append(IndexedReflections(refl.hkl[lo:hi], area / area.max(), c.metric) if hi > lo else None)
+    return out

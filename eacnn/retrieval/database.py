@@ -11,6 +11,9 @@ A database folder holds, for one model (checkpoint) and one set of sources:
 ``tower.npz``       the model's XRD tower as numpy arrays (:mod:`eacnn.retrieval.pattern_tower`)
 ``sticks.npz``      every candidate's reflections: offsets [n + 1], two_theta [P] (degrees), area [P]
 ``vectors.npy``     [n, n_bins] float16 clean simulated patterns (plots)
+``reflections.npz`` every candidate's reflections one by one, for the cell fit
+                    (:func:`eacnn.retrieval.identify.refine_cell`): offsets [n + 1], hkl [R, 3], area [R],
+                    metric [n, 6] (the reciprocal metric); a database without it refines lattice scales only
 ``index.faiss``     above :data:`EXACT_LIMIT` candidates: an inverted-file FAISS index (exact search below)
 ==================  ==============================================================================================
 
@@ -43,9 +46,11 @@ from eacnn.retrieval.pattern_tower import PatternTower
 log = logging.getLogger(__name__)
 
 __all__ = ["SavedDatabase", "open_database", "write_database", "build_database", "default_database", "cached_database",
-           "database_key", "file_sha256", "EXACT_LIMIT", "SHIPPED_DIR"]
+           "database_key", "file_sha256", "reflections_arrays", "EXACT_LIMIT", "SHIPPED_DIR"]
 
 FORMAT_VERSION = 1
+#: the optional files a cached database is built with (part of its cache key)
+CACHED_FILES = "sticks vectors reflections"
 #: Up to this many candidates a search is exact (a matrix-vector product); above, an IVF index answers.
 EXACT_LIMIT = 50_000
 #: Recall at 10 the IVF index must reach on held-out queries at build time (``nprobe`` is raised until it does).
@@ -66,8 +71,9 @@ def file_sha256(path: Path) -> str:
 
 def database_key(checkpoint_sha: str, sources: Sequence[str]) -> str:
     """Cache key of a database: the checkpoint's hash and each source's content (embedded CSV, CIF files), and the
-    shipped embeddings' record (its calibrated verdict: refitting it must not leave a stale cache behind)."""
-    h = hashlib.sha256(checkpoint_sha.encode())
+    shipped embeddings' record (its calibrated verdict: refitting it must not leave a stale cache behind), and
+    :data:`CACHED_FILES` (a cache built before a file was added is built again rather than searched without it)."""
+    h = hashlib.sha256(checkpoint_sha.encode() + CACHED_FILES.encode())
     for source in sources:
         h.update(b"\x1e" + source.encode())
         if source == "embedded":
@@ -96,6 +102,7 @@ class SavedDatabase:
     embeddings: np.ndarray  # [n, d] float32 (memory-mapped)
     tower: PatternTower
     _sticks: dict | None = None
+    _reflections: dict | None = None
     _vectors: np.ndarray | None = None
     _elements: list | None = None
     _index: object = None
@@ -129,6 +136,24 @@ class SavedDatabase:
                 self._sticks = {k: f[k] for k in f.files}
         a, b = self._sticks["offsets"][row : row + 2]
         return self._sticks["two_theta"][a:b], self._sticks["area"][a:b]
+
+    @property
+    def has_reflections(self) -> bool:
+        """Whether the database holds each candidate's reflections one by one (``reflections.npz``)."""
+        return (self.folder / "reflections.npz").is_file()
+
+    def reflections(self, row: int):
+        """Candidate ``row``'s :class:`eacnn.physics.xrd.IndexedReflections` (None when it has none)."""
+        from eacnn.physics.xrd import IndexedReflections
+
+        if self._reflections is None:
+            with np.load(self.folder / "reflections.npz") as f:
+                self._reflections = {k: f[k] for k in f.files}
+        a, b = self._reflections["offsets"][row : row + 2]
+        if b == a:
+            return None
+        r = self._reflections
+        return IndexedReflections(r["hkl"][a:b].astype(np.float64), r["area"][a:b].astype(np.float64), r["metric"][row])
 
     def scores(self, z: np.ndarray, k: int, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(similarities [k], rows [k]) of the ``k`` candidates most similar to one embedding ``z`` [d], best first,
@@ -239,7 +264,8 @@ def _ivf_index(emb: np.ndarray, seed: int = 0) -> tuple[object, dict]:
 
 def write_database(folder: str | Path, labels: pd.DataFrame, embeddings: np.ndarray, tower: dict,
                    calibration: dict, checkpoint_sha: str, sources: Sequence[str], sticks: dict | None = None,
-                   vectors: np.ndarray | None = None, xrd: dict | None = None) -> Path:
+                   vectors: np.ndarray | None = None, xrd: dict | None = None,
+                   reflections: dict | None = None) -> Path:
     """Write a database folder atomically (a temporary folder renamed into place).
 
     Args:
@@ -250,6 +276,7 @@ def write_database(folder: str | Path, labels: pd.DataFrame, embeddings: np.ndar
         checkpoint_sha: SHA-256 of the checkpoint the embeddings come from.
         sticks: ``offsets`` [n + 1], ``two_theta`` [P], ``area`` [P] (optional; needed to refine).
         vectors: [n, n_bins] clean patterns (optional; for plots).
+        reflections: :func:`reflections_arrays` of every candidate (optional; needed to fit a strained cell).
         xrd: the model's ``XRDConfig`` as a dict (grid, wavelength, profile), so a search reads patterns as the
             model was trained.
     """
@@ -269,6 +296,8 @@ def write_database(folder: str | Path, labels: pd.DataFrame, embeddings: np.ndar
     files = {"labels.csv.gz": buf.getvalue(), "embeddings.npy": _npy_bytes(emb), "tower.npz": _npz_bytes(tower)}
     if sticks is not None:
         files["sticks.npz"] = _npz_bytes(sticks)
+    if reflections is not None:
+        files["reflections.npz"] = _npz_bytes(reflections)
     if vectors is not None:
         files["vectors.npy"] = _npy_bytes(np.asarray(vectors, dtype=np.float16))
     try:
@@ -322,6 +351,18 @@ def _sticks_arrays(two_theta: Sequence[np.ndarray], area: Sequence[np.ndarray]) 
             "area": np.concatenate(list(area)).astype(np.float32) if len(counts) else np.zeros(0, np.float32)}
 
 
+def reflections_arrays(reflections: Sequence) -> dict:
+    """The ``reflections.npz`` arrays of candidates' :class:`eacnn.physics.xrd.IndexedReflections` (None: none)."""
+    counts = np.array([0 if r is None else len(r.hkl) for r in reflections], dtype=np.int64)
+    kept = [r for r in reflections if r is not None]
+    hkl = np.concatenate([r.hkl for r in kept]) if kept else np.zeros((0, 3))
+    small = not len(hkl) or np.abs(hkl).max() <= np.iinfo(np.int16).max
+    return {"offsets": np.concatenate([[0], np.cumsum(counts)]),
+            "hkl": hkl.astype(np.int16 if small else np.int32),
+            "area": (np.concatenate([r.area for r in kept]) if kept else np.zeros(0)).astype(np.float32),
+            "metric": np.array([np.full(6, np.nan) if r is None else r.metric for r in reflections]).reshape(-1, 6)}
+
+
 def _split(sticks: dict) -> tuple[list, list]:
     """The per-candidate (2θ, area) lists of a sticks dict."""
     o = sticks["offsets"]
@@ -351,10 +392,10 @@ def shipped_embeddings(checkpoint_sha: str) -> tuple[np.ndarray, np.ndarray, dic
 
 
 def _embedded_from_shipped(ids: np.ndarray, emb: np.ndarray, cfg, progress: bool):
-    """labels, embeddings, sticks and vectors of the embedded database from shipped embeddings (simulating the
+    """labels, embeddings, sticks, vectors and indexed reflections of the embedded database from shipped embeddings (simulating the
     patterns and reflections, which take seconds, instead of embedding 18,093 structures, which takes minutes)."""
     from eacnn.datasets.structures import load_embedded, row_arrays
-    from eacnn.physics.xrd import simulate_batch
+    from eacnn.physics.xrd import indexed_reflections, simulate_batch
 
     table = load_embedded().set_index("material_id").loc[ids].reset_index()
     # plain arrays, not pymatgen objects: the same patterns, without 18,093 Structure constructions (~8 s)
@@ -364,17 +405,20 @@ def _embedded_from_shipped(ids: np.ndarray, emb: np.ndarray, cfg, progress: bool
     labels = table.assign(source="embedded", elements=table["species"].map(_element_string))[ok]
     sticks = _sticks_arrays([sim.stick_two_theta[i] for i in np.flatnonzero(ok)],
                             [sim.stick_intensity[i] for i in np.flatnonzero(ok)])
-    return labels.reset_index(drop=True), emb[ok], sticks, sim.vectors[ok]
+    reflections = indexed_reflections([structures[i] for i in np.flatnonzero(ok)], cfg.xrd, progress=progress)
+    return labels.reset_index(drop=True), emb[ok], sticks, sim.vectors[ok], reflections
 
 
 def _from_datasets(sources: Sequence[str], model, cfg, progress: bool):
-    """labels, embeddings, sticks and vectors of any sources, embedding every structure with the model."""
+    """labels, embeddings, sticks, vectors and indexed reflections of any sources, embedding every structure with
+    the model."""
     from eacnn.retrieval.search import load_database
 
     db = load_database(sources, model, cfg, progress=progress)
     labels = db.labels.assign(elements=[" ".join(sorted(e)) for e in db.elements])
     pairs = [db.sticks(i) for i in range(len(labels))]
-    return labels, db.embeddings, _sticks_arrays([p[0] for p in pairs], [p[1] for p in pairs]), db.vectors
+    reflections = [db.reflections(i) for i in range(len(labels))]
+    return labels, db.embeddings, _sticks_arrays([p[0] for p in pairs], [p[1] for p in pairs]), db.vectors, reflections
 
 
 def model_calibration(model, cfg, checkpoint_sha: str, progress: bool = True) -> dict:
@@ -437,8 +481,9 @@ def model_database(model, cfg, sources: Sequence[str], out: str | Path, model_sh
     vectors = np.concatenate([p[3] for p in parts])
     calibration = (model_calibration(model, cfg, sha, progress) if model_sha else
                    _fit_calibration(model, cfg, progress, n_queries=calibration_queries))
+    reflections = reflections_arrays([r for p in parts for r in p[4]])
     return write_database(out, labels, emb, export_tower(model), calibration, sha, sources, sticks, vectors,
-                          dataclasses.asdict(cfg.xrd))
+                          dataclasses.asdict(cfg.xrd), reflections)
 
 
 def default_database(sources: Sequence[str] = ("embedded",), checkpoint: str | Path | None = None,

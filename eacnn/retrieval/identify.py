@@ -8,7 +8,11 @@ calibrated for that final score.
    around the one the query found (±0.6 % in 0.2 % steps, so ±3 % in all with the query's grid) and a zero shift
    (±0.3°) at the model's peak width, then the width (the model's or twice it) at that fit, then two finer grids
    around the best point (to 0.025 % of scale and 0.0125°), profiled onto the bins and compared with the pattern
-   over the bins the scan covers (cosine: the *agreement*). The candidates are re-ranked by their **score**
+   over the bins the scan covers (cosine: the *agreement*). Then, where the database holds each candidate's
+   reflections one by one, its whole cell is fitted (:func:`refine_cell`: the six components of the reciprocal
+   metric and the zero shift, by least squares from the isotropic fit), so that a cell strained differently along
+   different directions, whose symmetry-equivalent reflections split, is followed too; the better agreement is
+   kept. The candidates are re-ranked by their **score**
    (:data:`RERANK`): the similarity plus 0.04 × the log-likelihood of the fit, −ln(1 − agreement²). A fit to within
    the pattern's noise (a cell off by a common factor, refined away) then outweighs any difference in similarity;
    among fits the isotropic refinement cannot make perfect (anisotropic strain, texture, impurities), where it can
@@ -40,37 +44,48 @@ from threadpoolctl import threadpool_limits
 from eacnn.config import XRDConfig
 from eacnn.errors import EACNNError
 from eacnn.physics.perturb import bragg_shift
-from eacnn.physics.profile import bin_kernel, deposit_matrix
+from eacnn.physics.profile import bin_kernel, deposit_matrix, split_on_grid
 from eacnn.retrieval.query import SCALE_PENALTY, SCALES, multiscale_best, rescale_many, scale_prior
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Identification", "identify", "refine", "calibrate", "open_set_threshold", "open_set_rule", "margin_of",
            "REFINE_OFFSETS", "RERANK", "rerank_score",
-           "REFINE_SHIFTS", "REFINE_WIDTHS", "REFINE_FINE_STEPS"]
+           "REFINE_SHIFTS", "REFINE_WIDTHS", "REFINE_FINE_STEPS", "refine_cell", "CELL_WIDTHS", "CELL_MAX_STRAIN",
+           "ANISOTROPY_PENALTY", "CELL_MIN_GAIN", "cell_kept"]
 
 #: How refined candidates are re-ranked (:func:`rerank_score`): ("linear", w) or ("likelihood", b); chosen on the
 #: validation split (module docstring).
 RERANK = ("likelihood", 0.04)
+#: score per 1 % of a fitted cell's anisotropic (deviatoric) strain, and how much a cell fit must lower the residual
+#: 1 − agreement² below the isotropic fit's to be kept (its six more parameters fit anything a little better);
+#: both chosen on the validation split with the rule (``scripts/select_rerank.py``)
+ANISOTROPY_PENALTY = 0.04
+CELL_MIN_GAIN = 2.0
 #: 1 − agreement² below this counts as this (a fit cannot be better than the pattern's float32 rounding)
 FIT_FLOOR = 1e-6
 
 
-def rerank_score(agreement, similarity, rule: tuple[str, float] | None = None):
+def rerank_score(agreement, similarity, rule: tuple[str, float] | None = None, anisotropy=0.0):
     """The re-ranking score of refined candidates (arrays or Series of one shape), by ``rule`` (:data:`RERANK` when
-    None):
+    None), less :data:`ANISOTROPY_PENALTY` per 1 % of ``anisotropy`` (‖dev ε‖ of a fitted cell, :func:`refine`):
 
     - ``("linear", w)``: w · agreement + (1 − w) · similarity;
     - ``("likelihood", b)``: similarity − b · ln(1 − agreement²). For unit vectors, 1 − cos² is the residual of the
       best scaled fit, and −(n/2) ln(residual) the log-likelihood of the fit under Gaussian noise of unknown size:
       a near-perfect fit (an isotropic mismatch, refined away) outweighs any difference in similarity, while among
       imperfect fits (anisotropic strain, texture, impurities) a residual twice as large costs only b · ln 2.
+
+    The anisotropy penalty is a prior against shape changes of the cell: a cell fit may follow a strained sample,
+    but a look-alike that needs a large anisotropic strain to fit is less likely than one that does not.
     """
     kind, value = RERANK if rule is None else rule
+    prior = ANISOTROPY_PENALTY * np.asarray(anisotropy, np.float64) / 0.01
     if kind == "linear":
-        return value * agreement + (1 - value) * similarity
+        return value * agreement + (1 - value) * similarity - prior
     if kind == "likelihood":
-        return similarity - value * np.log(np.maximum(1.0 - np.asarray(agreement, np.float64) ** 2, FIT_FLOOR))
+        return (similarity - value * np.log(np.maximum(1.0 - np.asarray(agreement, np.float64) ** 2, FIT_FLOOR))
+                - prior)
     raise ValueError(f"unknown re-ranking rule {kind!r}: 'linear' or 'likelihood'")
 
 
@@ -98,20 +113,36 @@ def _profiles(two_theta: np.ndarray, area: np.ndarray, strains: np.ndarray, shif
 
 
 def refine(vector: np.ndarray, covered: np.ndarray | None, rows: Sequence[int], sticks: Callable, xrd: XRDConfig,
-           scales: Sequence[float] | None = None) -> pd.DataFrame:
-    """Agreement of each candidate row with the pattern after a fitted lattice scale, zero shift and width.
+           scales: Sequence[float] | None = None, reflections: Callable | None = None) -> pd.DataFrame:
+    """Agreement of each candidate row with the pattern after a fitted lattice scale, zero shift and width, and,
+    with ``reflections``, after a fit of the whole cell (:func:`refine_cell`) where that agrees better.
 
     Args:
         vector: [n_bins] the pattern on the model grid; covered: [n_bins] bool (all when None).
         rows: candidate rows; sticks: ``sticks(row) -> (2θ [p] degrees, areas [p])``.
         scales: per row, the lattice scale the multi-scale query found (1 when None).
+        reflections: ``reflections(row) -> IndexedReflections | None`` (a database's or data set's
+            ``reflections``); None: lattice scales only.
 
     Returns:
         one row per candidate: ``row``, ``agreement`` (cosine over the covered bins), ``strain`` (the fitted
-        d-spacing change of the candidate, Δd/d), ``zero_shift`` (degrees), ``width`` (degrees FWHM).
+        isotropic d-spacing change of the candidate, Δd/d), ``zero_shift`` (degrees), ``width`` (degrees FWHM),
+        ``anisotropy`` (‖dev ε‖ of the fitted cell's strain; 0 where the lattice scale fitted as well, i.e. the
+        cell fit did not lower the residual 1 − agreement² by :data:`CELL_MIN_GAIN`).
     """
     with threadpool_limits(1, "blas"):  # small products: one BLAS thread is as fast, and no spin-waiting when the
-        return _refine(vector, covered, rows, sticks, xrd, scales)  # other cores are busy (2.4x under contention)
+        fits = _refine(vector, covered, rows, sticks, xrd, scales)  # other cores are busy (2.4x under contention)
+        fits["anisotropy"] = 0.0
+        if reflections is None:
+            return fits
+        for i, fit in enumerate(fits.itertuples()):
+            indexed = reflections(int(fit.row))
+            if indexed is None:
+                continue
+            cell = refine_cell(vector, covered, indexed, xrd, fit.strain, fit.zero_shift, fit.width)
+            if cell_kept(fit.agreement, cell[0]):
+                fits.loc[i, ["agreement", "anisotropy", "zero_shift", "width"]] = cell
+        return fits
 
 
 def _refine(vector, covered, rows, sticks, xrd, scales) -> pd.DataFrame:
@@ -145,6 +176,130 @@ def _refine(vector, covered, rows, sticks, xrd, scales) -> pd.DataFrame:
                 cos, eps, delta = c, e, z
         out.append({"row": int(row), "agreement": cos, "strain": eps, "zero_shift": delta, "width": width})
     return pd.DataFrame(out, columns=["row", "agreement", "strain", "zero_shift", "width"])
+
+
+#: the cell fit's peak widths, in units of the isotropic fit's: a wider profile first widens the basin the
+#: least-squares fit starts in (peaks 1° apart still overlap), then the fit is finished at the fitted width
+CELL_WIDTHS = (3.0, 1.0)
+CELL_EVALUATIONS = (20, 30)  # most profile evaluations at each width of CELL_WIDTHS (more: 2x slower, no better)
+CELL_MAX_STRAIN = 0.05  # a cell fit straining the cell more than 5 % beyond the isotropic fit is refused
+
+
+def refine_cell(vector: np.ndarray, covered: np.ndarray | None, reflections, xrd: XRDConfig, strain: float = 0.0,
+                zero_shift: float = 0.0, width: float | None = None) -> tuple[float, float, float, float]:
+    """Agreement of one candidate with the pattern after a least-squares fit of its whole cell and the zero shift.
+
+    An isotropic lattice scale (:func:`refine`) cannot follow a cell strained differently along different
+    directions, where symmetry-equivalent reflections split. Here the six components of the reciprocal metric
+    G* (1/d² = (h², k², l², 2hk, 2hl, 2kl) @ G*, any symmetric strain of the cell) and the zero shift are fitted
+    by Levenberg–Marquardt (``scipy.optimize.least_squares``) to the normalised pattern over the covered bins,
+    with the exact Jacobian of the binned profile. The fit starts from the isotropic one (``strain``, ``zero_shift``,
+    ``width``: :func:`refine`'s), is run at three times the width first (:data:`CELL_WIDTHS`: a wider basin), and
+    is finished at each width of :data:`REFINE_WIDTHS` (the isotropic fit may have widened the peaks to cover a
+    splitting that the cell fit resolves).
+
+    Args:
+        vector: [n_bins] the pattern; covered: [n_bins] bool (all when None).
+        reflections: the candidate's :class:`eacnn.physics.xrd.IndexedReflections`.
+
+    Returns:
+        (agreement, the cosine at the fitted cell; anisotropy, the deviatoric part of the fitted strain relative to
+        the candidate's cell, ‖dev ε‖ (0 for a pure scale); zero shift, degrees; width, degrees FWHM). Agreement −1
+        when the fit moves the cell more than :data:`CELL_MAX_STRAIN` beyond the isotropic fit.
+    """
+    from scipy.optimize import least_squares
+
+    from eacnn.physics.xrd import metric_monomials
+
+    width = width or xrd.fwhm
+    mask = np.ones(len(vector), bool) if covered is None else np.asarray(covered, bool)
+    q = np.where(mask, np.asarray(vector, np.float64), 0.0)
+    q /= max(np.linalg.norm(q), 1e-12)
+    mono = metric_monomials(reflections.hkl)  # [R, 6]
+    base = np.asarray(reflections.metric, np.float64) / (1.0 + strain) ** 2  # [6] the isotropic fit's metric
+    d = np.sqrt(np.abs(base[:3]))
+    unit = 0.01 * np.array([d[0] ** 2, d[1] ** 2, d[2] ** 2, d[0] * d[1], d[0] * d[2], d[1] * d[2]])  # 1 = 1 %
+    x = np.array([0, 0, 0, 0, 0, 0, zero_shift / 0.1])  # [7] metric change in `unit`s, zero shift in 0.1°
+    area = np.asarray(reflections.area, np.float64)
+    for factor, evaluations in zip(CELL_WIDTHS, CELL_EVALUATIONS):
+        fun = _CellProfile(q, mask, mono, area, base, unit, xrd, factor * width)
+        x = least_squares(fun.residual, x, jac=fun.jacobian, method="lm", x_scale=1.0, max_nfev=evaluations).x
+    agreement, best_width = float(_CellProfile(q, mask, mono, area, base, unit, xrd, width).normalised(x) @ q), width
+    # the isotropic fit may have widened the peaks to cover a splitting the cell fit resolves: finish at the
+    # other widths of REFINE_WIDTHS too and keep the best
+    for other in {f * xrd.fwhm for f in REFINE_WIDTHS} - {width}:
+        fun = _CellProfile(q, mask, mono, area, base, unit, xrd, other)
+        y = least_squares(fun.residual, x, jac=fun.jacobian, method="lm", x_scale=1.0,
+                          max_nfev=CELL_EVALUATIONS[-1]).x
+        c = float(fun.normalised(y) @ q)
+        if c > agreement:
+            agreement, x, best_width = c, y, other
+    anisotropy, largest = _anisotropy(base, base + unit * x[:6])
+    if not np.isfinite(agreement) or largest > CELL_MAX_STRAIN:
+        return -1.0, 0.0, float(0.1 * x[6]), best_width
+    return agreement, anisotropy, float(0.1 * x[6]), best_width
+
+
+def cell_kept(isotropic, cell, gain: float | None = None):
+    """Whether a cell fit's agreement ``cell`` replaces the isotropic fit's ``isotropic`` (scalars or arrays): it
+    must lower the residual 1 − agreement² by the factor ``gain`` (:data:`CELL_MIN_GAIN` when None)."""
+    gain = CELL_MIN_GAIN if gain is None else gain
+    isotropic, cell = np.asarray(isotropic, np.float64), np.asarray(cell, np.float64)
+    return (cell > isotropic) & (1 - isotropic**2 >= gain * (1 - cell**2))
+
+
+def _anisotropy(metric: np.ndarray, fitted: np.ndarray) -> tuple[float, float]:
+    """(‖dev ε‖, largest |principal ε|) of the strain ε that takes reciprocal metric ``metric`` [6] to ``fitted``
+    [6]: G*' = (I + ε)⁻¹ G* (I + ε)⁻¹ in G*'s own frame, so to first order the principal strains are −½ the
+    eigenvalues of G*^-½ G*' G*^-½ − I."""
+    def full(m):
+        return np.array([[m[0], m[3], m[4]], [m[3], m[1], m[5]], [m[4], m[5], m[2]]])
+
+    w, v = np.linalg.eigh(full(metric))
+    root = v @ np.diag(1.0 / np.sqrt(np.maximum(w, 1e-12))) @ v.T
+    eps = np.linalg.eigvalsh(root @ full(fitted) @ root)  # [3] principal (1 + ε)⁻²
+    eps = 1.0 / np.sqrt(np.maximum(eps, 1e-12)) - 1.0
+    return float(np.linalg.norm(eps - eps.mean())), float(np.abs(eps).max())
+
+
+class _CellProfile:
+    """The normalised binned profile [n_bins] of indexed reflections under a change of the reciprocal metric and a
+    zero shift x [7], and its exact Jacobian [n_bins, 7] (the stick deposit is linear between fine-grid points)."""
+
+    def __init__(self, q, mask, mono, area, base, unit, xrd: XRDConfig, width: float):
+        self.q, self.mask, self.mono, self.area, self.base, self.unit = q, mask, mono, area, base, unit
+        self.wavelength = xrd.wavelength
+        self.lo, self.kernel = _kernel(xrd, width)  # [n_fine, n_bins]
+        self._at = None
+
+    def _profile(self, x: np.ndarray):
+        """(normalised profile [n_bins], its norm, and what the Jacobian needs) at x, kept for the Jacobian."""
+        if self._at is not None and np.array_equal(self._at[0], x):
+            return self._at[1]
+        g2 = np.maximum(self.mono @ (self.base + self.unit * x[:6]), 1e-12)  # [R] 1/d², Å⁻²
+        s = np.minimum(self.wavelength / 2 * np.sqrt(g2), 1.0 - 1e-9)  # [R] sin θ
+        u = (np.degrees(2 * np.arcsin(s)) + 0.1 * x[6] - self.lo) / FINE  # [R] fine-grid steps
+        i0, w1 = split_on_grid(u, self.kernel.shape[0])  # [R] each
+        lower, upper = self.kernel[i0], self.kernel[i0 + 1]  # [R, n_bins] each
+        y = np.where(self.mask, (self.area * (1 - w1)) @ lower + (self.area * w1) @ upper, 0.0)  # [n_bins]
+        norm = max(float(np.linalg.norm(y)), 1e-12)
+        self._at = (x.copy(), (y / norm, norm, (g2, s, u, lower, upper)))
+        return self._at[1]
+
+    def normalised(self, x: np.ndarray) -> np.ndarray:
+        return self._profile(x)[0]
+
+    def residual(self, x: np.ndarray) -> np.ndarray:
+        return self._profile(x)[0] - self.q
+
+    def jacobian(self, x: np.ndarray) -> np.ndarray:
+        yhat, norm, (g2, s, u, lower, upper) = self._profile(x)
+        inside = (u >= 0) & (u <= self.kernel.shape[0] - 1)  # off the grid a stick does not move
+        dy_dpos = (self.area * inside / FINE)[:, None] * (upper - lower)  # [R, n_bins] per degree
+        dpos_dg2 = np.degrees(self.wavelength / (2 * np.sqrt(g2) * np.sqrt(1 - s * s)))  # [R] degrees per Å⁻²
+        dpos = np.concatenate([dpos_dg2[:, None] * self.mono * self.unit, np.full((len(g2), 1), 0.1)], axis=1)
+        jy = np.where(self.mask[:, None], dy_dpos.T.astype(np.float64) @ dpos, 0.0)  # [n_bins, 7]
+        return (jy - np.outer(yhat, yhat @ jy)) / norm  # d(y/|y|)/dx
 
 
 def _grid(eps: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -229,9 +384,10 @@ def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, 
     cal = db.manifest.get("calibration", {})
     score_name, threshold = "similarity", float(cal.get("similarity", cal.get("threshold", np.inf)))
     if rerank and len(hits):
-        fits = refine(vector, covered, hits["row"].head(rerank), db.sticks, xrd, hits["scale"].head(rerank))
+        fits = refine(vector, covered, hits["row"].head(rerank), db.sticks, xrd, hits["scale"].head(rerank),
+                      db.reflections if getattr(db, "has_reflections", False) else None)
         hits = hits.merge(fits, on="row", how="left")
-        hits["score"] = rerank_score(hits["agreement"], hits["similarity"])
+        hits["score"] = rerank_score(hits["agreement"], hits["similarity"], anisotropy=hits["anisotropy"].fillna(0.0))
         order = np.argsort(-hits["score"].fillna(-np.inf).to_numpy(), kind="stable")
         hits = hits.iloc[order].reset_index(drop=True)
         if "score" in cal:
@@ -352,8 +508,8 @@ def calibrate(model, dataset, n_queries: int = 450, rerank: int = 10, target: fl
         for present in (True, False):
             cand = order if present else order[phase[order] != phase[own]]
             top = cand[: max(rerank, 1)]
-            agree = refine(q, m, pool_rows[top], dataset.sticks, xrd, scale[top])["agreement"].to_numpy()
-            score = rerank_score(agree, sim[top])
+            fits = refine(q, m, pool_rows[top], dataset.sticks, xrd, scale[top], dataset.reflections)
+            score = rerank_score(fits["agreement"].to_numpy(), sim[top], anisotropy=fits["anisotropy"].to_numpy())
             j = int(score.argmax())
             for key, value in (("present", present), ("similarity", sim[top[0]]),
                                ("sim_correct", present and phase[top[0]] == phase[own]), ("score", score[j]),

@@ -47,6 +47,13 @@ class Database:
                 return ds.sticks(row - start)
         raise EACNNError(f"row {row} is not in this database")
 
+    def reflections(self, row: int):
+        """Row ``row``'s reflections one by one (:meth:`eacnn.datasets.dataset.CrystalDataset.reflections`)."""
+        for start, ds in reversed(self.parts):
+            if row >= start:
+                return ds.reflections(row - start)
+        raise EACNNError(f"row {row} is not in this database")
+
 
 @dataclass(frozen=True)
 class Calibration:
