@@ -513,6 +513,23 @@ def epoch_search_table(path=None) -> pd.DataFrame:
     return table
 
 
+def cell_fit_table(path=None) -> pd.DataFrame:
+    """Top-1 (percent) as ``eacnn search`` answers, per validation condition (rows, then their ``mean``), refining
+    lattice scales only ("isotropic") and with each candidate's cell fitted under each (prior against anisotropic
+    strain, residual gain) setting: ``eacnn/data/cell_fit.csv``, written by ``scripts/select_rerank.py --cell-grid
+    --out``. Columns in the file's order; an empty DataFrame when the file is absent."""
+    path = DATA_DIR / "cell_fit.csv" if path is None else path
+    if not Path(path).is_file():
+        return pd.DataFrame()
+    records = pd.read_csv(path)
+    order = list(dict.fromkeys(records["condition"]))
+    rules = ["isotropic"] + [r for r in dict.fromkeys(records["rule"]) if r != "isotropic"]
+    table = records.pivot_table(index="condition", columns="rule", values="top1").loc[order, rules]
+    table.loc["mean"] = table.mean()
+    table.columns.name = "refinement"
+    return table
+
+
 def model_sizes(models: dict) -> pd.DataFrame:
     """Parameters of each model (name -> :class:`eacnn.models.EACNN`): MACE, the whole structure tower, the XRD
     tower and the total."""

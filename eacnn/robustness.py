@@ -329,4 +329,16 @@ def book_numbers(table: pd.DataFrame) -> dict[str, str]:
         out[f"srch_{key}"] = top1(current, condition, "search")
         out[f"sm_srch_{key}"] = top1("search-match", condition, "search")
     out["srch_queries"] = queries(current, "iso -2 %", "search")
+    worst_iso = min((out["srch_iso_m2"], out["srch_iso_p2"]), key=lambda v: float(v) if v != "n/a" else np.inf)
+    out["iso_target"] = target_phrase(worst_iso, 95.0)
+    out["aniso_target"] = target_phrase(out["srch_aniso"], 90.0)
     return out
+
+
+def target_phrase(top1: str, target: float) -> str:
+    """How a Top-1 (percent, as text; "n/a" when not computed) stands against a target: "meets the ≥ 95 % target"
+    or "misses the ≥ 95 % target by 3.1 points"."""
+    if top1 == "n/a":
+        return f"was not computed against the ≥ {target:g} % target"
+    gap = target - float(top1)
+    return f"meets the ≥ {target:g} % target" if gap <= 0 else f"misses the ≥ {target:g} % target by {gap:.1f} points"

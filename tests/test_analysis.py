@@ -524,3 +524,16 @@ def test_epoch_search_table_orders_conditions_and_adds_the_mean(tmp_path):
     assert list(table.index) == ["clean", "aniso 1.5 %", "mean"] and list(table.columns) == [3, 16, "avg"]
     assert table.loc["mean", 3] == 90.0 and table.loc["mean", 16] == 92.0 and table.loc["aniso 1.5 %", "avg"] == 84.0
     assert analysis.epoch_search_table(tmp_path / "missing.csv").empty
+
+
+def test_cell_fit_table_puts_the_isotropic_refinement_first_and_adds_the_mean(tmp_path):
+    rows = [{"model": "default", "condition": c, "penalty": 0.01, "rule": r, "top1": v}
+            for r, vals in (("cell prior 0 gain 1", (100.0, 94.0)), ("cell prior 0.04 gain 2", (100.0, 93.0)),
+                            ("isotropic", (100.0, 81.0)))
+            for c, v in zip(("clean", "aniso 1.5 %"), vals)]
+    path = tmp_path / "cell_fit.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    table = analysis.cell_fit_table(path)
+    assert list(table.columns) == ["isotropic", "cell prior 0 gain 1", "cell prior 0.04 gain 2"]
+    assert list(table.index) == ["clean", "aniso 1.5 %", "mean"] and table.loc["mean", "isotropic"] == 90.5
+    assert analysis.cell_fit_table(tmp_path / "missing.csv").empty

@@ -39,3 +39,11 @@ def test_multiscale_and_refined_search_recover_a_three_percent_mismatch(data):
     assert top1["iso -3 %", "multi-scale"] > 75.0
     assert top1["iso -3 %", "search"] >= 90.0
     assert table.set_index(["condition", "query"]).loc[("iso -3 %", "search"), "queries"] == 20
+
+
+def test_target_phrases_say_met_or_by_how_much_missed():
+    from eacnn.robustness import target_phrase
+
+    assert target_phrase("95.0", 95.0) == "meets the ≥ 95 % target"
+    assert target_phrase("86.9", 90.0) == "misses the ≥ 90 % target by 3.1 points"
+    assert "not computed" in target_phrase("n/a", 90.0)

@@ -11,15 +11,17 @@ calibrated for that final score.
    over the bins the scan covers (cosine: the *agreement*). Then, where the database holds each candidate's
    reflections one by one, its whole cell is fitted (:func:`refine_cell`: the six components of the reciprocal
    metric and the zero shift, by least squares from the isotropic fit), so that a cell strained differently along
-   different directions, whose symmetry-equivalent reflections split, is followed too; the better agreement is
-   kept. The candidates are re-ranked by their **score**
-   (:data:`RERANK`): the similarity plus 0.04 × the log-likelihood of the fit, −ln(1 − agreement²). A fit to within
-   the pattern's noise (a cell off by a common factor, refined away) then outweighs any difference in similarity;
-   among fits the isotropic refinement cannot make perfect (anisotropic strain, texture, impurities), where it can
-   prefer a wrong candidate the model had rightly placed below, the similarity keeps its say. The rule, its
-   weight and the mismatch prior were chosen on the validation split with a pool as large as the test split
-   (``scripts/select_rerank.py``: mean Top-1 over seven query conditions 83.3 % against 80.3 % for the mean of
-   agreement and similarity without the prior, the previous rule, and 80.4 % for the agreement alone).
+   different directions, whose symmetry-equivalent reflections split, is followed too; it is kept where it lowers
+   the residual 1 − agreement² :data:`CELL_MIN_GAIN`-fold. The candidates are re-ranked by their **score**
+   (:data:`RERANK`): the similarity plus 0.04 × the log-likelihood of the fit, −ln(1 − agreement²), less
+   :data:`ANISOTROPY_PENALTY` per 1 % of the anisotropic strain a kept cell fit needed. A fit to within the
+   pattern's noise (a cell off by a common factor or strained, refined away) then outweighs any difference in
+   similarity; among imperfect fits (texture, impurities), where the fit can prefer a wrong candidate the model
+   had rightly placed below, the similarity keeps its say. The rule, its weight and the mismatch prior were chosen
+   on the validation split with a pool as large as the test split (``scripts/select_rerank.py``: mean Top-1 over
+   seven query conditions 83.3 % against 80.3 % for the mean of agreement and similarity without the prior, the
+   previous rule, and 80.4 % for the agreement alone), then the cell fit's two settings with that rule
+   (``--cell-grid``, ``eacnn/data/cell_fit.csv``, chapter 5).
 3. **Verdict**: "match" when the final score (the score after refinement, else the similarity) reaches the
    threshold calibrated for it *and* the top hit stands out: its margin (its score less that of the best
    refined candidate of another phase, i.e. another formula or space group) reaches the calibrated margin. Both
@@ -521,7 +523,8 @@ def calibrate(model, dataset, n_queries: int = 450, rerank: int = 10, target: fl
     sim_t = open_set_threshold(r["similarity"][pres], r["sim_correct"][pres], r["similarity"][~pres], target)
     score_t, margin_t, precision, recall = open_set_rule(r["score"], r["margin"], r["correct"], pres, target)
     out = {"similarity": sim_t, "score": score_t, "margin": margin_t, "rerank_rule": list(RERANK),
-           "scale_penalty": SCALE_PENALTY,
+           "scale_penalty": SCALE_PENALTY, "cell_fit": {"anisotropy_penalty": ANISOTROPY_PENALTY,
+                                                        "min_gain": CELL_MIN_GAIN},
            "target": target,
            "n_queries": int(len(chosen)),
            "queries": "validation split: a third each measured (training family), measured (held-out family), "
