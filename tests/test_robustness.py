@@ -47,3 +47,14 @@ def test_target_phrases_say_met_or_by_how_much_missed():
     assert target_phrase("95.0", 95.0) == "meets the ≥ 95 % target"
     assert target_phrase("86.9", 90.0) == "misses the ≥ 90 % target by 3.1 points"
     assert "not computed" in target_phrase("n/a", 90.0)
+
+
+def test_search_only_gives_the_search_rows_of_a_whole_run(data):
+    """``search_only`` scores only the selected queries, yet answers each as the whole run does."""
+    kwargs = dict(split="test", multiscale=("aniso 1.5 %",), refined=("aniso 1.5 %",), refine_queries=8,
+                  progress=False)
+    whole = robustness_table({"search-match": None}, data, ("clean", "aniso 1.5 %"), **kwargs)
+    alone = robustness_table({"search-match": None}, data, ("clean", "aniso 1.5 %"), search_only=True, **kwargs)
+    assert alone["query"].tolist() == ["search"]
+    want = whole[whole["query"] == "search"].reset_index(drop=True)
+    assert alone.reset_index(drop=True)[["top1", "top5", "queries"]].equals(want[["top1", "top5", "queries"]])
