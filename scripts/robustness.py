@@ -10,13 +10,15 @@ condition's queries are seeded (:func:`eacnn.robustness.condition_queries`) and 
 "multi-scale" rows read each query at the lattice scales 0.96–1.04 (:data:`eacnn.retrieval.query.SCALES`); the
 "search" rows answer as ``eacnn search`` does (multi-scale, then the best ten refined and re-ranked) for 500 seeded
 queries of each condition, the whole test split still the pool. The previous default is scored as measured only (a
-reference for what the training changed). About an hour on one core once the data set is cached; on two cores, run
-two halves of the conditions side by side (``--conditions``, each to its own ``--out``) and concatenate them.
+reference for what the training changed). Before the cell fit a whole run took about an hour on one core once the
+data set was cached; the search rows now take about as long again for each half of the conditions (3,900 s for
+seven conditions on one of two busy cores). On two cores, run two halves of the conditions side by side
+(``--conditions``, each to its own ``--out``) and concatenate them.
 When only the refinement changed, ``--search-only`` recomputes the "search" rows alone (the same queries and
 answers as a whole run; the other rows do not depend on the refinement) and writes them with the other rows of
 ``eacnn/data/robustness.csv`` for its conditions. The shipped table's search rows were computed that way with
 500 queries per condition (``--refine-queries 500``): the cell fit of every refined candidate makes a refined query
-about ten times slower, about an hour on two cores for 500.
+about ten times slower.
 """
 
 from __future__ import annotations
