@@ -369,6 +369,7 @@ def _identify(path: Path, args: argparse.Namespace, db) -> dict:
                      "similarity": round(float(r.similarity), 4), "scale": round(float(r.scale), 3),
                      **({"agreement": round(float(r.agreement), 4), "strain": round(float(r.strain), 4),
                          "zero_shift": round(float(r.zero_shift), 3), "width": round(float(r.width), 3),
+                         "anisotropy": round(float(getattr(r, "anisotropy", 0.0)), 4),
                          "score": round(float(r.score), 4)}
                         if "agreement" in hits and r.agreement == r.agreement else {})}
                     for r in hits.itertuples()],
@@ -398,10 +399,13 @@ def _rule_text() -> str:
     """The re-ranking rule in words (:data:`eacnn.retrieval.identify.RERANK`)."""
     from eacnn.retrieval.identify import RERANK
 
+    from eacnn.retrieval.identify import ANISOTROPY_PENALTY
+
     kind, value = RERANK
+    prior = f", less {ANISOTROPY_PENALTY:g} per 1 % of anisotropic strain"
     if kind == "linear":
-        return f"{value:g} × refined agreement + {1 - value:g} × the model's similarity"
-    return f"the model's similarity − {value:g} × ln(1 − agreement²), the log-likelihood of the refined fit"
+        return f"{value:g} × refined agreement + {1 - value:g} × the model's similarity{prior}"
+    return f"the model's similarity − {value:g} × ln(1 − agreement²), the log-likelihood of the refined fit{prior}"
 
 
 def _print_answer(answer: dict, rerank: int) -> None:
@@ -411,8 +415,9 @@ def _print_answer(answer: dict, rerank: int) -> None:
           f"candidate{'s' if n != 1 else ''}")
     cols = ["rank", "id", "formula", "spacegroup", "similarity", "scale"]
     if "agreement" in hits:
-        cols += ["agreement", "strain", "zero_shift", "score"]
-        print(f"read at lattice scales 0.96–1.04; top {rerank} refined (lattice scale, zero shift, width) and "
+        cols += ["agreement", "strain", "zero_shift"] + (["anisotropy"] if "anisotropy" in hits else []) + ["score"]
+        print(f"read at lattice scales 0.96–1.04; top {rerank} refined (lattice scale, zero shift, width, then the "
+              f"whole cell where the database holds its reflections) and "
               f"re-ranked by score ({_rule_text()})")
     print(hits[cols].to_string(index=False, float_format="%.4f"))
     margin = (f", margin over the best other phase {answer['margin']:.4f} (needs {answer['margin_threshold']:.4f})"

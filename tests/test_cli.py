@@ -152,6 +152,9 @@ def test_readme_search_examples_run(args, tmp_path):
     if "--json" in args:
         payloads = [json.loads(line) for line in proc.stdout.splitlines()]
         assert payloads and all(p["results"] and p["verdict"] in ("match", "no confident match") for p in payloads)
+        # refined candidates report their cell fit's anisotropic strain (0 where the lattice scale fitted as well)
+        assert all(r["anisotropy"] >= 0 for p in payloads for r in p["results"] if "agreement" in r)
+        assert any("agreement" in r for p in payloads for r in p["results"])
         if "--elements" in args:  # Mn,O: every candidate is made of Mn and O only
             assert all(set(re.findall(r"[A-Z][a-z]?", r["formula"])) <= {"Mn", "O"}
                        for p in payloads for r in p["results"])
