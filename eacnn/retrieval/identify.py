@@ -252,8 +252,8 @@ def cell_kept(isotropic, cell, gain: float | None = None):
 
 def _anisotropy(metric: np.ndarray, fitted: np.ndarray) -> tuple[float, float]:
     """(‖dev ε‖, largest |principal ε|) of the strain ε that takes reciprocal metric ``metric`` [6] to ``fitted``
-    [6]: G*' = (I + ε)⁻¹ G* (I + ε)⁻¹ in G*'s own frame, so to first order the principal strains are −½ the
-    eigenvalues of G*^-½ G*' G*^-½ − I."""
+    [6], in G*'s own frame: with λ the eigenvalues of G*^-½ G*' G*^-½ (the squared ratios d/d' of the principal
+    directions), the principal strains are λ^-½ − 1."""
     def full(m):
         return np.array([[m[0], m[3], m[4]], [m[3], m[1], m[5]], [m[4], m[5], m[2]]])
 
