@@ -42,16 +42,19 @@ class Database:
 
     def sticks(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         """Reflections (2θ [p] in degrees, areas [p]) of database row ``row``, from its source's data set."""
-        for start, ds in reversed(self.parts):
-            if row >= start:
-                return ds.sticks(row - start)
-        raise EACNNError(f"row {row} is not in this database")
+        ds, i = self._locate(row)
+        return ds.sticks(i)
 
     def reflections(self, row: int):
         """Row ``row``'s reflections one by one (:meth:`eacnn.datasets.dataset.CrystalDataset.reflections`)."""
+        ds, i = self._locate(row)
+        return ds.reflections(i)
+
+    def _locate(self, row: int):
+        """(the source data set holding database row ``row``, its row there)."""
         for start, ds in reversed(self.parts):
             if row >= start:
-                return ds.reflections(row - start)
+                return ds, row - start
         raise EACNNError(f"row {row} is not in this database")
 
 
