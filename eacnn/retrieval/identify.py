@@ -115,7 +115,8 @@ def _profiles(two_theta: np.ndarray, area: np.ndarray, strains: np.ndarray, shif
 
 
 def refine(vector: np.ndarray, covered: np.ndarray | None, rows: Sequence[int], sticks: Callable, xrd: XRDConfig,
-           scales: Sequence[float] | None = None, reflections: Callable | None = None) -> pd.DataFrame:
+           scales: Sequence[float] | None = None, reflections: Callable | None = None,
+           centres: Sequence[float] = (0.0,)) -> pd.DataFrame:
     """Agreement of each candidate row with the pattern after a fitted lattice scale, zero shift and width, and,
     with ``reflections``, after a fit of the whole cell (:func:`refine_cell`) where that agrees better.
 
@@ -125,6 +126,8 @@ def refine(vector: np.ndarray, covered: np.ndarray | None, rows: Sequence[int], 
         scales: per row, the lattice scale the multi-scale query found (1 when None).
         reflections: ``reflections(row) -> IndexedReflections | None`` (a database's or data set's
             ``reflections``); None: lattice scales only.
+        centres: where the coarse lattice-scale grid (:data:`REFINE_OFFSETS`, ±0.6 %) is centred, as changes of
+            d (Δd/d) from each row's scale: (0,) searches ±0.6 % around it, (−0.014, 0, 0.014) ±2 %.
 
     Returns:
         one row per candidate: ``row``, ``agreement`` (cosine over the covered bins), ``strain`` (the fitted
@@ -132,8 +135,9 @@ def refine(vector: np.ndarray, covered: np.ndarray | None, rows: Sequence[int], 
         ``anisotropy`` (‖dev ε‖ of the fitted cell's strain; 0 where the lattice scale fitted as well, i.e. the
         cell fit did not lower the residual 1 − agreement² by :data:`CELL_MIN_GAIN`).
     """
-    with threadpool_limits(1, "blas"):  # small products: one BLAS thread is as fast, and no spin-waiting when the
-        fits = _refine(vector, covered, rows, sticks, xrd, scales)  # other cores are busy (2.4x under contention)
+    # small products: one BLAS thread is as fast, and no spin-waiting when the other cores are busy (2.4x faster then)
+    with threadpool_limits(1, "blas"):
+        fits = _refine(vector, covered, rows, sticks, xrd, scales, centres)
         fits["anisotropy"] = 0.0
         if reflections is None:
             return fits
@@ -147,7 +151,7 @@ def refine(vector: np.ndarray, covered: np.ndarray | None, rows: Sequence[int], 
         return fits
 
 
-def _refine(vector, covered, rows, sticks, xrd, scales) -> pd.DataFrame:
+def _refine(vector, covered, rows, sticks, xrd, scales, centres=(0.0,)) -> pd.DataFrame:
     mask = np.ones(len(vector), bool) if covered is None else np.asarray(covered, bool)
     q = np.where(mask, np.asarray(vector, np.float64), 0.0)
     q /= max(np.linalg.norm(q), 1e-12)
@@ -164,7 +168,8 @@ def _refine(vector, covered, rows, sticks, xrd, scales) -> pd.DataFrame:
 
         centre = 1.0 / float(scales[k]) - 1.0 if scales is not None else 0.0
         # the coarse grid around the query's scale at the model's width, then the width at that fit
-        cos, eps, delta = best_of(*_grid(centre + REFINE_OFFSETS, REFINE_SHIFTS), REFINE_WIDTHS[0] * xrd.fwhm)
+        coarse = (centre + np.asarray(centres, np.float64)[:, None] + REFINE_OFFSETS).ravel()  # [C * 7]
+        cos, eps, delta = best_of(*_grid(coarse, REFINE_SHIFTS), REFINE_WIDTHS[0] * xrd.fwhm)
         width = REFINE_WIDTHS[0] * xrd.fwhm
         for factor in REFINE_WIDTHS[1:]:
             c = best_of(np.array([eps]), np.array([delta]), factor * xrd.fwhm)[0]

@@ -177,19 +177,16 @@ def rank(vector: np.ndarray, model, db: Database, top: int = 10, elements: Seque
     return out.rename(columns={"material_id": "id", "spacegroup_symbol": "spacegroup"}).reset_index(drop=True)
 
 
-#: The search grid of :func:`refine`: lattice scale 1 + ε (every d-spacing times it) and zero shift (degrees 2θ).
-REFINE_STRAINS = np.linspace(-0.02, 0.02, 21)
-REFINE_SHIFTS = np.linspace(-0.3, 0.3, 13)
+#: Where :func:`refine` centres the lattice-scale search (Δd/d; each centre searched ±0.6 %): ±2 % in all.
+REFINE_CENTRES = (-0.014, 0.0, 0.014)
 
 
-def refine(vector: np.ndarray, hits: pd.DataFrame, db: Database, cfg, covered: np.ndarray | None = None,
-           strains: np.ndarray = REFINE_STRAINS, shifts: np.ndarray = REFINE_SHIFTS) -> pd.DataFrame:
-    """Re-rank candidates by how well their pattern fits the query after a fitted lattice scale and zero shift.
-
-    For each candidate of ``hits`` (from :func:`rank`), its reflections are moved by every strain ε (d -> d(1 + ε),
-    Bragg's law) and zero shift δ of the grid, profiled onto the model's bins as :mod:`eacnn.physics.perturb` does, and
-    compared with the query by cosine similarity over the bins the scan covers. The best (ε, δ) per candidate is
-    kept and the candidates are sorted by that agreement.
+def refine(vector: np.ndarray, hits: pd.DataFrame, db: Database, cfg, covered: np.ndarray | None = None
+           ) -> pd.DataFrame:
+    """Re-rank candidates by how well their pattern fits the query after refinement: a lattice scale (±2 %), zero
+    shift and peak width, then the whole cell where the database holds each candidate's reflections one by one
+    (:func:`eacnn.retrieval.identify.refine`, the refinement ``eacnn search`` does; here without the multi-scale
+    query, so the lattice scale is searched around 1).
 
     Args:
         vector: [n_bins] the query on the model grid (e.g. :attr:`eacnn.measured.preprocess.GridResult.vector`).
@@ -199,29 +196,16 @@ def refine(vector: np.ndarray, hits: pd.DataFrame, db: Database, cfg, covered: n
         covered: [n_bins] bool, the bins the measurement reaches (all when None).
 
     Returns:
-        ``hits`` re-sorted with columns ``agreement`` (cosine, 0..1), ``strain`` and ``zero_shift`` (degrees) and
-        ``rank`` renumbered; the model's ``similarity`` is kept.
+        ``hits`` sorted by ``agreement`` (cosine over the covered bins, 0..1), with the fit's ``strain`` (Δd/d),
+        ``zero_shift`` (degrees), ``width`` (degrees FWHM) and ``anisotropy``, and ``rank`` renumbered; the
+        model's ``similarity`` is kept.
     """
-    from eacnn.physics.perturb import bragg_shift, profile_patterns
+    from eacnn.retrieval.identify import refine as refine_rows
 
-    q = np.asarray(vector, dtype=np.float64)
-    mask = np.ones(len(q), bool) if covered is None else np.asarray(covered, bool)
-    q = np.where(mask, q, 0.0)
-    q /= max(np.linalg.norm(q), 1e-12)
-    eps, delta = np.meshgrid(strains, shifts, indexing="ij")  # [S, Z]
-    eps, delta = eps.ravel(), delta.ravel()
-    out = hits.copy()
-    fits = []
-    for row in out["row"].to_numpy():
-        tt, area = db.sticks(int(row))
-        sticks = [(bragg_shift(tt, e, d, cfg.xrd.wavelength), area) for e, d in zip(eps, delta)]
-        y = np.where(mask, profile_patterns(sticks, xrd=cfg.xrd), 0.0)  # [S * Z, n_bins]
-        cos = (y @ q) / np.maximum(np.linalg.norm(y, axis=1), 1e-12)
-        best = int(np.argmax(cos))
-        fits.append((float(cos[best]), float(eps[best]), float(delta[best])))
-    out["agreement"] = [f[0] for f in fits]
-    out["strain"] = [f[1] for f in fits]
-    out["zero_shift"] = [f[2] for f in fits]
+    indexed = all(hasattr(ds, "reflections") for _, ds in db.parts)  # data sets index reflections on first use
+    fits = refine_rows(vector, covered, hits["row"].to_numpy(), db.sticks, cfg.xrd,
+                       reflections=db.reflections if indexed else None, centres=REFINE_CENTRES)
+    out = hits.drop(columns=[c for c in fits.columns if c != "row" and c in hits]).merge(fits, on="row", how="left")
     out = out.sort_values("agreement", ascending=False, kind="stable").reset_index(drop=True)
     out["rank"] = np.arange(1, len(out) + 1)
     return out
