@@ -3,6 +3,7 @@
     python scripts/select_rerank.py [--queries 400]                       # the rule, for the shipped model
     python scripts/select_rerank.py --checkpoints A.pt B.pt ... [--out epochs.csv]  # the model, for the shipped rule
     python scripts/select_rerank.py --cell-grid [--out eacnn/data/cell_fit.csv]      # the cell fit's settings
+    python scripts/select_rerank.py --depth-grid [--out eacnn/data/rerank_depth.csv] # how many candidates to refine
 
 For seven query conditions of :mod:`eacnn.robustness` (clean, iso −2 %, iso +1 %, anisotropic 1.5 %, texture, the
 training measurement family, the held-out family), each of ``--queries`` validation structures is read at the lattice
@@ -21,7 +22,10 @@ best mean over the conditions wins; ``--rerank N`` refines N candidates instead 
 shipped model and rule are scored with lattice scales only and with the cell fit
 (:func:`eacnn.retrieval.identify.refine_cell`) under each prior against anisotropic strain and each residual gain a
 cell fit must reach (:data:`CELL_PRIORS` × :data:`CELL_GAINS`); chapter 5 shows ``eacnn/data/cell_fit.csv``, written
-this way. ``--conditions`` takes a subset, so that two halves can run side by side. (Search-match re-ranks by
+this way. With ``--depth-grid`` the shipped model, rule and cell fit are scored for each (candidates refined, of which
+the cell is fitted) pair of :data:`DEPTHS`: every candidate refined with lattice scales, the cells fitted for those
+of them the isotropic refinement scores best (the cell fit costs ~15x the isotropic one); chapter 5 shows
+``eacnn/data/rerank_depth.csv``, written this way. ``--conditions`` takes a subset, so that two halves can run side by side. (Search-match re-ranks by
 the agreement alone: its similarity is the unrefined cosine of the same pattern, which the refined one supersedes.)
 """
 
@@ -123,6 +127,40 @@ def cell_grid(model, ds, n_queries: int, conditions=CONDITIONS) -> list[dict]:
         {**r, "rule": "isotropic"} for r in records if not r["rule"].startswith("cell")]
 
 
+#: (candidates refined with lattice scales, of which the cells of the best by that refinement are fitted) pairs
+#: compared by ``--depth-grid`` (:data:`eacnn.retrieval.identify.RERANK_DEPTH`, :data:`~eacnn.retrieval.identify.CELL_FITS`)
+DEPTHS = ((10, 10), (15, 15), (20, 20), (30, 30), (20, 10), (30, 10), (30, 15), (30, 20))
+
+
+def depth_grid(model, ds, n_queries: int, conditions=CONDITIONS) -> list[dict]:
+    """Top-1 per condition for the shipped rule and cell fit under each (refined, cell-fitted) pair of
+    :data:`DEPTHS` (the deepest list refined and every cell fitted once; each pair scores a prefix of it)."""
+    from eacnn.retrieval.identify import RERANK, cell_kept, refine_cell, rerank_score
+    from eacnn.retrieval.query import SCALE_PENALTY
+
+    deepest = max(n for n, _ in DEPTHS)
+
+    def scores(condition, pattern, mask, rows, fits, similarity) -> dict:
+        iso = fits["agreement"].to_numpy()
+        cell = np.array([refine_cell(pattern, mask, ds.reflections(int(r)), ds.config.xrd, f.strain, f.zero_shift,
+                                     f.width)[:2] if ds.reflections(int(r)) is not None else (-1.0, 0.0)
+                         for r, f in zip(rows, fits.itertuples())])  # [k, 2] agreement, anisotropy
+        kept = cell_kept(iso, cell[:, 0])
+        first = rerank_score(iso, similarity, RERANK)  # [k] the isotropic refinement's score
+        out = {}
+        for n, m in DEPTHS:
+            fitted = np.zeros(len(rows), bool)
+            fitted[np.argsort(-first[:n], kind="stable")[:m]] = True
+            use = kept & fitted
+            score = rerank_score(np.where(use, cell[:, 0], iso), similarity, RERANK, np.where(use, cell[:, 1], 0.0))
+            out[f"refine {n} cell {m}"] = np.where(np.arange(len(rows)) < n, score, -np.inf)
+        return out
+
+    records = search_top1(model, ds, n_queries, (SCALE_PENALTY,), (RERANK,), "default", rerank=deepest,
+                          conditions=conditions, extra=scores, cell=False)
+    return [r for r in records if r["rule"].startswith("refine")]
+
+
 def main() -> None:
     import torch
 
@@ -137,6 +175,8 @@ def main() -> None:
     parser.add_argument("--checkpoints", nargs="+", help="compare these checkpoints under the shipped rule")
     parser.add_argument("--cell-grid", action="store_true",
                         help="compare the cell fit's settings (and no cell fit) for the shipped model and rule")
+    parser.add_argument("--depth-grid", action="store_true",
+                        help="compare how many candidates are refined and how many cells fitted (shipped model, rule)")
     parser.add_argument("--rerank", type=int, default=10, help="candidates refined per query (eacnn search's --rerank)")
     parser.add_argument("--out", help="also write the per-condition Top-1 table here (CSV)")
     parser.add_argument("--conditions", default=",".join(CONDITIONS),
@@ -148,7 +188,10 @@ def main() -> None:
         parser.error(f"unknown condition(s) {unknown}; choose from {list(CONDITIONS)}")
     torch.set_flush_denormal(True)
     ds = build_dataset(Config.cpu(), progress=False)
-    if args.cell_grid:
+    if args.depth_grid:
+        records = depth_grid(load_pretrained(DEFAULT_CHECKPOINT), ds, args.queries, conditions)
+        table = pd.DataFrame(records).pivot_table(index="condition", columns="rule", values="top1")
+    elif args.cell_grid:
         records = cell_grid(load_pretrained(DEFAULT_CHECKPOINT), ds, args.queries, conditions)
         table = pd.DataFrame(records).pivot_table(index="condition", columns="rule", values="top1")
     elif args.checkpoints:
