@@ -37,6 +37,9 @@ __all__ = ["main", "build_parser"]
 FIGURE_FORMATS = ("png", "pdf", "svg")
 #: Most candidates ``--rerank`` refines (each costs a grid of ~100 profiled patterns).
 MAX_RERANK = 1000
+#: ``--rerank``'s default: :data:`eacnn.retrieval.identify.RERANK_DEPTH` (a test keeps them equal; arguments are
+#: checked before the heavy imports, so the CLI does not import it to parse)
+DEFAULT_RERANK = 10
 #: Exit codes: bad input, interrupted by Ctrl-C (128 + SIGINT), out of memory or a broken pipe.
 EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_FAILED = 2, 130, 1
 
@@ -416,8 +419,10 @@ def _print_answer(answer: dict, rerank: int) -> None:
     cols = ["rank", "id", "formula", "spacegroup", "similarity", "scale"]
     if "agreement" in hits:
         cols += ["agreement", "strain", "zero_shift"] + (["anisotropy"] if "anisotropy" in hits else []) + ["score"]
+        from eacnn.retrieval.identify import CELL_FITS
+
         print(f"read at lattice scales 0.96–1.04; top {rerank} refined (lattice scale, zero shift, width, then the "
-              f"whole cell where the database holds its reflections) and "
+              f"whole cell of the best {min(CELL_FITS, rerank)}, where the database holds their reflections) and "
               f"re-ranked by score ({_rule_text()})")
     print(hits[cols].to_string(index=False, float_format="%.4f"))
     margin = (f", margin over the best other phase {answer['margin']:.4f} (needs {answer['margin_threshold']:.4f})"
@@ -597,11 +602,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=_WAVELENGTH_HELP + " (default: the file's Kα1 for .xrdml, else Cu Kα1)")
     p.add_argument("--elements", type=_elements, help="only candidates made of these elements, e.g. Mn,O (any case)")
     p.add_argument("--top", type=_whole(1), default=10, help="how many candidates to list (default 10)")
-    p.add_argument("--rerank", type=_whole(0, MAX_RERANK), default=10, metavar="N",
-                   help="refine the model's top N (lattice scale ±3 %%, zero shift ±0.3°, peak width) and re-rank "
-                        "them by score (the model's similarity and the refined pattern agreement, combined); the "
-                        "verdict is then taken from that score and its margin over the best other phase (default "
-                        "10; 0: the model's similarity alone)")
+    p.add_argument("--rerank", type=_whole(0, MAX_RERANK), default=DEFAULT_RERANK, metavar="N",
+                   help="refine the model's top N (lattice scale ±3 %%, zero shift ±0.3°, peak width, then the whole "
+                        "cell of the best of them) and re-rank them by score (the model's similarity and the refined "
+                        "pattern agreement, combined); the verdict is then taken from that score and its margin over "
+                        f"the best other phase (default {DEFAULT_RERANK}; 0: the model's similarity alone)")
     p.add_argument("--phases", type=_phases, default="auto", metavar="auto|N",
                    help="name every phase of a mixture: 'auto' (default) stops when the residual holds no "
                         "significant peak or no candidate explains it (at most 4); N (2-4) goes on to N phases, "

@@ -180,16 +180,19 @@ def _refined_ranks(sim: np.ndarray, scale: np.ndarray | None, patterns: np.ndarr
                    sel: np.ndarray, dataset, rows: np.ndarray, rerank: int, rule, truth: np.ndarray | None = None
                    ) -> np.ndarray:
     """Rank of the true candidate [len(sel)] after refining each selected query's best ``rerank`` candidates
-    (:func:`eacnn.retrieval.identify.refine`, with each candidate's cell fitted too) and re-ranking them by ``rule``
+    (:func:`eacnn.retrieval.identify.refine`, with the cells of the best :data:`~eacnn.retrieval.identify.CELL_FITS`
+    fitted too) and re-ranking them by ``rule``
     (:func:`eacnn.retrieval.identify.rerank_score`; None: the default's), as ``eacnn search`` does; ``rerank + 1`` when
     it is not among them. Query q's true candidate is candidate q, or ``truth[k]`` for the k-th selected query."""
-    from eacnn.retrieval.identify import refine, rerank_score
+    from eacnn.retrieval.identify import CELL_FITS, refine, rerank_score
 
     out = np.empty(len(sel), np.int64)
     for k, q in enumerate(sel):
         top = np.argsort(-sim[q], kind="stable")[:rerank]
+        similarity = sim[q, top] if rule is None else np.zeros(len(top))  # search-match: cells by agreement alone
         fits = refine(patterns[q], None if masks is None else masks[q], rows[top], dataset.sticks,
-                      dataset.config.xrd, None if scale is None else scale[q, top], dataset.reflections)
+                      dataset.config.xrd, None if scale is None else scale[q, top], dataset.reflections,
+                      similarity=similarity, cells=CELL_FITS)
         anisotropy = 0.0 if rule is not None else fits["anisotropy"].to_numpy()  # search-match: the agreement alone
         agree = rerank_score(fits["agreement"].to_numpy(), sim[q, top], rule, anisotropy)
         hit = np.flatnonzero(top == (q if truth is None else truth[k]))
@@ -199,7 +202,7 @@ def _refined_ranks(sim: np.ndarray, scale: np.ndarray | None, patterns: np.ndarr
 
 def robustness_table(methods: dict, dataset, conditions: Sequence[str] = CONDITIONS, split: str = "test",
                      multiscale: Sequence[str] = (), refined: Sequence[str] = (), refine_queries: int = 3000,
-                     rerank: int = 10, seed: int = 0, progress: bool = True,
+                     rerank: int | None = None, seed: int = 0, progress: bool = True,
                      as_measured_only: Sequence[str] = (), search_only: bool = False) -> pd.DataFrame:
     """Top-1 / Top-5 (percent) of every method under every condition, the whole split as the pool.
 
@@ -207,7 +210,8 @@ def robustness_table(methods: dict, dataset, conditions: Sequence[str] = CONDITI
         methods: name -> trained model, or None for search-match.
         multiscale: conditions also scored with the query read at every lattice scale of :data:`SCALES`.
         refined: conditions also scored as ``eacnn search`` answers (query "search": the multi-scale similarity
-            where computed, else the one as measured, then the best ``rerank`` candidates refined and re-ranked by
+            where computed, else the one as measured, then the best ``rerank`` candidates
+            (:data:`eacnn.retrieval.identify.RERANK_DEPTH` when None) refined and re-ranked by
             :data:`eacnn.retrieval.identify.RERANK` for a model, by the agreement alone for search-match, whose
             similarity is the unrefined pattern cosine) on
             ``refine_queries`` seeded queries (all when fewer), the whole split still the pool.
@@ -219,6 +223,9 @@ def robustness_table(methods: dict, dataset, conditions: Sequence[str] = CONDITI
     Returns:
         one row per (condition, method, query): ``top1``, ``top5``, ``queries``, ``candidates``.
     """
+    from eacnn.retrieval.identify import RERANK_DEPTH
+
+    rerank = RERANK_DEPTH if rerank is None else rerank
     rows = dataset.indices(split)
     clean = dataset.vectors[rows].astype(np.float32)
     cands = {name: method_embeddings(m, dataset, rows, split) for name, m in methods.items()}

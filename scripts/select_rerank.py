@@ -45,7 +45,7 @@ SCORES = (("linear", 0.5), ("linear", 0.75), ("linear", 1.0), ("likelihood", 0.0
           ("likelihood", 0.02), ("likelihood", 0.04))
 
 
-def search_top1(model, ds, n_queries: int, penalties, rules, label: str = "", rerank: int = 10,
+def search_top1(model, ds, n_queries: int, penalties, rules, label: str = "", rerank: int | None = None,
                 conditions=CONDITIONS, extra=None, cell: bool = True) -> list[dict]:
     """Top-1 (percent) of ``n_queries`` seeded validation queries per condition, penalty and rule, the validation and
     training structures the pool, answered as ``eacnn search`` does with ``model`` (its best ``rerank`` refined).
@@ -53,12 +53,14 @@ def search_top1(model, ds, n_queries: int, penalties, rules, label: str = "", re
     ``extra(condition, pattern, mask, rows, fits, similarity) -> {name: scores}``, when given, scores the refined
     candidates (dataset ``rows``, :func:`eacnn.retrieval.identify.refine`'s ``fits``, their multi-scale
     ``similarity``) in other ways too; each name is recorded as a rule. ``cell=False`` refines lattice scales only
-    (no cell fit)."""
+    (no cell fit); ``rerank`` None: :data:`eacnn.retrieval.identify.RERANK_DEPTH`, with the cells of the best
+    :data:`~eacnn.retrieval.identify.CELL_FITS` fitted."""
     from eacnn.retrieval.embed import embed_dataset
-    from eacnn.retrieval.identify import refine, rerank_score
+    from eacnn.retrieval.identify import CELL_FITS, RERANK_DEPTH, refine, rerank_score
     from eacnn.retrieval.query import SCALES, scale_prior
     from eacnn.robustness import condition_queries, scaled_similarities
 
+    rerank = RERANK_DEPTH if rerank is None else rerank
     val = ds.indices("val")
     pool = np.concatenate([val, ds.indices("train")])  # queries are the first len(val) rows of the pool
     sel = np.random.default_rng(1).permutation(len(val))[:n_queries]
@@ -79,7 +81,7 @@ def search_top1(model, ds, n_queries: int, penalties, rules, label: str = "", re
                 top = np.argsort(-best[k], kind="stable")[:rerank]
                 mask = None if masks is None else masks[k]
                 fits = refine(patterns[k], mask, pool[top], ds.sticks, ds.config.xrd, SCALES[j[k, top]],
-                              ds.reflections if cell else None)
+                              ds.reflections if cell else None, similarity=best[k, top], cells=CELL_FITS)
                 agree = fits["agreement"].to_numpy()
                 aniso = fits["anisotropy"].to_numpy()
                 scores = {f"{rule[0]} {rule[1]:g}": rerank_score(agree, best[k, top], rule, aniso) for rule in rules}
@@ -121,8 +123,8 @@ def cell_grid(model, ds, n_queries: int, conditions=CONDITIONS) -> list[dict]:
                 out[f"cell prior {prior:g} gain {gain:g}"] = base - prior * aniso / 0.01
         return out
 
-    records = search_top1(model, ds, n_queries, (SCALE_PENALTY,), (RERANK,), "default", conditions=conditions,
-                          extra=scores, cell=False)
+    records = search_top1(model, ds, n_queries, (SCALE_PENALTY,), (RERANK,), "default", rerank=10,
+                          conditions=conditions, extra=scores, cell=False)  # the depth it was chosen at
     return [r for r in records if r["rule"].startswith("cell")] + [
         {**r, "rule": "isotropic"} for r in records if not r["rule"].startswith("cell")]
 
@@ -177,7 +179,8 @@ def main() -> None:
                         help="compare the cell fit's settings (and no cell fit) for the shipped model and rule")
     parser.add_argument("--depth-grid", action="store_true",
                         help="compare how many candidates are refined and how many cells fitted (shipped model, rule)")
-    parser.add_argument("--rerank", type=int, default=10, help="candidates refined per query (eacnn search's --rerank)")
+    parser.add_argument("--rerank", type=int, help="candidates refined per query (eacnn search's --rerank; default: "
+                                                  "the shipped RERANK_DEPTH)")
     parser.add_argument("--out", help="also write the per-condition Top-1 table here (CSV)")
     parser.add_argument("--conditions", default=",".join(CONDITIONS),
                         help="a comma-separated subset of the conditions (two halves can run side by side)")

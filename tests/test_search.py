@@ -230,6 +230,42 @@ def test_cell_fit_follows_an_anisotropic_strain_the_lattice_scale_cannot():
     assert cell.anisotropy == pytest.approx(0.0163, abs=0.001)
 
 
+def test_cells_are_fitted_only_for_the_best_by_the_lattice_scale_fit():
+    """With ``cells``, only that many cells are fitted: those the lattice-scale refinement scores best (with the
+    rows' similarity); the rest keep their lattice-scale fit."""
+    from eacnn.config import XRDConfig
+    from eacnn.physics.xrd import XRDSimulator, indexed_reflections
+    from eacnn.retrieval import identify
+
+    xrd = XRDConfig()
+    cubic, strained = _tetragonal_pair()
+    query = XRDSimulator(xrd).vector(strained)
+    sticks = XRDSimulator(xrd).get_pattern(cubic)
+    lookup = {r: (sticks.two_theta, sticks.intensity / sticks.intensity.max()) for r in (0, 1)}
+    asked = []
+
+    def reflections(row):
+        asked.append(row)
+        return indexed_reflections([cubic], xrd)[0]
+
+    # two copies of one entry: the second has the higher similarity, so its cell alone is fitted
+    fits = identify.refine(query, None, [0, 1], lookup.get, xrd, reflections=reflections, similarity=[0.5, 0.9],
+                           cells=1)
+    assert asked == [1]
+    assert fits.anisotropy.tolist()[0] == 0.0 and fits.anisotropy.tolist()[1] > 0.01
+    assert fits.agreement[1] > 0.9999 > fits.agreement[0]
+    asked.clear()
+    identify.refine(query, None, [0, 1], lookup.get, xrd, reflections=reflections)  # no budget: every cell
+    assert asked == [0, 1]
+
+
+def test_the_cli_default_refines_as_many_as_the_library():
+    from eacnn import cli
+    from eacnn.retrieval.identify import RERANK_DEPTH
+
+    assert cli.DEFAULT_RERANK == RERANK_DEPTH
+
+
 def test_cell_fit_gradient_is_exact_and_far_fits_are_refused(monkeypatch):
     from eacnn.config import XRDConfig
     from eacnn.physics.xrd import XRDSimulator, indexed_reflections, metric_monomials

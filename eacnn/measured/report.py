@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from eacnn.retrieval.identify import identify
+from eacnn.retrieval.identify import RERANK_DEPTH, identify
 
 __all__ = ["identification_report", "verdict_quality", "mixture_summary", "mixture_numbers", "mixture_rows",
            "mixture_table", "shipped_mixtures_path", "SEPARATED", "AUTOANALYZER_MIXTURES", "reduced_formula", "phase_in",
@@ -26,7 +26,7 @@ AUTOANALYZER_MIXTURES = {"Example__Li2MnO3+MnO+TiO2": ("Li2MnO3", "MnO", "TiO2")
 SEPARATED = 0.3
 
 
-def identification_report(grids: dict, db, rerank: int = 10, filters: Sequence[str] = ("none", "elements")
+def identification_report(grids: dict, db, rerank: int = RERANK_DEPTH, filters: Sequence[str] = ("none", "elements")
                           ) -> pd.DataFrame:
     """One row per (pattern, filter): the rank of the first candidate with the phase's reduced formula, the top-1
     answer, its final score and the verdict; then the same search with every candidate of that formula removed

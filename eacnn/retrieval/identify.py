@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Identification", "identify", "refine", "calibrate", "open_set_threshold", "open_set_rule", "margin_of",
            "REFINE_OFFSETS", "RERANK", "rerank_score",
            "REFINE_SHIFTS", "REFINE_WIDTHS", "REFINE_FINE_STEPS", "refine_cell", "CELL_WIDTHS", "CELL_MAX_STRAIN",
-           "ANISOTROPY_PENALTY", "CELL_MIN_GAIN", "cell_kept"]
+           "ANISOTROPY_PENALTY", "CELL_MIN_GAIN", "cell_kept", "RERANK_DEPTH", "CELL_FITS"]
 
 #: How refined candidates are re-ranked (:func:`rerank_score`): ("linear", w) or ("likelihood", b); chosen on the
 #: validation split (module docstring).
@@ -64,6 +64,11 @@ RERANK = ("likelihood", 0.04)
 #: both chosen on the validation split with the rule (``scripts/select_rerank.py``)
 ANISOTROPY_PENALTY = 0.04
 CELL_MIN_GAIN = 2.0
+#: How many of the multi-scale query's best candidates are refined (lattice scale, zero shift, width), and for how
+#: many of those, the best by that refinement's score, the whole cell is fitted too (about 15x the cost of the
+#: rest); chosen on the validation split (``scripts/select_rerank.py --depth-grid``, ``eacnn/data/rerank_depth.csv``)
+RERANK_DEPTH = 10
+CELL_FITS = 10
 #: 1 − agreement² below this counts as this (a fit cannot be better than the pattern's float32 rounding)
 FIT_FLOOR = 1e-6
 
@@ -116,7 +121,8 @@ def _profiles(two_theta: np.ndarray, area: np.ndarray, strains: np.ndarray, shif
 
 def refine(vector: np.ndarray, covered: np.ndarray | None, rows: Sequence[int], sticks: Callable, xrd: XRDConfig,
            scales: Sequence[float] | None = None, reflections: Callable | None = None,
-           centres: Sequence[float] = (0.0,)) -> pd.DataFrame:
+           centres: Sequence[float] = (0.0,), similarity: Sequence[float] | None = None,
+           cells: int | None = None) -> pd.DataFrame:
     """Agreement of each candidate row with the pattern after a fitted lattice scale, zero shift and width, and,
     with ``reflections``, after a fit of the whole cell (:func:`refine_cell`) where that agrees better.
 
@@ -128,6 +134,9 @@ def refine(vector: np.ndarray, covered: np.ndarray | None, rows: Sequence[int], 
             ``reflections``); None: lattice scales only.
         centres: where the coarse lattice-scale grid (:data:`REFINE_OFFSETS`, ±0.6 %) is centred, as changes of
             d (Δd/d) from each row's scale: (0,) searches ±0.6 % around it, (−0.014, 0, 0.014) ±2 %.
+        similarity, cells: with both, the cells are fitted only for the ``cells`` rows that the lattice-scale fit
+            scores best (:func:`rerank_score` of its agreement and the rows' ``similarity``): the cell fit costs
+            about 15 times the lattice-scale fit. Otherwise every row's cell is fitted.
 
     Returns:
         one row per candidate: ``row``, ``agreement`` (cosine over the covered bins), ``strain`` (the fitted
@@ -141,7 +150,14 @@ def refine(vector: np.ndarray, covered: np.ndarray | None, rows: Sequence[int], 
         fits["anisotropy"] = 0.0
         if reflections is None:
             return fits
+        fitted = np.ones(len(fits), bool)
+        if cells is not None and similarity is not None:
+            first = rerank_score(fits["agreement"].to_numpy(), np.asarray(similarity, np.float64))
+            fitted[:] = False
+            fitted[np.argsort(-first, kind="stable")[:cells]] = True
         for i, fit in enumerate(fits.itertuples()):
+            if not fitted[i]:
+                continue
             indexed = reflections(int(fit.row))
             if indexed is None:
                 continue
@@ -344,7 +360,7 @@ class Identification:
 
 
 def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, elements: Sequence[str] | None = None,
-             rerank: int = 10, scales: np.ndarray = SCALES, xrd: XRDConfig | None = None,
+             rerank: int = RERANK_DEPTH, scales: np.ndarray = SCALES, xrd: XRDConfig | None = None,
              exclude: np.ndarray | None = None) -> Identification:
     """Rank a saved database's candidates for one pattern (see the module docstring).
 
@@ -392,7 +408,8 @@ def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, 
     score_name, threshold = "similarity", float(cal.get("similarity", cal.get("threshold", np.inf)))
     if rerank and len(hits):
         fits = refine(vector, covered, hits["row"].head(rerank), db.sticks, xrd, hits["scale"].head(rerank),
-                      db.reflections if getattr(db, "has_reflections", False) else None)
+                      db.reflections if getattr(db, "has_reflections", False) else None,
+                      similarity=hits["similarity"].head(rerank), cells=CELL_FITS)
         hits = hits.merge(fits, on="row", how="left")
         hits["score"] = rerank_score(hits["agreement"], hits["similarity"], anisotropy=hits["anisotropy"].fillna(0.0))
         order = np.argsort(-hits["score"].fillna(-np.inf).to_numpy(), kind="stable")
@@ -462,7 +479,7 @@ def open_set_threshold(present: np.ndarray, present_correct: np.ndarray, absent:
     return float(s[order][ok[-1]]) if len(ok) else float(s.max()) + 1e-6
 
 
-def calibrate(model, dataset, n_queries: int = 450, rerank: int = 10, target: float = 0.8, seed: int = 0,
+def calibrate(model, dataset, n_queries: int = 450, rerank: int = RERANK_DEPTH, target: float = 0.8, seed: int = 0,
               progress: bool = True) -> dict:
     """The verdict's thresholds, open-set, on validation structures: of the similarity (used without refinement),
     and of the refined score with its margin (:func:`open_set_rule`).
@@ -515,7 +532,8 @@ def calibrate(model, dataset, n_queries: int = 450, rerank: int = 10, target: fl
         for present in (True, False):
             cand = order if present else order[phase[order] != phase[own]]
             top = cand[: max(rerank, 1)]
-            fits = refine(q, m, pool_rows[top], dataset.sticks, xrd, scale[top], dataset.reflections)
+            fits = refine(q, m, pool_rows[top], dataset.sticks, xrd, scale[top], dataset.reflections,
+                          similarity=sim[top], cells=CELL_FITS)
             score = rerank_score(fits["agreement"].to_numpy(), sim[top], anisotropy=fits["anisotropy"].to_numpy())
             j = int(score.argmax())
             for key, value in (("present", present), ("similarity", sim[top[0]]),
@@ -529,7 +547,7 @@ def calibrate(model, dataset, n_queries: int = 450, rerank: int = 10, target: fl
     score_t, margin_t, precision, recall = open_set_rule(r["score"], r["margin"], r["correct"], pres, target)
     out = {"similarity": sim_t, "score": score_t, "margin": margin_t, "rerank_rule": list(RERANK),
            "scale_penalty": SCALE_PENALTY, "cell_fit": {"anisotropy_penalty": ANISOTROPY_PENALTY,
-                                                        "min_gain": CELL_MIN_GAIN},
+                                                        "min_gain": CELL_MIN_GAIN, "cells": CELL_FITS},
            "target": target,
            "n_queries": int(len(chosen)),
            "queries": "validation split: a third each measured (training family), measured (held-out family), "
