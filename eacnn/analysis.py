@@ -513,21 +513,35 @@ def epoch_search_table(path=None) -> pd.DataFrame:
     return table
 
 
+def _validation_grid(path, first: str | None = None, name: str = "rule") -> pd.DataFrame:
+    """Top-1 per validation condition (rows, then their ``mean``) and rule (columns, in the file's order, ``first``
+    leading) of a ``scripts/select_rerank.py`` grid CSV (columns condition, rule, top1); empty when it is absent."""
+    if not Path(path).is_file():
+        return pd.DataFrame()
+    records = pd.read_csv(path)
+    order = list(dict.fromkeys(records["condition"]))
+    rules = list(dict.fromkeys(records["rule"]))
+    rules = ([first] if first in rules else []) + [r for r in rules if r != first]
+    table = records.pivot_table(index="condition", columns="rule", values="top1").loc[order, rules]
+    table.loc["mean"] = table.mean()
+    table.columns.name = name
+    return table
+
+
 def cell_fit_table(path=None) -> pd.DataFrame:
     """Top-1 (percent) as ``eacnn search`` answers, per validation condition (rows, then their ``mean``), refining
     lattice scales only ("isotropic") and with each candidate's cell fitted under each (prior against anisotropic
     strain, residual gain) setting: ``eacnn/data/cell_fit.csv``, written by ``scripts/select_rerank.py --cell-grid
     --out``. Columns in the file's order; an empty DataFrame when the file is absent."""
-    path = DATA_DIR / "cell_fit.csv" if path is None else path
-    if not Path(path).is_file():
-        return pd.DataFrame()
-    records = pd.read_csv(path)
-    order = list(dict.fromkeys(records["condition"]))
-    rules = ["isotropic"] + [r for r in dict.fromkeys(records["rule"]) if r != "isotropic"]
-    table = records.pivot_table(index="condition", columns="rule", values="top1").loc[order, rules]
-    table.loc["mean"] = table.mean()
-    table.columns.name = "refinement"
-    return table
+    return _validation_grid(DATA_DIR / "cell_fit.csv" if path is None else path, "isotropic", "refinement")
+
+
+def rerank_depth_table(path=None) -> pd.DataFrame:
+    """Top-1 (percent) as ``eacnn search`` answers, per validation condition (rows, then their ``mean``), for each
+    depth "refine N cell M" (N candidates refined with lattice scales, the cells of the best M of them fitted):
+    ``eacnn/data/rerank_depth.csv``, written by ``scripts/select_rerank.py --depth-grid --out``. Columns in the
+    file's order; an empty DataFrame when the file is absent."""
+    return _validation_grid(DATA_DIR / "rerank_depth.csv" if path is None else path, name="depth")
 
 
 def model_sizes(models: dict) -> pd.DataFrame:

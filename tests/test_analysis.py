@@ -537,3 +537,15 @@ def test_cell_fit_table_puts_the_isotropic_refinement_first_and_adds_the_mean(tm
     assert list(table.columns) == ["isotropic", "cell prior 0 gain 1", "cell prior 0.04 gain 2"]
     assert list(table.index) == ["clean", "aniso 1.5 %", "mean"] and table.loc["mean", "isotropic"] == 90.5
     assert analysis.cell_fit_table(tmp_path / "missing.csv").empty
+
+
+def test_rerank_depth_table_keeps_the_files_order_and_adds_the_mean(tmp_path):
+    rows = [{"model": "default", "condition": c, "penalty": 0.01, "rule": r, "top1": v}
+            for r, vals in (("refine 10 cell 10", (100.0, 94.0)), ("refine 30 cell 15", (100.0, 98.0)))
+            for c, v in zip(("clean", "iso -2 %"), vals)]
+    path = tmp_path / "rerank_depth.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    table = analysis.rerank_depth_table(path)
+    assert list(table.columns) == ["refine 10 cell 10", "refine 30 cell 15"] and table.columns.name == "depth"
+    assert list(table.index) == ["clean", "iso -2 %", "mean"] and table.loc["mean", "refine 30 cell 15"] == 99.0
+    assert analysis.rerank_depth_table(tmp_path / "missing.csv").empty
