@@ -39,7 +39,7 @@ FIGURE_FORMATS = ("png", "pdf", "svg")
 MAX_RERANK = 1000
 #: ``--rerank``'s default: :data:`eacnn.retrieval.identify.RERANK_DEPTH` (a test keeps them equal; arguments are
 #: checked before the heavy imports, so the CLI does not import it to parse)
-DEFAULT_RERANK = 10
+DEFAULT_RERANK = 30
 #: Exit codes: bad input, interrupted by Ctrl-C (128 + SIGINT), out of memory or a broken pipe.
 EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_FAILED = 2, 130, 1
 

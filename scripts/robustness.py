@@ -8,7 +8,8 @@ family it never sees, for search-match, the previous default model and the curre
 The test pool is only read here, to report: every setting of the models was chosen on the validation split. Each
 condition's queries are seeded (:func:`eacnn.robustness.condition_queries`) and the same for every method; the
 "multi-scale" rows read each query at the lattice scales 0.96–1.04 (:data:`eacnn.retrieval.query.SCALES`); the
-"search" rows answer as ``eacnn search`` does (multi-scale, then the best ten refined and re-ranked) for 500 seeded
+"search" rows answer as ``eacnn search`` does (multi-scale, then the best candidates refined and
+re-ranked: :data:`eacnn.retrieval.identify.RERANK_DEPTH`, the cells of :data:`~eacnn.retrieval.identify.CELL_FITS`) for 500 seeded
 queries of each condition, the whole test split still the pool. The previous default is scored as measured only (a
 reference for what the training changed). Before the cell fit a whole run took about an hour on one core once the
 data set was cached; the search rows now take about as long again for each half of the conditions (3,900 s for

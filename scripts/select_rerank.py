@@ -10,7 +10,7 @@ training measurement family, the held-out family), each of ``--queries`` validat
 scales of the multi-scale query and compared, by a model, with a pool as large as the test split (the validation and
 training structures, 9,047 in the cpu profile: among 905 look-alikes are ten times rarer than among the 9,046 test
 structures). Each candidate keeps its best similarity over the scales less ``penalty`` per 1 % of scale away from 1;
-the best ten are refined (:func:`eacnn.retrieval.identify.refine`) and re-ranked by a rule of
+the best ones are refined (:func:`eacnn.retrieval.identify.refine`; as many as ``eacnn search`` refines) and re-ranked by a rule of
 :func:`eacnn.retrieval.identify.rerank_score`: Top-1 as ``eacnn search`` answers.
 
 Without ``--checkpoints`` the shipped model is scored under every (penalty, rule) of :data:`PENALTIES` ×
@@ -18,14 +18,16 @@ Without ``--checkpoints`` the shipped model is scored under every (penalty, rule
 :data:`eacnn.retrieval.query.SCALE_PENALTY`); about 15 minutes on 2 cores. With ``--checkpoints`` each checkpoint is
 scored under the shipped rule and prior (about 5 minutes each on one core): the epoch that ships; chapter 4 shows
 ``eacnn/data/epochs.csv``, written this way for the epochs of a run trained without early stopping. Either way the
-best mean over the conditions wins; ``--rerank N`` refines N candidates instead of ten. With ``--cell-grid`` the
+best mean over the conditions wins; ``--rerank N`` refines N candidates instead of
+:data:`eacnn.retrieval.identify.RERANK_DEPTH`. With ``--cell-grid`` the
 shipped model and rule are scored with lattice scales only and with the cell fit
 (:func:`eacnn.retrieval.identify.refine_cell`) under each prior against anisotropic strain and each residual gain a
 cell fit must reach (:data:`CELL_PRIORS` × :data:`CELL_GAINS`); chapter 5 shows ``eacnn/data/cell_fit.csv``, written
 this way. With ``--depth-grid`` the shipped model, rule and cell fit are scored for each (candidates refined, of which
 the cell is fitted) pair of :data:`DEPTHS`: every candidate refined with lattice scales, the cells fitted for those
 of them the isotropic refinement scores best (the cell fit costs ~15x the isotropic one); chapter 5 shows
-``eacnn/data/rerank_depth.csv``, written this way. ``--conditions`` takes a subset, so that two halves can run side by side. (Search-match re-ranks by
+``eacnn/data/rerank_depth.csv``, written this way, and the cheapest depth within :data:`DEPTH_TIE` of the best mean
+ships (:func:`choose_depth`). ``--conditions`` takes a subset, so that two halves can run side by side. (Search-match re-ranks by
 the agreement alone: its similarity is the unrefined cosine of the same pattern, which the refined one supersedes.)
 """
 
@@ -132,6 +134,17 @@ def cell_grid(model, ds, n_queries: int, conditions=CONDITIONS) -> list[dict]:
 #: (candidates refined with lattice scales, of which the cells of the best by that refinement are fitted) pairs
 #: compared by ``--depth-grid`` (:data:`eacnn.retrieval.identify.RERANK_DEPTH`, :data:`~eacnn.retrieval.identify.CELL_FITS`)
 DEPTHS = ((10, 10), (15, 15), (20, 20), (30, 30), (20, 10), (30, 10), (30, 15), (30, 20))
+#: milliseconds per candidate of the isotropic refinement and of a cell fit (single thread, idle 2-core machine,
+#: 2026-12-01), and the mean Top-1 (percentage points) within which two depths count as tied: the cheaper one ships
+REFINE_MS, CELL_MS, DEPTH_TIE = 2.1, 28.7, 0.1
+
+
+def choose_depth(means: pd.Series) -> str:
+    """The depth "refine N cell M" that ships, from each depth's mean Top-1 over the conditions: the cheapest
+    (:data:`REFINE_MS` · N + :data:`CELL_MS` · M) of those within :data:`DEPTH_TIE` of the best mean."""
+    tied = means[means >= means.max() - DEPTH_TIE].index
+    cost = {rule: REFINE_MS * int(rule.split()[1]) + CELL_MS * int(rule.split()[3]) for rule in tied}
+    return min(cost, key=cost.get)
 
 
 def depth_grid(model, ds, n_queries: int, conditions=CONDITIONS) -> list[dict]:
@@ -213,6 +226,8 @@ def main() -> None:
     means = table.mean()
     print("mean over conditions:\n" + means.round(2).to_string())
     print(f"best: {means.idxmax()}")
+    if args.depth_grid:
+        print(f"ships (the cheapest within {DEPTH_TIE:g} of the best mean): {choose_depth(means)}")
 
 
 if __name__ == "__main__":

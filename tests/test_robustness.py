@@ -34,7 +34,7 @@ def test_multiscale_and_refined_search_recover_a_three_percent_mismatch(data):
     assert set(table["candidates"]) == {n}
     assert top1["clean", "as measured"] == 100.0
     # a 3 % smaller cell moves high-angle peaks by ~2° (four bins): read as measured the pattern is lost, read at
-    # the lattice scales it is found, and refinement finds it among the best ten
+    # the lattice scales it is found, and refinement finds it among the refined candidates
     assert top1["iso -3 %", "as measured"] < 20.0
     assert top1["iso -3 %", "multi-scale"] > 75.0
     assert top1["iso -3 %", "search"] >= 90.0

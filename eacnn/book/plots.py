@@ -411,8 +411,8 @@ def plot_tsne_panels(maps: dict, systems: Sequence[str], axes=None, ncols: int =
 
 def plot_robustness_conditions(best: "pd.DataFrame", ax=None):  # noqa: F821
     """Top-1 per query condition: a bar per method for the query as measured, a black tick for the same query
-    read at every lattice scale and a red dot for the answer of ``eacnn search`` (multi-scale, the best ten refined
-    and re-ranked), where computed; ``best``: :func:`eacnn.robustness.best_query`."""
+    read at every lattice scale and a red dot for the answer of ``eacnn search`` (multi-scale, the best candidates
+    refined and re-ranked), where computed; ``best``: :func:`eacnn.robustness.best_query`."""
     ax = _ax(ax, figsize=(9, 3.8))
     conditions = list(dict.fromkeys(best["condition"].astype(str)))
     methods = list(dict.fromkeys(best["method"]))
@@ -430,7 +430,7 @@ def plot_robustness_conditions(best: "pd.DataFrame", ax=None):  # noqa: F821
         if "search" in rows:
             sr = rows["search"].to_numpy(dtype=float)
             ax.scatter(pos[np.isfinite(sr)], sr[np.isfinite(sr)], marker="o", s=18, color="C3", zorder=4,
-                       label="as eacnn search answers (multi-scale, top 10 refined)" if k == 0 else None)
+                       label="as eacnn search answers (multi-scale, refined)" if k == 0 else None)
     ax.set_xticks(x, conditions, rotation=35, ha="right")
     ax.set(ylabel="Top-1 (%)", ylim=(0, 102))
     ax.legend(fontsize=SMALL_FONT, loc="upper left", bbox_to_anchor=(1.01, 1.0))

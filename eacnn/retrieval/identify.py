@@ -67,8 +67,8 @@ CELL_MIN_GAIN = 2.0
 #: How many of the multi-scale query's best candidates are refined (lattice scale, zero shift, width), and for how
 #: many of those, the best by that refinement's score, the whole cell is fitted too (about 15x the cost of the
 #: rest); chosen on the validation split (``scripts/select_rerank.py --depth-grid``, ``eacnn/data/rerank_depth.csv``)
-RERANK_DEPTH = 10
-CELL_FITS = 10
+RERANK_DEPTH = 30
+CELL_FITS = 30
 #: 1 − agreement² below this counts as this (a fit cannot be better than the pattern's float32 rounding)
 FIT_FLOOR = 1e-6
 
