@@ -20,7 +20,7 @@ env: $(STAMP)
 
 # pytest's exit code 5 (no tests collected) is a failure: a green run must have run tests.
 test: $(STAMP)
-	@$(PY) -m pytest -q -n 2 --dist loadgroup; rc=$$?; \
+	@$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 book: $(STAMP)

@@ -549,3 +549,32 @@ def test_rerank_depth_table_keeps_the_files_order_and_adds_the_mean(tmp_path):
     assert list(table.columns) == ["refine 10 cell 10", "refine 30 cell 15"] and table.columns.name == "depth"
     assert list(table.index) == ["clean", "iso -2 %", "mean"] and table.loc["mean", "refine 30 cell 15"] == 99.0
     assert analysis.rerank_depth_table(tmp_path / "missing.csv").empty
+
+
+def _select_rerank():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "select_rerank.py"
+    spec = importlib.util.spec_from_file_location("select_rerank", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_choose_depth_takes_the_cheapest_of_the_depths_tied_with_the_best():
+    choose = _select_rerank().choose_depth
+    means = pd.Series({"refine 10 cell 10": 87.0, "refine 30 cell 30": 88.1, "refine 30 cell 20": 88.05,
+                       "refine 20 cell 20": 87.95})
+    assert choose(means) == "refine 30 cell 20"  # within 0.1 of the best and cheaper than 30/30
+    assert choose(means.drop("refine 30 cell 20")) == "refine 30 cell 30"
+    assert choose(means.add(pd.Series({"refine 20 cell 20": 0.1}), fill_value=0)) == "refine 20 cell 20"
+    assert choose(pd.Series({"refine 10 cell 10": 87.0, "refine 30 cell 30": 88.2})) == "refine 30 cell 30"
+
+
+def test_the_shipped_depth_is_the_one_the_validation_grid_chose():
+    from eacnn.retrieval.identify import CELL_FITS, RERANK_DEPTH
+
+    table = analysis.rerank_depth_table()
+    assert not table.empty, "eacnn/data/rerank_depth.csv is shipped"
+    assert _select_rerank().choose_depth(table.loc["mean"]) == f"refine {RERANK_DEPTH} cell {CELL_FITS}"
