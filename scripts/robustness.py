@@ -9,17 +9,17 @@ The test pool is only read here, to report: every setting of the models was chos
 condition's queries are seeded (:func:`eacnn.robustness.condition_queries`) and the same for every method; the
 "multi-scale" rows read each query at the lattice scales 0.96–1.04 (:data:`eacnn.retrieval.query.SCALES`); the
 "search" rows answer as ``eacnn search`` does (multi-scale, then the best candidates refined and
-re-ranked: :data:`eacnn.retrieval.identify.RERANK_DEPTH`, the cells of :data:`~eacnn.retrieval.identify.CELL_FITS`) for 500 seeded
+re-ranked: :data:`eacnn.retrieval.identify.RERANK_DEPTH`, the cells of :data:`~eacnn.retrieval.identify.CELL_FITS`) for 400 seeded
 queries of each condition, the whole test split still the pool. The previous default is scored as measured only (a
 reference for what the training changed). Before the cell fit a whole run took about an hour on one core once the
-data set was cached; the search rows now take about as long again for each half of the conditions (3,900 s for
-seven conditions on one of two busy cores). On two cores, run two halves of the conditions side by side
-(``--conditions``, each to its own ``--out``) and concatenate them.
+data set was cached. The search rows, refining 30 candidates and fitting all 30 cells for each method, take about
+12 minutes per condition on one core at 400 queries (5,016 and 5,113 s for two halves of seven conditions side by
+side, 2026-12-02). On two cores, run two halves of the conditions side by side (``--conditions``, each to its own
+``--out``) and concatenate them.
 When only the refinement changed, ``--search-only`` recomputes the "search" rows alone (the same queries and
 answers as a whole run; the other rows do not depend on the refinement) and writes them with the other rows of
 ``eacnn/data/robustness.csv`` for its conditions. The shipped table's search rows were computed that way with
-500 queries per condition (``--refine-queries 500``): the cell fit of every refined candidate makes a refined query
-about ten times slower.
+400 queries per condition (``--refine-queries 400``).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(DATA_DIR / "robustness.csv"))
     parser.add_argument("--previous", default=str(DATA_DIR / "checkpoints" / "previous.pt"),
                         help="the previous default model, reported beside the current one (skipped when missing)")
-    parser.add_argument("--refine-queries", type=int, default=500, help="queries per condition of the search rows")
+    parser.add_argument("--refine-queries", type=int, default=400, help="queries per condition of the search rows")
     parser.add_argument("--conditions", help="a comma-separated subset of the conditions (default: all)")
     parser.add_argument("--search-only", action="store_true",
                         help="recompute the search rows only; the other rows are copied from the shipped table")
