@@ -3,7 +3,7 @@ anisotropic strain, texture, partial scans, impurities, the measurement family t
 family it never sees, for search-match, the previous default model and the current one.
 
     python scripts/robustness.py [--out eacnn/data/robustness.csv] [--previous PATH] [--conditions A,B,...]
-    python scripts/robustness.py --search-only --refine-queries 500 [--conditions A,B,...] --out PART.csv
+    python scripts/robustness.py --search-only --refine-queries 400 [--conditions A,B,...] --out PART.csv
 
 The test pool is only read here, to report: every setting of the models was chosen on the validation split. Each
 condition's queries are seeded (:func:`eacnn.robustness.condition_queries`) and the same for every method; the
