@@ -611,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="name every phase of a mixture: 'auto' (default) stops when the residual holds no "
                         "significant peak or no candidate explains it (at most 4); N (2-4) goes on to N phases, "
                         "marking those past the stopping rules not confident; each phase with an approximate "
-                        "weight fraction. 1: the single best phase only (about 4 s faster per pattern). The "
+                        "weight fraction. 1: the single best phase only (about 2.5 s faster per pattern). The "
                         "ranking and verdict printed first are the single-phase answer")
     p.add_argument("--plot", type=_figure,
                    help="write a figure here (.png, .pdf or .svg): the measured pattern, the sum of the fitted "
