@@ -528,6 +528,13 @@ def _validation_grid(path, first: str | None = None, name: str = "rule") -> pd.D
     return table
 
 
+def grid_value(table: pd.DataFrame, condition: str, rule: str) -> str:
+    """One entry of a validation grid table (:func:`cell_fit_table`, :func:`rerank_depth_table`) as the book
+    quotes it: one decimal, or "n/a" where the table (or that row or column) is absent."""
+    found = not table.empty and rule in table.columns and condition in table.index
+    return f"{table.loc[condition, rule]:.1f}" if found else "n/a"
+
+
 def cell_fit_table(path=None) -> pd.DataFrame:
     """Top-1 (percent) as ``eacnn search`` answers, per validation condition (rows, then their ``mean``), refining
     lattice scales only ("isotropic") and with each candidate's cell fitted under each (prior against anisotropic

@@ -25,7 +25,7 @@ shipped model and rule are scored with lattice scales only and with the cell fit
 cell fit must reach (:data:`CELL_PRIORS` × :data:`CELL_GAINS`); chapter 5 shows ``eacnn/data/cell_fit.csv``, written
 this way. With ``--depth-grid`` the shipped model, rule and cell fit are scored for each (candidates refined, of which
 the cell is fitted) pair of :data:`DEPTHS`: every candidate refined with lattice scales, the cells fitted for those
-of them the isotropic refinement scores best (the cell fit costs ~15x the isotropic one); chapter 5 shows
+of them the isotropic refinement scores best (the cell fit costs ~17x the isotropic one); chapter 5 shows
 ``eacnn/data/rerank_depth.csv``, written this way, and the cheapest depth within :data:`DEPTH_TIE` of the best mean
 ships (:func:`choose_depth`). ``--conditions`` takes a subset, so that two halves can run side by side. (Search-match re-ranks by
 the agreement alone: its similarity is the unrefined cosine of the same pattern, which the refined one supersedes.)
@@ -134,9 +134,9 @@ def cell_grid(model, ds, n_queries: int, conditions=CONDITIONS) -> list[dict]:
 #: (candidates refined with lattice scales, of which the cells of the best by that refinement are fitted) pairs
 #: compared by ``--depth-grid`` (:data:`eacnn.retrieval.identify.RERANK_DEPTH`, :data:`~eacnn.retrieval.identify.CELL_FITS`)
 DEPTHS = ((10, 10), (15, 15), (20, 20), (30, 30), (20, 10), (30, 10), (30, 15), (30, 20))
-#: milliseconds per candidate of the isotropic refinement and of a cell fit (single thread, idle 2-core machine,
-#: 2026-12-01), and the mean Top-1 (percentage points) within which two depths count as tied: the cheaper one ships
-REFINE_MS, CELL_MS, DEPTH_TIE = 2.1, 28.7, 0.1
+#: milliseconds per candidate of the isotropic refinement and of a cell fit (``python benchmarks/bench_refine.py``,
+#: one thread, 2026-12-02), and the mean Top-1 (percentage points) within which two depths count as tied: the cheaper one ships
+REFINE_MS, CELL_MS, DEPTH_TIE = 1.4, 24.0, 0.1
 
 
 def choose_depth(means: pd.Series) -> str:

@@ -578,3 +578,11 @@ def test_the_shipped_depth_is_the_one_the_validation_grid_chose():
     table = analysis.rerank_depth_table()
     assert not table.empty, "eacnn/data/rerank_depth.csv is shipped"
     assert _select_rerank().choose_depth(table.loc["mean"]) == f"refine {RERANK_DEPTH} cell {CELL_FITS}"
+
+
+def test_grid_value_quotes_one_decimal_or_n_a():
+    table = pd.DataFrame({"refine 30 cell 30": [99.25, 88.14]}, index=["iso -2 %", "mean"])
+    assert analysis.grid_value(table, "iso -2 %", "refine 30 cell 30") == "99.2"
+    assert analysis.grid_value(table, "aniso 1.5 %", "refine 30 cell 30") == "n/a"
+    assert analysis.grid_value(table, "mean", "refine 10 cell 10") == "n/a"
+    assert analysis.grid_value(pd.DataFrame(), "mean", "refine 30 cell 30") == "n/a"

@@ -67,7 +67,7 @@ RERANK = ("likelihood", 0.04)
 ANISOTROPY_PENALTY = 0.04
 CELL_MIN_GAIN = 2.0
 #: How many of the multi-scale query's best candidates are refined (lattice scale, zero shift, width), and for how
-#: many of those, the best by that refinement's score, the whole cell is fitted too (about 15x the cost of the
+#: many of those, the best by that refinement's score, the whole cell is fitted too (about 17x the cost of the
 #: rest); chosen on the validation split (``scripts/select_rerank.py --depth-grid``, ``eacnn/data/rerank_depth.csv``)
 RERANK_DEPTH = 30
 CELL_FITS = 30
@@ -138,7 +138,7 @@ def refine(vector: np.ndarray, covered: np.ndarray | None, rows: Sequence[int], 
             d (Δd/d) from each row's scale: (0,) searches ±0.6 % around it, (−0.014, 0, 0.014) ±2 %.
         similarity, cells: with both, the cells are fitted only for the ``cells`` rows that the lattice-scale fit
             scores best (:func:`rerank_score` of its agreement and the rows' ``similarity``): the cell fit costs
-            about 15 times the lattice-scale fit. Otherwise every row's cell is fitted.
+            about 17 times the lattice-scale fit (``benchmarks/bench_refine.py``). Otherwise every row's cell is fitted.
 
     Returns:
         one row per candidate: ``row``, ``agreement`` (cosine over the covered bins), ``strain`` (the fitted
