@@ -349,6 +349,22 @@ def _open_database(args: argparse.Namespace, checkpoint: Path):
     return default_database(_database_sources(given), checkpoint, progress=not args.json)
 
 
+VERDICT_MEANS = ("'match': the best candidate's score clears the calibrated threshold and stands out from the best "
+                 "candidate of another phase by the calibrated margin; 'no confident match': it does not, and no "
+                 "name in this answer is asserted")
+CONFIDENT_MEANS = ("a phase is confident only when the verdict is 'match', the first phase is the verdict's best "
+                   "candidate, and the phase passed the mixture's stopping rules; otherwise it is a suggestion")
+
+
+def phase_confident(verdict: str, results: list[dict], phases: list, i: int) -> bool:
+    """One calibrated test for the whole answer: no phase is confident without a "match" verdict, the first phase
+    only when it is the verdict's own best candidate, and every phase only when it and the phases before it passed
+    the mixture's stopping rules."""
+    if verdict != "match" or not results or not phases or phases[0].id != results[0]["id"]:
+        return False
+    return all(bool(ph.confident) for ph in phases[: i + 1])
+
+
 def _identify(path: Path, args: argparse.Namespace, db) -> dict:
     """Read, preprocess and identify one pattern; the answer as a JSON-ready dict."""
     from eacnn.config import XRDConfig
@@ -377,6 +393,7 @@ def _identify(path: Path, args: argparse.Namespace, db) -> dict:
                         if "agreement" in hits and r.agreement == r.agreement else {})}
                     for r in hits.itertuples()],
     }
+    answer["verdict_means"] = VERDICT_MEANS
     if args.phases == 1:  # a single-phase answer: the top candidate, confident when the verdict is a match
         answer["phases"] = [{k: answer["results"][0][k] for k in ("id", "formula", "spacegroup")}
                             | {"weight_fraction": 1.0, "confident": result.verdict == "match"}] if len(hits) else []
@@ -390,8 +407,9 @@ def _identify(path: Path, args: argparse.Namespace, db) -> dict:
                          "weight_fraction_note": "approximate (RIR-style from fitted scales and Z·M·V)",
                          "intensity_fraction": round(float(ph.intensity_fraction), 4),
                          "strain": round(float(ph.strain), 4), "zero_shift": round(float(ph.zero_shift), 3),
-                         "confident": bool(ph.confident)}
-                        for ph in mix.phases]
+                         "confident": phase_confident(result.verdict, answer["results"], mix.phases, i)}
+                        for i, ph in enumerate(mix.phases)]
+    answer["confident_means"] = CONFIDENT_MEANS
     answer["explained"] = round(float(mix.explained), 4)
     answer["rwp"] = round(float(mix.rwp), 4)
     answer["stop_reason"] = mix.stop_reason
@@ -434,10 +452,11 @@ def _print_answer(answer: dict, rerank: int) -> None:
     if answer.get("_mixture") is not None:
         print(f"phases of the pattern ({len(answer['phases'])}; {100 * answer['explained']:.0f} % of the intensity "
               f"explained, Rwp {answer['rwp']:.3f}; stopped: {answer['stop_reason']}); each found by a profile fit to "
-              f"what the phases before it leave, kept when it passes the stopping rules (confident):")
+              f"what the phases before it leave ({CONFIDENT_MEANS}):")
+        if answer["verdict"] != "match":
+            print("  no phase is confident: the single-phase verdict is 'no confident match', so these are suggestions")
         for ph in answer["phases"]:
-            flag = "" if ph.get("confident", True) else "  (not confident: past the stopping rules, listed because "
-            flag += "" if ph.get("confident", True) else "--phases asked for it)"
+            flag = "" if ph["confident"] else "  (not confident)"
             print(f"  {ph['id']:<14} {ph['formula']:<12} {ph['spacegroup']:<10} ~{100 * ph['weight_fraction']:.0f} wt % "
                   f"(approximate), strain {ph['strain']:+.4f}, zero shift {ph['zero_shift']:+.2f}°{flag}")
 

@@ -342,8 +342,14 @@ class TrainConfig:
     lookalike_fraction: float = 0.0
     # other structures of the batch with the same reduced formula and space group are not negatives (masked)
     mask_duplicates: bool = False
+    # 0 = the whole train split; N = a nested subset of N training structures (the first N of a seeded order, so
+    # the subset of 1,000 lies inside that of 2,000): data-scaling curves. Validation still retrieves among the
+    # whole train split, so Top-1 is measured on the same pool at every size.
+    train_subset: int = 0
 
     def __post_init__(self) -> None:
+        if self.train_subset < 0:
+            raise ConfigError(f"train.train_subset must be >= 0 (0 = all), got {self.train_subset!r}")
         if not 0 <= self.lookalike_fraction <= 1:
             raise ConfigError(f"train.lookalike_fraction must be in [0, 1], got {self.lookalike_fraction!r}")
         if self.epochs < 1 or self.batch_size < 2 or self.eval_batch_size < 1:

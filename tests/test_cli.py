@@ -152,6 +152,12 @@ def test_readme_search_examples_run(args, tmp_path):
     if "--json" in args:
         payloads = [json.loads(line) for line in proc.stdout.splitlines()]
         assert payloads and all(p["results"] and p["verdict"] in ("match", "no confident match") for p in payloads)
+        for p in payloads:  # one answer: no phase is confident without a "match" verdict, the first is the verdict's
+            confident = [ph["confident"] for ph in p.get("phases", [])]
+            if p["verdict"] != "match":
+                assert not any(confident), p["pattern"]
+            elif confident and confident[0]:
+                assert p["phases"][0]["id"] == p["results"][0]["id"], p["pattern"]
         # refined candidates report their cell fit's anisotropic strain (0 where the lattice scale fitted as well)
         assert all(r["anisotropy"] >= 0 for p in payloads for r in p["results"] if "agreement" in r)
         assert any("agreement" in r for p in payloads for r in p["results"])
@@ -248,3 +254,17 @@ def test_train_keeps_each_epoch_when_asked(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "best validation Top-1" in proc.stdout and "Traceback" not in proc.stderr
     assert {"epoch_1.pt", "epoch_2.pt", "last.pt", "best.pt"} <= {p.name for p in run.iterdir()}
+
+
+def test_phase_confidence_follows_the_verdict():
+    from types import SimpleNamespace as NS
+
+    from eacnn.cli import phase_confident
+
+    results = [{"id": "mp-1"}, {"id": "mp-2"}]
+    phases = [NS(id="mp-1", confident=True), NS(id="mp-3", confident=True), NS(id="mp-4", confident=False),
+              NS(id="mp-5", confident=True)]
+    assert [phase_confident("match", results, phases, i) for i in range(4)] == [True, True, False, False]
+    assert not any(phase_confident("no confident match", results, phases, i) for i in range(4))
+    other_first = [NS(id="mp-2", confident=True)] + phases[1:]  # the mixture's first phase is not the verdict's
+    assert not phase_confident("match", results, other_first, 0)

@@ -59,7 +59,7 @@ from eacnn.training.optim import make_optimizer
 log = logging.getLogger(__name__)
 
 __all__ = ["FitResult", "fit", "load_or_train", "default_run_dir", "evaluate_retrieval", "run_epoch", "Selection",
-           "resolve_device"]
+           "resolve_device", "training_indices", "split_batches"]
 
 @dataclass
 class FitResult:
@@ -98,6 +98,13 @@ def _collate(items: list[dict]) -> dict:
         "vector": torch.from_numpy(np.stack([it["vector"] for it in items]).astype(np.float32)),  # [B, n_bins]
         "sticks": [it["sticks"] for it in items],
     }
+
+
+def split_batches(dataset, indices: np.ndarray, batch_size: int) -> list[dict]:
+    """Collated batches (graph, clean vector, sticks) of the given rows, in order, ``batch_size`` rows each."""
+    items = _Pairs(dataset, indices)
+    return [_collate([items[k] for k in range(a, min(a + batch_size, len(items)))])
+            for a in range(0, len(items), batch_size)]
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -353,10 +360,20 @@ def fit(
             dist.destroy_process_group()
 
 
+def training_indices(cfg: Config, dataset) -> np.ndarray:
+    """Rows the run trains on: the train split, or its nested subset of ``train.train_subset`` rows (ascending)."""
+    train_idx = np.asarray(dataset.indices("train"))
+    n = cfg.train.train_subset
+    if not n or n >= len(train_idx):
+        return train_idx
+    order = np.random.default_rng([cfg.data.split_seed, 104729]).permutation(len(train_idx))  # one order, nested cuts
+    return np.sort(train_idx[order[:n]])
+
+
 def _train_loader(cfg: Config, dataset, d: _Dist) -> tuple[_Pairs, object, DataLoader, int]:
     """(training pairs, their sampler, the loader, steps per epoch)."""
     tc = cfg.train
-    train_idx = np.asarray(dataset.indices("train"))
+    train_idx = training_indices(cfg, dataset)
     per_rank = max(2, tc.batch_size // d.world)
     if len(train_idx) < per_rank * d.world:
         raise ValueError(
@@ -392,11 +409,9 @@ def _validation_data(cfg: Config, dataset, pairs: _Pairs, d: _Dist) -> _Validati
     val_idx = np.asarray(dataset.indices("val"))
     if not d.main:
         return _Validation([], [], None)
-    val_pairs = _Pairs(dataset, val_idx)
 
     def collated(items: _Pairs) -> list:
-        return [_collate([items[k] for k in range(a, min(a + tc.eval_batch_size, len(items)))])
-                for a in range(0, len(items), tc.eval_batch_size)]
+        return split_batches(dataset, items.indices, tc.eval_batch_size)
 
     perturbed, masks = None, None
     if tc.val_level and len(val_idx):
@@ -407,8 +422,10 @@ def _validation_data(cfg: Config, dataset, pairs: _Pairs, d: _Dist) -> _Validati
             perturbed, masks = measured_queries(cfg, dataset, val_idx, sticks, rng)
         else:
             perturbed = augment_patterns(sticks, AugmentConfig.level(tc.val_level), rng, cfg.xrd)
-    distractors = collated(pairs) if tc.val_distractors and len(val_idx) else []
-    return _Validation(collated(val_pairs), distractors, perturbed, masks)
+    # distractors: the whole train split even when training on a subset (the same pool at every subset size)
+    pool = pairs if len(pairs) == len(dataset.indices("train")) else _Pairs(dataset, dataset.indices("train"))
+    distractors = collated(pool) if tc.val_distractors and len(val_idx) else []
+    return _Validation(collated(_Pairs(dataset, val_idx)), distractors, perturbed, masks)
 
 
 def _duplicate_keys(dataset) -> np.ndarray | None:
