@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import io
 import json
 import logging
@@ -129,6 +130,17 @@ def _output(text: str) -> Path:
     return _writable(Path(text), text)
 
 
+def _database_out(text: str) -> Path:
+    """--out of `database build`: a new or empty folder, or an eacnn database to replace (nothing else is ever
+    replaced: :func:`eacnn.paths.output_folder`)."""
+    from eacnn.paths import output_folder
+
+    try:
+        return output_folder(text)
+    except EACNNError as err:
+        raise argparse.ArgumentTypeError(str(err).replace(f"--out {text!r} ", f"{text!r} ")) from None
+
+
 def _run_dir(text: str) -> Path:
     path = Path(text)
     if path.exists() and not path.is_dir():
@@ -148,8 +160,8 @@ def _database_sources(sources: list[str] | None) -> list[str]:
             if not folder.is_dir():
                 what = "a file" if folder.exists() else "not there"
                 raise EACNNError(f"--database {source!r}: give 'embedded' or a folder of CIF files ({source} is {what})")
-            if not any(folder.glob("*.cif")):
-                raise EACNNError(f"--database {source!r}: the folder holds no *.cif file")
+            if not any(p.suffix.lower() == ".cif" for p in folder.iterdir()):
+                raise EACNNError(f"--database {source!r}: the folder holds no .cif file")
         if source not in out:
             out.append(source)
     return out
@@ -365,15 +377,15 @@ def phase_confident(verdict: str, results: list[dict], phases: list, i: int) -> 
     return all(bool(ph.confident) for ph in phases[: i + 1])
 
 
-def _identify(path: Path, args: argparse.Namespace, db) -> dict:
-    """Read, preprocess and identify one pattern; the answer as a JSON-ready dict."""
+def _identify(path: Path, args: argparse.Namespace, db, scan) -> dict:
+    """Preprocess and identify one pattern (``scan``, read from ``path``); the answer as a JSON-ready dict."""
     from eacnn.config import XRDConfig
-    from eacnn.measured import read_pattern, to_model_grid
+    from eacnn.measured import to_model_grid
     from eacnn.retrieval.identify import identify
 
     xrd = XRDConfig(**db.manifest["xrd"]) if "xrd" in db.manifest else XRDConfig()
     with _about(path):
-        grid = to_model_grid(read_pattern(path, wavelength=args.wavelength), xrd)
+        grid = to_model_grid(scan, xrd)
         result = identify(grid.vector, grid.covered, db, top=args.top, elements=args.elements, rerank=args.rerank,
                           xrd=xrd)
     hits = result.hits
@@ -467,6 +479,17 @@ def _cmd_search(args: argparse.Namespace) -> int:
     checkpoint = _checkpoint_path(args.checkpoint)
     if args.plot and len(files) > 1:
         raise EACNNError("--plot draws one pattern: give a single pattern file with it")
+    from eacnn.measured import read_pattern  # light: numpy only; every file is read before any database is built
+
+    scans: dict[Path, object] = {}
+    for path in files:
+        try:
+            with _about(path):
+                scans[path] = read_pattern(path, wavelength=args.wavelength)
+        except EACNNError as err:
+            if len(files) == 1:
+                raise
+            scans[path] = err  # reported in its turn below; the other patterns are still answered
 
     # 2. the database: opened memory-mapped when it was built before (no torch), else built once and cached
     with contextlib.redirect_stdout(sys.stderr):
@@ -476,7 +499,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     failed = 0
     for path in files:
         try:
-            answer = _identify(path, args, db)
+            if isinstance(scans[path], EACNNError):
+                raise scans[path]
+            answer = _identify(path, args, db, scans[path])
         except EACNNError as err:
             if len(files) == 1:
                 raise
@@ -500,12 +525,16 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_database(args: argparse.Namespace) -> int:
+    out = args.out  # checked by the parser: new, empty or an eacnn database (nothing else is replaced)
     sources = _database_sources(args.source)
+    for source in sources:
+        if source != "embedded" and out in (Path(source).resolve(), *Path(source).resolve().parents):
+            raise EACNNError(f"--out {args.out!r} is the source folder {source!r} or holds it; name a new folder")
     checkpoint = _checkpoint_path(args.checkpoint)
     with contextlib.redirect_stdout(sys.stderr):
         from eacnn.retrieval.database import build_database, open_database
 
-        folder = build_database(sources, args.out, checkpoint, progress=True)
+        folder = build_database(sources, out, checkpoint, progress=True)
         db = open_database(folder)
     index = db.manifest["index"]
     extra = (f", IVF index (nprobe {index['nprobe']} of {index['nlist']} lists, recall@10 "
@@ -643,7 +672,8 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = p.add_subparsers(dest="action", required=True)
     b = dsub.add_parser("build", help="embed every structure of the sources with a model and save them")
     b.add_argument("source", nargs="+", help="'embedded' or a folder of CIF files; several are merged")
-    b.add_argument("--out", type=_run_dir, required=True, help="the database folder to write")
+    b.add_argument("--out", type=_database_out, required=True,
+                   help="the database folder to write: a new or empty folder, or an eacnn database to replace")
     b.add_argument("--checkpoint", help="a trained checkpoint (default: the shipped one)")
     b.set_defaults(func=_cmd_database)
 
@@ -652,6 +682,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-going", action="store_true", help="report every Sphinx warning, not just the first")
     p.set_defaults(func=_cmd_book)
     return parser
+
+
+_FAULT_ADVICE = {
+    errno.ENOSPC: ("no space left on the device", "free some space or set EACNN_HOME to a larger disk"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space or set EACNN_HOME to another disk"),
+    errno.EROFS: ("read-only storage", "set EACNN_HOME to a folder you can write"),
+    errno.EACCES: ("permission denied", "set EACNN_HOME to a folder you can write, or fix the permissions"),
+    errno.EPERM: ("operation not permitted", "set EACNN_HOME to a folder you can write, or fix the permissions"),
+}
+
+
+def environment_fault(err: OSError) -> str:
+    """One line for an OS error: what happened, where, and what to do."""
+    what, advice = _FAULT_ADVICE.get(err.errno, (err.strerror or type(err).__name__, "check the file and retry"))
+    where = f" at {err.filename}" if err.filename else ""
+    return f"{what}{where}; {advice}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -685,6 +731,9 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print(f"{name}: error: out of memory", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as err:  # the environment, not eacnn: a full disk, read-only storage, a permission
+        print(f"{name}: error: {environment_fault(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

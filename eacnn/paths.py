@@ -16,6 +16,7 @@ variable                  meaning                                         defaul
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -72,6 +73,42 @@ def figures_dir() -> Path:
     path = _sub("EACNN_FIGURES", "figures")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def output_folder(path: str | Path, marker: str = "manifest.json", what: str = "an eacnn database") -> Path:
+    """The absolute folder a command may write (replace) as a whole: new, empty, or a previous output of the same
+    kind (it holds ``marker``). Anything else -- a file, a folder with other content (the source CIFs, a home
+    folder), or a place that cannot be written -- is refused before any work, so nothing eacnn did not write is
+    ever removed.
+
+    Raises:
+        EACNNError: the folder is not ours to replace, or its parent cannot be written.
+    """
+    from eacnn.errors import EACNNError
+
+    folder = Path(path).expanduser().resolve()
+    if folder.exists() and not folder.is_dir():
+        raise EACNNError(f"--out {str(path)!r} is a file, not a folder; name a new folder")
+    if folder.is_dir():
+        try:
+            entries = list(folder.iterdir())
+        except OSError as err:
+            raise EACNNError(f"--out {str(path)!r} cannot be read ({err.strerror}); name another folder") from err
+        if entries and not (folder / marker).is_file():
+            raise EACNNError(f"--out {str(path)!r} holds {len(entries)} file(s) or folder(s) and is not {what}: "
+                             f"eacnn replaces only a new or empty folder or one of its own outputs, and deletes "
+                             f"nothing it did not write; name a new folder")
+        if folder == Path.cwd().resolve() or folder in Path.cwd().resolve().parents:
+            raise EACNNError(f"--out {str(path)!r} is the working folder or above it; name a new folder")
+    parent = folder.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:  # a real probe: permission bits do not tell about read-only mounts, /proc, or root's rights
+        os.rmdir(tempfile.mkdtemp(prefix=".eacnn-probe-", dir=parent))
+    except OSError as err:
+        raise EACNNError(f"--out {str(path)!r} cannot be written ({err.strerror} in {parent}); name a folder you "
+                         f"can write") from err
+    return folder
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:

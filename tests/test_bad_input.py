@@ -148,13 +148,20 @@ CLI_CASES = [
     (["search", "{good.xy}", "--plot", "{folder}/hits"], 2, "not 'no extension'"),
     (["search", "{good.xy}", "--plot", "{notes.txt}/hits.png"], 2, "notes.txt is a file, not a folder"),
     (["search", "{good.xy}", "--plot", "{folder}"], 2, "must end in .png"),
-    (["search", "{good.xy}", "--database", "{empty_db}"], 2, "empty_db': the folder holds no *.cif file"),
+    (["search", "{good.xy}", "--database", "{empty_db}"], 2, "empty_db': the folder holds no .cif file"),
     (["search", "{good.xy}", "--database", "{folder}/missing"], 2, "is not there"),
     (["search", "{good.xy}", "--database", "{notes.txt}"], 2, "notes.txt is a file"),
     (["search", "{good.xy}", "--checkpoint", "{zeroed.pt}"], 2, "zeroed.pt is corrupt: the zip entry"),
     (["search", "{good.xy}", "--checkpoint", "{folder}/none.pt"], 2, "no checkpoint file at"),
     (["search", "{good.xy}", "--checkpoint", "{folder}"], 2, "is a folder"),
     (["search", "{good.xy}", "--bogus"], 2, "unrecognized arguments: --bogus"),
+    # -- database build: --out is new, empty or an eacnn database; nothing else is ever replaced (checked first)
+    (["database", "build", "{one_db}", "--out", "{one_db}"], 2, "holds 1 file(s) or folder(s) and is not an eacnn"),
+    (["database", "build", "{one_db}", "--out", "{folder}/.."], 2, "and is not an eacnn database"),
+    (["database", "build", "{one_db}", "--out", "."], 2, "and is not an eacnn database"),
+    (["database", "build", "{one_db}", "--out", "{notes.txt}"], 2, "is a file, not a folder"),
+    (["database", "build", "{one_db}", "--out", "/proc/eacnn-db"], 2, "cannot be written"),
+    (["database", "build", "{folder}/missing", "--out", "{folder}/db"], 2, "is not there"),
     # -- simulate
     (["simulate", "{overlap.cif}"], 2, "overlap.cif: overlapping atoms"),
     (["simulate", "{close.cif}"], 2, "close.cif: overlapping atoms: site 0 (Na) and site 1 (Cl) are 0.200 Å apart"),
@@ -186,7 +193,7 @@ def test_cli_bad_input(bad, args, code, fragment):
     assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     last = proc.stderr.strip().splitlines()[-1]
-    assert re.match(rf"eacnn( {args[0]})?: error: ", last), proc.stderr  # argparse names the top parser for unknown flags
+    assert re.match(rf"eacnn( {args[0]}( build)?)?: error: ", last), proc.stderr  # argparse names the top parser for unknown flags
     assert fragment in last, last
     assert sum(line.startswith("eacnn") for line in proc.stderr.splitlines()) == 1, proc.stderr
 
@@ -400,3 +407,47 @@ def test_an_interrupted_atomic_write_leaves_the_old_file_and_no_temporary(tmp_pa
     with pytest.raises(KeyboardInterrupt):
         atomic_write_bytes(target, b"new" * 1000)
     assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+def test_database_build_leaves_a_folder_it_did_not_write_untouched(bad):
+    before = sorted(p.name for p in bad["one_db"].parent.iterdir())
+    proc = run_eacnn("database", "build", str(bad["one_db"]), "--out", str(bad["one_db"].parent), timeout=120)
+    assert proc.returncode == 2 and "deletes nothing it did not write" in proc.stderr
+    assert sorted(p.name for p in bad["one_db"].parent.iterdir()) == before
+    assert (bad["one_db"] / "TiO2_136.cif").is_file()
+
+
+def test_a_case_insensitive_cif_extension_is_a_database_source(tmp_path):
+    from eacnn.datasets.structures import cif_files, read_cif_folder
+
+    shutil.copy(CIFS / "TiO2_136.cif", tmp_path / "TiO2_136.CIF")
+    shutil.copy(CIFS / "TiO2_136.cif", tmp_path / "rutile.Cif")
+    (tmp_path / "notes.txt").write_text("not a CIF")
+    assert [p.name for p in cif_files(tmp_path)] == ["TiO2_136.CIF", "rutile.Cif"]
+    assert len(read_cif_folder(tmp_path, progress=False).table) == 2
+
+
+@pytest.mark.parametrize("code, fragment", [("ENOSPC", "no space left on the device at"),
+                                            ("EROFS", "read-only storage at"),
+                                            ("EACCES", "permission denied at")])
+def test_environment_faults_end_in_one_line_with_what_to_do(code, fragment, monkeypatch, capsys):
+    """A full disk, read-only storage or a permission error anywhere in a command: exit 2, one line, no traceback."""
+    import errno
+
+    import eacnn.cli as cli
+
+    def fault(args):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), "/data/eacnn/cache/x.npz")
+
+    monkeypatch.setattr(cli, "_cmd_simulate", fault)
+    assert cli.main(["simulate", str(CIFS / "TiO2_136.cif")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0] and "/data/eacnn/cache/x.npz" in err[0] and "EACNN_HOME" in err[0]
+
+
+def test_a_missing_pattern_is_named_before_any_database_is_built(tmp_path):
+    env = {**os.environ, "EACNN_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([sys.executable, "-m", "eacnn", "search", str(tmp_path / "nonexistent.xy")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and "nonexistent.xy: no such file" in proc.stderr
+    assert not (tmp_path / "home").exists() or not any((tmp_path / "home").rglob("manifest.json"))

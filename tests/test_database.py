@@ -80,6 +80,94 @@ def test_write_open_search_and_verify(tmp_path, tower):
         open_database(tmp_path)
 
 
+def _small_database(folder: Path, tower) -> Path:
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=(20, 256)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    sticks = {"offsets": np.arange(0, 21) * 2, "two_theta": np.tile([30.0, 40.0], 20), "area": np.ones(40)}
+    return write_database(folder, _labels(20), emb, tower, {"threshold": 0.7}, "abc", ["test"], sticks)
+
+
+@pytest.mark.parametrize("damage", ["flip a bit of the embeddings", "edit a formula", "truncate the sticks",
+                                    "delete a file"])
+def test_a_damaged_or_edited_database_is_refused_on_open(tmp_path, tower, damage):
+    """Opened after it was verified once (so a stamp exists), then damaged within the same second: still caught."""
+    import gzip
+
+    folder = _small_database(tmp_path / "db", tower)
+    open_database(folder)
+    if damage.startswith("flip"):
+        data = bytearray((folder / "embeddings.npy").read_bytes())
+        data[-7] ^= 0x40
+        (folder / "embeddings.npy").write_bytes(bytes(data))
+    elif damage.startswith("edit"):
+        text = gzip.decompress((folder / "labels.csv.gz").read_bytes()).replace(b"MnO", b"MgO")
+        (folder / "labels.csv.gz").write_bytes(gzip.compress(text))
+    elif damage.startswith("truncate"):
+        (folder / "sticks.npz").write_bytes((folder / "sticks.npz").read_bytes()[:100])
+    else:
+        (folder / "tower.npz").unlink()
+    with pytest.raises(EACNNError, match="damaged") as info:
+        open_database(folder)
+    assert str(folder) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_verified_files_are_not_hashed_again(tmp_path, tower, monkeypatch):
+    import os
+
+    import eacnn.retrieval.database as database
+
+    folder = _small_database(tmp_path / "db", tower)
+    old = 1_000_000_000  # files last changed long before the stamp: trusted by size and mtime
+    for f in folder.iterdir():
+        os.utime(f, ns=(old, old))
+    open_database(folder)  # hashes every file and remembers them
+    calls = []
+    monkeypatch.setattr(database, "sha256_of", lambda p: calls.append(p) or "x")
+    open_database(folder)
+    assert calls == []
+    os.utime(folder / "labels.csv.gz", ns=(old + 1, old + 1))  # touched: hashed again (and refused: digest "x")
+    with pytest.raises(EACNNError, match="labels.csv.gz"):
+        open_database(folder)
+
+
+def test_the_cache_rebuilds_after_damage_and_is_used_read_only(tmp_path, tower, monkeypatch, caplog):
+    import errno
+
+    import eacnn.retrieval.database as database
+
+    folder = tmp_path / "cache" / "db"
+    built = []
+
+    def build():
+        built.append(1)
+        _small_database(folder, tower)
+
+    database.cached_database(folder, build)
+    (folder / "embeddings.npy").write_bytes(b"damaged")
+    db = database.cached_database(folder, build)
+    assert len(built) == 2 and len(db) == 20 and "building it again" in caplog.text
+
+    def read_only(*args, **kw):
+        raise OSError(errno.EROFS, "Read-only file system", str(args[0]))
+
+    monkeypatch.setattr(database, "open", read_only, raising=False)  # the lock file cannot be created
+    assert len(database.cached_database(folder, build)) == 20 and len(built) == 2  # used as it is
+    with pytest.raises(EACNNError, match="cannot be written.*EACNN_HOME"):
+        database.cached_database(tmp_path / "cache" / "other", build)
+
+
+def test_write_database_never_replaces_a_folder_it_did_not_write(tmp_path, tower):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(EACNNError, match="is not an eacnn database"):
+        _small_database(tmp_path / "mine", tower)
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+    (tmp_path / "empty").mkdir()
+    _small_database(tmp_path / "empty", tower)  # an empty folder, then its own output, may be replaced
+    assert len(open_database(_small_database(tmp_path / "empty", tower))) == 20
+
+
 def test_indexed_reflections_round_trip(tmp_path, tower):
     """Each candidate's reflections one by one (for the cell fit) come back as written; a candidate without any
     reads as None."""

@@ -274,8 +274,13 @@ class CifFolder(NamedTuple):
     skipped: list  # (id, reason) for every file that could not be read
 
 
+def cif_files(folder: str | Path) -> list[Path]:
+    """The CIF files of a folder (not recursive), any case of the extension (``.cif``, ``.CIF``), sorted."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() == ".cif" and p.is_file())
+
+
 def read_cif_folder(
-    folder: str | Path, split: str = "test", pattern: str = "*.cif", progress: bool = True
+    folder: str | Path, split: str = "test", pattern: str | None = None, progress: bool = True
 ) -> CifFolder:
     """Every CIF file of a folder as a structure table; ids are the file stems.
 
@@ -284,15 +289,15 @@ def read_cif_folder(
     Args:
         folder: the directory to read (not recursive).
         split: MP-20 split name given to every row (``"test"``: test set / retrieval pool).
-        pattern: glob of the files to read.
+        pattern: glob of the files to read (None: every ``.cif`` file, any case of the extension).
         progress: show a progress bar.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise StructureError(f"{folder}: not a directory of CIF files")
-    files = sorted(folder.glob(pattern))
+    files = cif_files(folder) if pattern is None else sorted(folder.glob(pattern))
     if not files:
-        raise StructureError(f"{folder}: no files match {pattern!r}")
+        raise StructureError(f"{folder}: no files match {pattern or '*.cif'!r}")
     ids, structures, skipped = [], [], []
     for path in tqdm(files, desc="reading CIFs", unit="file", disable=not progress):
         try:

@@ -70,7 +70,7 @@ from scipy.optimize import nnls
 from threadpoolctl import threadpool_limits
 
 from eacnn.config import XRDConfig
-from eacnn.datasets.structures import load_embedded, read_cif, row_to_structure
+from eacnn.datasets.structures import cif_files, load_embedded, read_cif, row_to_structure
 from eacnn.errors import ConfigError, EACNNError, PatternError
 from eacnn.physics.measurement import CU_KALPHA2
 from eacnn.physics.perturb import bragg_shift
@@ -343,8 +343,9 @@ def phase_structure(db, row: int):
             table = load_embedded()
             hit = table[table["material_id"] == label["material_id"]]
             return row_to_structure(hit.iloc[0].to_dict()) if len(hit) else None
-        path = Path(label["source"]) / f"{label['material_id']}.cif"
-        return read_cif(path) if path.is_file() else None
+        folder = Path(label["source"])
+        found = [p for p in cif_files(folder) if p.stem == label["material_id"]] if folder.is_dir() else []
+        return read_cif(found[0]) if found else None
     except EACNNError as err:
         log.warning("no structure for %s (%s): its weight fraction is unknown", label["material_id"], err)
         return None

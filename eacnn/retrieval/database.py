@@ -32,6 +32,8 @@ import logging
 import os
 import shutil
 import time
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -40,7 +42,8 @@ import numpy as np
 import pandas as pd
 
 from eacnn.errors import EACNNError
-from eacnn.paths import DATA_DIR, atomic_write_bytes, cache_dir
+from eacnn.integrity import sha256_of
+from eacnn.paths import DATA_DIR, atomic_write_bytes, cache_dir, output_folder
 from eacnn.retrieval.pattern_tower import PatternTower
 
 log = logging.getLogger(__name__)
@@ -61,12 +64,59 @@ LABEL_COLUMNS = ["material_id", "formula", "spacegroup_symbol", "spacegroup_numb
                  "elements"]
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+file_sha256 = sha256_of  # one hash of files for the whole package (eacnn.integrity)
+
+
+def _stamp_path(folder: Path) -> Path:
+    """Where the digests already checked for ``folder`` are remembered (by file size and mtime): the user's cache,
+    not the database folder, so a database on read-only storage is checked too."""
+    key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:24]
+    return cache_dir() / "verified" / f"{key}.json"
+
+
+def verify_database(folder: Path, manifest: dict) -> None:
+    """Check every file of a saved database against the SHA-256 its manifest records.
+
+    A file whose size and mtime match a digest checked before (:func:`_stamp_path`) is not hashed again, so a large
+    database is hashed once; any edit, truncation or flipped bit changes the digest and is caught. The 90 MB
+    default database hashes in about 0.06 s on one core.
+
+    Raises:
+        EACNNError: a file is missing or its digest differs (the message names the file and what to do).
+    """
+    try:
+        stamp_file = _stamp_path(folder)
+        stamps = json.loads(stamp_file.read_text()) if stamp_file.is_file() else {}
+    except (OSError, ValueError):
+        stamp_file, stamps = None, {}
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise EACNNError(f"{folder / 'manifest.json'} lists no file digests: the database is damaged or not eacnn's; "
+                         f"build it again with `eacnn database build`")
+    # a stamp is trusted only for files last changed well before it was written (as git treats a "racily clean"
+    # index): file times are coarse, and an edit within the same clock tick would keep size and mtime
+    trusted_before = int(stamps.get("_written_ns", 0)) - 2_000_000_000
+    fresh: dict = {"_written_ns": time.time_ns()}
+    hashed = False
+    for name, digest in files.items():
+        path = folder / name
+        try:
+            st = path.stat()
+        except OSError as err:
+            raise EACNNError(f"{path} is missing or unreadable ({err.strerror}): the database is damaged; build it "
+                             f"again with `eacnn database build`") from err
+        seen = [st.st_size, st.st_mtime_ns, digest]
+        if stamps.get(name) != seen or st.st_mtime_ns >= trusted_before:
+            hashed = True
+            if sha256_of(path) != digest:
+                raise EACNNError(f"{path} does not match the SHA-256 its manifest records: the database is damaged "
+                                 f"or was edited; delete {folder} and build it again with `eacnn database build`")
+        fresh[name] = seen
+    if stamp_file is not None and hashed:
+        try:
+            atomic_write_bytes(stamp_file, json.dumps(fresh).encode())
+        except OSError:  # a read-only cache: the files are hashed again next time, which is only slower
+            pass
 
 
 def database_key(checkpoint_sha: str, sources: Sequence[str]) -> str:
@@ -83,7 +133,9 @@ def database_key(checkpoint_sha: str, sources: Sequence[str]) -> str:
             if (SHIPPED_DIR / "embedded.json").is_file():
                 h.update(file_sha256(SHIPPED_DIR / "embedded.json").encode())
         else:
-            for f in sorted(Path(source).glob("*.cif")):
+            from eacnn.datasets.structures import cif_files
+
+            for f in cif_files(source):
                 h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()[:20]
 
@@ -180,14 +232,15 @@ class SavedDatabase:
         return self._index
 
 
-def open_database(folder: str | Path, verify: bool = False) -> SavedDatabase:
-    """Open a database folder written by :func:`write_database`.
+def open_database(folder: str | Path, verify: bool = True) -> SavedDatabase:
+    """Open a database folder written by :func:`write_database`, checked against its recorded digests.
 
     Args:
-        verify: recompute every file's SHA-256 against the manifest (slow for large databases).
+        verify: check every file's SHA-256 against the manifest (:func:`verify_database`: hashed once, then
+            remembered by size and mtime); False only for a folder this process has just written.
 
     Raises:
-        EACNNError: not a database folder, an unknown format, or (with ``verify``) a file that changed.
+        EACNNError: not a database folder, an unknown format, a damaged or edited file.
     """
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
@@ -201,18 +254,17 @@ def open_database(folder: str | Path, verify: bool = False) -> SavedDatabase:
     if manifest.get("format") != FORMAT_VERSION:
         raise EACNNError(f"{folder} has database format {manifest.get('format')!r}, this eacnn reads "
                          f"{FORMAT_VERSION}; rebuild it with `eacnn database build`")
+    if not isinstance(manifest, dict):
+        raise EACNNError(f"{manifest_path} is not a database manifest; rebuild the database")
     if verify:
-        for name, digest in manifest["files"].items():
-            if file_sha256(folder / name) != digest:
-                raise EACNNError(f"{folder / name} does not match its SHA-256 in the manifest: the database is "
-                                 f"damaged; delete {folder} and build it again")
+        verify_database(folder, manifest)
     try:
         labels = pd.read_csv(folder / "labels.csv.gz", dtype={"material_id": str, "elements": str},
                              keep_default_na=False)
         emb = np.load(folder / "embeddings.npy", mmap_mode="r")
         with np.load(folder / "tower.npz") as f:
             tower = PatternTower({k: f[k] for k in f.files})
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile) as err:
         raise EACNNError(f"database {folder} is damaged ({type(err).__name__}: {err}); delete it and build again"
                          ) from err
     if emb.shape[0] != len(labels):
@@ -280,7 +332,7 @@ def write_database(folder: str | Path, labels: pd.DataFrame, embeddings: np.ndar
         xrd: the model's ``XRDConfig`` as a dict (grid, wavelength, profile), so a search reads patterns as the
             model was trained.
     """
-    folder = Path(folder)
+    folder = output_folder(folder)  # never replaces a folder that is not an eacnn database
     missing = [c for c in LABEL_COLUMNS if c not in labels.columns]
     if missing:
         raise EACNNError(f"database labels lack the columns {missing}")
@@ -513,8 +565,16 @@ def cached_database(folder: Path, build: Callable[[], object]) -> SavedDatabase:
     unreadable. Processes that ask for the same folder at once (chapters executing side by side) wait for each other
     (an exclusive lock on ``<folder>.lock``) instead of building it twice or swapping it under a reader."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.with_name(folder.name + ".lock"), "w") as handle:
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(folder.with_name(folder.name + ".lock"), "a")
+    except OSError as err:  # a shared cache on read-only storage: used as it is when complete and intact
+        if (folder / "manifest.json").is_file():
+            return open_database(folder)
+        raise EACNNError(f"the search database cache {folder} cannot be written ({err.strerror}); set EACNN_HOME "
+                         f"to a folder you can write, or build a database with `eacnn database build ... --out "
+                         f"DIR` and search it with --database DIR") from err
+    with handle:
         try:
             import fcntl
 
