@@ -308,7 +308,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 #: File endings ``eacnn search FOLDER`` reads (each optionally followed by .gz).
-PATTERN_SUFFIXES = (".xy", ".xye", ".txt", ".csv", ".dat", ".asc", ".sse", ".xrdml")
+PATTERN_SUFFIXES = (".xy", ".xye", ".txt", ".csv", ".dat", ".asc", ".sse", ".xrdml", ".ras")
 
 
 def _is_pattern_file(path: Path) -> bool:
@@ -485,7 +485,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     for path in files:
         try:
             with _about(path):
-                scans[path] = read_pattern(path, wavelength=args.wavelength)
+                scans[path] = read_pattern(path, wavelength=args.wavelength, scan=args.scan)
         except EACNNError as err:
             if len(files) == 1:
                 raise
@@ -641,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="identify measured patterns: rank database structures by the trained model")
     p.add_argument("pattern", nargs="+",
-                   help="measured patterns (.xy, .xye, .txt, .csv, .dat, .asc, .sse, .xrdml, optionally .gz), folders "
+                   help="measured patterns (.xy, .xye, .txt, .csv, .dat, .asc, .sse, .xrdml, .ras, optionally .gz), folders "
                         "of them or glob patterns; several are searched in one process (--json: one line each)")
     p.add_argument("--database", action="append",
                    help="'embedded' (default), a folder of CIF files (repeatable), or a folder written by "
@@ -649,6 +649,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wavelength", type=_wavelength, default=None,
                    help=_WAVELENGTH_HELP + " (default: the file's Kα1 for .xrdml, else Cu Kα1)")
     p.add_argument("--elements", type=_elements, help="only candidates made of these elements, e.g. Mn,O (any case)")
+    p.add_argument("--scan", type=_whole(1), default=None, metavar="N",
+                   help="for files holding several scans (.xrdml, .ras): read scan N (from 1); default: the first "
+                        "completed one (aborted scans are skipped)")
     p.add_argument("--top", type=_whole(1), default=10, help="how many candidates to list (default 10)")
     p.add_argument("--rerank", type=_whole(0, MAX_RERANK), default=DEFAULT_RERANK, metavar="N",
                    help="refine the model's top N (lattice scale ±3 %%, zero shift ±0.3°, peak width, then the whole "

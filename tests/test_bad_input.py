@@ -85,6 +85,11 @@ def bad(tmp_path_factory) -> dict[str, Path]:
     for name, text in files.items():
         (d / name).write_text(text, encoding="latin-1")
         out[name] = d / name
+    (d / "scan.raw").write_bytes(b"RAW4.00" + bytes(500))  # Bruker's binary format
+    out["scan.raw"] = d / "scan.raw"
+    (d / "aborted.xrdml").write_text((FIXTURES / "measured" / "synthetic.xrdml").read_text().replace(
+        'scanAxis="Gonio" status="Completed"', 'scanAxis="Gonio" status="Aborted"'))
+    out["aborted.xrdml"] = d / "aborted.xrdml"
     out["corrupt.xy.gz"] = d / "corrupt.xy.gz"
     payload = gzip.compress(_scan(tt, peaks).encode())
     damaged = bytearray(payload)
@@ -126,6 +131,10 @@ CLI_CASES = [
     (["search", "{degrees200.xy}"], 2, "outside (0, 180)"),
     (["search", "{twice.xy}"], 2, "more than once"),
     (["search", "{broken.xrdml}"], 2, "broken.xrdml: not readable as XRDML"),
+    (["search", "{scan.raw}"], 2, "scan.raw: Bruker/Siemens RAW (binary) files are not read by eacnn; export it as .xy"),
+    (["search", "{aborted.xrdml}"], 2, "every scan in the file was aborted"),
+    (["search", "{aborted.xrdml}", "--scan", "2"], 2, "scan 2 asked for, but the file holds 1 scan(s)"),
+    (["search", "{good.xy}", "--scan", "0"], 2, "--scan: expected a whole number >= 1, got '0'"),
     # -- search: the flags
     (["search", "{good.xy}", "--wavelength", "0"], 2, "got '0'"),
     (["search", "{good.xy}", "--wavelength", "-1.5"], 2, "got '-1.5'"),

@@ -6,6 +6,7 @@ import dataclasses
 import gzip
 import importlib.util
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -474,3 +475,116 @@ def test_kalpha2_of_the_file_is_used_only_at_the_file_wavelength():
     np.testing.assert_allclose(as_file.steps["stripped"], strip_kalpha2(x, y, ka1, ka2, ratio))
     as_cu = to_model_grid(read_pattern(MEASURED / "synthetic.xrdml", wavelength="Cu"), strip_kalpha2=True)
     np.testing.assert_allclose(as_cu.steps["stripped"], strip_kalpha2(x, y, *KALPHA["Cu"], 0.5))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Formats as instruments write them: several scans, units, headers, encodings, and formats eacnn does not read
+# ---------------------------------------------------------------------------------------------------------------
+XRDML_FIXTURE = Path(__file__).parent / "fixtures" / "measured" / "synthetic.xrdml"
+
+
+def _two_scan_xrdml(first_status: str = "Aborted", unit: str = "Angstrom", ka1: str = "1.78896") -> bytes:
+    """The synthetic XRDML with an aborted (short) scan before the completed one, and the wavelength's unit set."""
+    import re
+
+    text = XRDML_FIXTURE.read_text()
+    scan = re.search(r"<scan .*?</scan>", text, re.S).group(0)
+    aborted = scan.replace('status="Completed"', f'status="{first_status}"').replace(
+        "<endPosition>80.0000</endPosition>", "<endPosition>30.0000</endPosition>", 1)
+    short = re.search(r"<intensities unit=\"counts\">(.*?)</intensities>", aborted, re.S)
+    aborted = aborted.replace(short.group(1), " ".join(short.group(1).split()[:50]))
+    text = text.replace(scan, aborted + "\n" + scan.replace('appendNumber="0"', 'appendNumber="1"'))
+    text = text.replace('<kAlpha1 unit="Angstrom">1.78896</kAlpha1>', f'<kAlpha1 unit="{unit}">{ka1}</kAlpha1>')
+    return text.encode()
+
+
+def test_xrdml_reads_the_completed_scan_or_the_one_named(tmp_path):
+    path = tmp_path / "two.xrdml"
+    path.write_bytes(_two_scan_xrdml())
+    full = read_pattern(XRDML_FIXTURE)
+    got = read_pattern(path)
+    assert got.metadata["scan"] == 2 and got.metadata["n_scans"] == 2
+    np.testing.assert_array_equal(got.intensity, full.intensity)
+    first = read_pattern(path, scan=1)
+    assert len(first) == 50 and first.two_theta[-1] == pytest.approx(30.0)
+    with pytest.raises(PatternError, match="scan 3 asked for, but the file holds 2"):
+        read_pattern(path, scan=3)
+    path.write_bytes(_two_scan_xrdml().replace(b'status="Completed"', b'status="Aborted"'))
+    with pytest.raises(PatternError, match="every scan in the file was aborted"):
+        read_pattern(path)
+
+
+@pytest.mark.parametrize("unit, value", [("nm", "0.178896"), ("pm", "178.896"), ("Angstrom", "1.78896"), ("Å", "1.78896")])
+def test_xrdml_wavelength_units_are_honoured(tmp_path, unit, value):
+    path = tmp_path / "unit.xrdml"
+    path.write_bytes(_two_scan_xrdml(unit=unit, ka1=value))
+    assert read_pattern(path).wavelength == pytest.approx(1.78896)
+
+
+def test_xrdml_unknown_wavelength_unit_is_refused(tmp_path):
+    path = tmp_path / "unit.xrdml"
+    path.write_bytes(_two_scan_xrdml(unit="furlong"))
+    with pytest.raises(PatternError, match="furlong"):
+        read_pattern(path)
+
+
+def _ras(wavelength: str = "0.709317", unit: str = "") -> str:
+    tt = np.arange(10.0, 80.0, 0.02)
+    y = 50 + 1000 * np.exp(-0.5 * ((tt - 35.0) / 0.05) ** 2)
+    rows = "".join(f"{t:.4f} {v:.1f} {2.0 if t > 60 else 1.0:.1f}\n" for t, v in zip(tt, y))
+    return ("*RAS_DATA_START\n*RAS_HEADER_START\n*FILE_SAMPLE \"test\"\n"
+            f"*HW_XG_WAVE_LENGTH_ALPHA1 \"{wavelength}\"\n*HW_XG_WAVE_LENGTH_ALPHA2 \"0.713607\"\n"
+            + (f"*HW_XG_WAVE_LENGTH_UNIT \"{unit}\"\n" if unit else "")
+            + "*RAS_HEADER_END\n*RAS_INT_START\n" + rows + "*RAS_INT_END\n*RAS_DATA_END\n")
+
+
+def test_rigaku_ras_header_wavelength_and_attenuation(tmp_path):
+    path = tmp_path / "scan.ras"
+    path.write_text(_ras())
+    got = read_pattern(path)
+    assert got.metadata["format"] == "ras" and got.metadata["wavelength_from"] == "file"
+    assert got.wavelength == pytest.approx(0.709317) and got.metadata["kalpha2"] == pytest.approx(0.713607)
+    assert got.intensity[got.two_theta > 60][0] == pytest.approx(100.0, rel=1e-3)  # counts x attenuation 2
+    path.write_text(_ras("0.0709317", unit="nm"))
+    assert read_pattern(path).wavelength == pytest.approx(0.709317)
+    assert read_pattern(path, wavelength="Cu").wavelength == pytest.approx(1.5406)  # an argument wins
+
+
+def test_utf16_text_is_read(tmp_path):
+    tt = np.arange(10.0, 80.0, 0.05)
+    text = "# 2theta intensity\n" + "".join(f"{t:.3f}\t{5 + 100 * np.exp(-((t - 40) / 0.2) ** 2):.3f}\n" for t in tt)
+    for encoding in ("utf-16", "utf-16-le"):
+        path = tmp_path / f"{encoding}.xy"
+        path.write_bytes(text.encode(encoding))
+        got = read_pattern(path)
+        assert len(got) == len(tt) and got.two_theta[np.argmax(got.intensity)] == pytest.approx(40.0)
+
+
+@pytest.mark.parametrize("name, payload, fragment", [
+    ("scan.raw", b"RAW4.00" + bytes(200), "Bruker/Siemens RAW (binary) files are not read by eacnn; export it as .xy"),
+    ("renamed.dat", b"RAW1.01" + bytes(200), "Bruker/Siemens RAW"),
+    ("scan.brml", b"PK\x03\x04" + bytes(200), "Bruker BRML (zip archive)"),
+    ("scan.rasx", b"PK\x03\x04" + bytes(200), "Rigaku RASX (zip archive)"),
+])
+def test_binary_formats_name_the_conversion_to_make(tmp_path, name, payload, fragment):
+    path = tmp_path / name
+    path.write_bytes(payload)
+    with pytest.raises(PatternError, match=re.escape(fragment)):
+        read_pattern(path)
+
+
+def test_a_huge_file_is_refused_before_it_is_read(tmp_path):
+    from eacnn.measured.io import MAX_FILE_BYTES
+
+    path = tmp_path / "huge.xy"
+    with open(path, "wb") as fh:  # sparse: no disk used, and nothing may read it whole
+        fh.truncate(MAX_FILE_BYTES + 1)
+    with pytest.raises(PatternError, match="is not a powder pattern file"):
+        read_pattern(path)
+    bomb = tmp_path / "bomb.xy.gz"
+    with gzip.open(bomb, "wb", compresslevel=9) as gz:
+        for _ in range(MAX_FILE_BYTES // 2**24 + 1):
+            gz.write(b"1 " * 2**23)
+    assert bomb.stat().st_size < 2**20
+    with pytest.raises(PatternError, match="inflates to more than"):
+        read_pattern(bomb)

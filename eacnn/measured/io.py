@@ -19,16 +19,24 @@ Lines starting with ``#``, ``!``, ``;``, ``%``, ``'`` or ``//`` are comments; li
 numbers are a header (kept in ``metadata["header"]``); such lines after the data starts are skipped with a warning
 naming them.
 
-**XRDML** (``fmt="xrdml"``, found by suffix or by an XML start): the first scan's ``<dataPoints>``: the
+**XRDML** (``fmt="xrdml"``, found by suffix or by an XML start): the first completed scan's ``<dataPoints>`` (a
+scan whose ``status`` is "Aborted" is skipped; ``scan=N`` picks one): the
 ``<positions axis="2Theta">`` as ``<listPositions>``, or ``<startPosition>``/``<endPosition>`` spread evenly over
 the intensities; ``<intensities>`` (or the older ``<counts>``), times ``<beamAttenuationFactors>`` when given. The
-``<usedWavelength>`` ``kAlpha1``/``kAlpha2``/``ratioKAlpha2KAlpha1`` go to ``metadata``; ``kAlpha1`` is the
-pattern's wavelength unless one is passed.
+``<usedWavelength>`` ``kAlpha1``/``kAlpha2``/``ratioKAlpha2KAlpha1`` go to ``metadata`` (in Å, converted from
+the ``unit`` attribute: Å, nm or pm); ``kAlpha1`` is the pattern's wavelength unless one is passed.
+
+**Rigaku RAS** (``fmt="ras"``, ``.ras`` or a ``*RAS_DATA_START`` start): ``2θ counts attenuation`` lines between
+``*RAS_INT_START`` and ``*RAS_INT_END`` (intensity = counts × attenuation), the header's
+``*HW_XG_WAVE_LENGTH_ALPHA1``/``_ALPHA2`` as the file's wavelengths. Text in UTF-16 (as Windows software writes it)
+is read too. Bruker ``.raw``/``.brml`` and Rigaku ``.rasx`` are refused with the conversion to make
+(:data:`UNREAD_FORMATS`); files over :data:`MAX_FILE_BYTES` are refused before they are read.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import math
 import re
@@ -56,7 +64,18 @@ KALPHA: dict[str, tuple[float, float]] = {
     "Fe": (1.93604, 1.93998),
     "Ag": (0.559421, 0.563813),
 }
-FORMATS = ("xy", "sse", "xrdml")  # two columns, start/step/end + intensities, Panalytical XML
+FORMATS = ("xy", "sse", "xrdml", "ras")  # two columns, start/step/end + intensities, Panalytical XML, Rigaku RAS
+MAX_FILE_BYTES = 256 * 2**20  # a pattern file (or its gzip content) larger than this is refused before it is read:
+# a 10⁶-point two-column scan is ~25 MB, so anything this large is not a powder pattern
+#: Binary or archive formats eacnn does not read, with the conversion a user needs (suffix -> instrument, advice).
+UNREAD_FORMATS = {
+    ".raw": ("Bruker/Siemens RAW (binary)", "export it as .xy (2θ, intensity) from DIFFRAC.EVA, or convert it with "
+                                             "PowDLL or xylib (e.g. `xyconv`) to .xy"),
+    ".brml": ("Bruker BRML (zip archive)", "export it as .xy from DIFFRAC.EVA or convert it with PowDLL to .xy"),
+    ".rasx": ("Rigaku RASX (zip archive)", "export it as .ras or .xy from SmartLab Studio II"),
+}
+#: Units a wavelength may be given in by a file, and their factor to Å.
+_LENGTH_UNITS = {"": 1.0, "a": 1.0, "å": 1.0, "angstrom": 1.0, "ångström": 1.0, "nm": 10.0, "pm": 0.01}
 MIN_POINTS = 10  # fewer measured points than this is not a powder pattern
 MAX_NONFINITE = 0.5  # NaN/inf values are dropped with a warning, unless more than this fraction of points has them
 KALPHA1_MATCH = 5e-4  # Å; a wavelength this close to a tabulated Kα1 is taken to be that anode's
@@ -225,7 +244,42 @@ def _checked(two_theta, intensity, source: str, notes: dict) -> tuple[np.ndarray
 # ---------------------------------------------------------------------------------------------------------------
 # Readers
 # ---------------------------------------------------------------------------------------------------------------
-def read_pattern(path: str | Path, wavelength: str | float | None = None, fmt: str | None = None) -> MeasuredPattern:
+def _read_capped(path: Path) -> bytes:
+    """The file's bytes, gunzipped when compressed; refused past :data:`MAX_FILE_BYTES` before it is read whole."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise PatternError(f"{path}: {size / 2**20:,.0f} MB is not a powder pattern file (limit "
+                               f"{MAX_FILE_BYTES // 2**20} MB); is it the right file?")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise PatternError(f"{path}: cannot be read ({err.strerror or err})") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as gz:
+                raw = gz.read(MAX_FILE_BYTES + 1)  # streamed: a small file that inflates hugely stops at the cap
+        except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError; a damaged stream is zlib.error
+            raise PatternError(f"{path}: corrupt gzip file ({err}); copy it again") from None
+        if len(raw) > MAX_FILE_BYTES:
+            raise PatternError(f"{path}: inflates to more than {MAX_FILE_BYTES // 2**20} MB, which is not a powder "
+                               f"pattern file")
+    return raw
+
+
+def _refuse_unread_format(path: Path, raw: bytes, suffix: str) -> None:
+    """A clear message, with the conversion to make, for binary and archive formats eacnn does not read."""
+    known = UNREAD_FORMATS.get(suffix)
+    if known is None and raw[:4] in (b"RAW1", b"RAW ", b"RAW4"):
+        known = UNREAD_FORMATS[".raw"]
+    if known is None and raw[:4] == b"PK\x03\x04" and suffix not in _TEXT_SUFFIXES:
+        known = ("a zip archive", "unpack it, or export the scan as .xy, .xrdml or .ras")
+    if known is not None:
+        raise PatternError(f"{path}: {known[0]} files are not read by eacnn; {known[1]}")
+
+
+def read_pattern(path: str | Path, wavelength: str | float | None = None, fmt: str | None = None,
+                 scan: int | None = None) -> MeasuredPattern:
     """Read a measured powder pattern.
 
     Args:
@@ -233,7 +287,9 @@ def read_pattern(path: str | Path, wavelength: str | float | None = None, fmt: s
         wavelength: Å (a number, or a string holding one) or an anode name ("Cu", "Mo Kα1", ...; see
             :func:`resolve_wavelength`). None: the file's Kα1 (``.xrdml``), else Cu Kα1.
             A value given here wins over the file's (with a warning if they differ).
-        fmt: one of ``FORMATS`` to skip detection: "xy" (columns), "sse" (start/step/end), "xrdml".
+        fmt: one of ``FORMATS`` to skip detection: "xy" (columns), "sse" (start/step/end), "xrdml", "ras".
+        scan: for files holding several scans (``.xrdml``, ``.ras``), which one to read, counted from 1; None reads
+            the first completed one (an aborted scan is skipped with a warning).
 
     Returns:
         The pattern; ``metadata`` holds "format", "header", and for ``.xrdml`` "kalpha1", "kalpha2",
@@ -252,28 +308,28 @@ def read_pattern(path: str | Path, wavelength: str | float | None = None, fmt: s
         raise PatternError(f"{path}: {err}") from None
     if path.is_dir():
         raise PatternError(f"{path}: is a directory, not a pattern file")
+    if scan is not None and (isinstance(scan, bool) or not isinstance(scan, int) or scan < 1):
+        raise PatternError(f"{path}: scan must be a whole number >= 1 (the first scan is 1), got {scan!r}")
     if not path.is_file():
         raise PatternError(f"{path}: no such file")
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise PatternError(f"{path}: cannot be read ({err.strerror or err})") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError; a damaged stream is zlib.error
-            raise PatternError(f"{path}: corrupt gzip file ({err}); copy it again") from None
+    raw = _read_capped(path)
     if not raw.strip():
         raise PatternError(f"{path}: empty file")
     suffixes = [x.lower() for x in path.suffixes]
     suffix = suffixes[-2] if suffixes[-1:] == [".gz"] and len(suffixes) > 1 else path.suffix.lower()
     if fmt is None:
+        _refuse_unread_format(path, raw, suffix)
         is_xml = suffix == ".xrdml" or (suffix not in _TEXT_SUFFIXES and raw.lstrip()[:5] in (b"<?xml", b"<xrdM"))
-        fmt = "xrdml" if is_xml else None
+        is_ras = suffix == ".ras" or (not is_xml and raw.lstrip()[:15] == b"*RAS_DATA_START")
+        fmt = "xrdml" if is_xml else "ras" if is_ras else None
     if fmt == "xrdml":
-        tt, y, meta = _read_xrdml(raw, path)
+        tt, y, meta = _read_xrdml(raw, path, scan)
+    elif fmt == "ras":
+        tt, y, meta = _read_ras(_decode(raw, path), path, scan)
     else:
-        tt, y, meta = _read_text(_decode(raw), path, fmt)
+        if scan not in (None, 1):
+            raise PatternError(f"{path}: a text file holds one scan; scan={scan} asks for another")
+        tt, y, meta = _read_text(_decode(raw, path), path, fmt)
 
     file_wavelength = meta.get("kalpha1")
     if given is not None:
@@ -293,10 +349,23 @@ def read_pattern(path: str | Path, wavelength: str | float | None = None, fmt: s
     return MeasuredPattern(tt, y, value, str(path), meta)
 
 
-def _decode(raw: bytes) -> str:
+def _decode(raw: bytes, path: Path | str = "<bytes>") -> str:
+    """Text of a file: UTF-16 (by its byte-order mark, or by zero bytes in every other place, as Windows software
+    writes it), UTF-8, else Latin-1 (instrument software often writes Latin-1 headers: "°", "Å")."""
+    head = raw[:4096]
+    utf16 = raw[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(head) >= 8 and head[1::2].count(0) > 0.4 * len(head[1::2])
+                                                         and head[0::2].count(0) < 0.1 * len(head[0::2]))
+    utf16_be = len(head) >= 8 and head[0::2].count(0) > 0.4 * len(head[0::2]) and head[1::2].count(0) == 0
+    if utf16 or utf16_be:
+        try:
+            return raw.decode("utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else
+                              "utf-16-be" if utf16_be and not utf16 else "utf-16-le")
+        except UnicodeDecodeError as err:
+            raise PatternError(f"{path}: looks like UTF-16 text but does not decode ({err.reason}); save it as "
+                               f"UTF-8 or ASCII") from None
     try:
         return raw.decode("utf-8-sig")
-    except UnicodeDecodeError:  # instrument software often writes Latin-1 headers ("°", "Å")
+    except UnicodeDecodeError:
         return raw.decode("latin-1")
 
 
@@ -429,8 +498,38 @@ def _floats(element, path: Path, what: str) -> np.ndarray:
         raise PatternError(f"{path}: <{what}> holds a value that is not a number") from None
 
 
-def _read_xrdml(raw: bytes, path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """First scan of a Panalytical XRDML file: its 2θ axis, intensities (or counts), and usedWavelength."""
+def _wavelength_value(child, path: Path) -> float:
+    """A wavelength element's value in Å, honouring its ``unit`` attribute (Å, nm or pm)."""
+    unit = (child.get("unit") or "").strip().lower()
+    if unit not in _LENGTH_UNITS:
+        raise PatternError(f"{path}: <{_local(child.tag)} unit={child.get('unit')!r}> is not a length unit eacnn "
+                           f"knows ({', '.join(u for u in _LENGTH_UNITS if u)})")
+    try:
+        return float(child.text) * _LENGTH_UNITS[unit]
+    except ValueError:
+        raise PatternError(f"{path}: <{_local(child.tag)}> = {child.text!r} is not a number") from None
+
+
+def _chosen_scan(scans: list, path: Path, scan: int | None, status_of) -> int:
+    """Index of the scan to read: ``scan`` (1-based) when given, else the first whose status is not aborted."""
+    if scan is not None:
+        if scan > len(scans):
+            raise PatternError(f"{path}: scan {scan} asked for, but the file holds {len(scans)} scan(s)")
+        return scan - 1
+    statuses = [status_of(s) for s in scans]
+    done = [i for i, st in enumerate(statuses) if st not in ("aborted", "interrupted", "cancelled", "canceled")]
+    if not done:
+        raise PatternError(f"{path}: every scan in the file was aborted ({statuses}); name one with --scan N to "
+                           f"read it anyway")
+    if done[0] > 0 or len(scans) > 1:
+        log.warning("%s: %d scans in the file (status %s); reading scan %d%s", path, len(scans), statuses,
+                    done[0] + 1, " (the first completed one)" if done[0] > 0 else "")
+    return done[0]
+
+
+def _read_xrdml(raw: bytes, path: Path, scan: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One scan of a Panalytical XRDML file (the first completed one, or ``scan``): its 2θ axis, intensities (or
+    counts), and usedWavelength (in Å, whatever unit the file states)."""
     try:
         root = ET.fromstring(raw)
     except ET.ParseError as err:
@@ -443,16 +542,25 @@ def _read_xrdml(raw: bytes, path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
             for child in el:
                 key = names.get(_local(child.tag))
                 if key and (child.text or "").strip():
+                    if key != "kalpha2_ratio":
+                        meta[key] = _wavelength_value(child, path)
+                        continue
                     try:
                         meta[key] = float(child.text)
                     except ValueError:
                         raise PatternError(f"{path}: <{_local(child.tag)}> = {child.text!r} is not a number") from None
             break
-    points = [el for el in root.iter() if _local(el.tag) == "dataPoints"]
-    if not points:
-        raise PatternError(f"{path}: XRDML file without <dataPoints>")
-    if len(points) > 1:
-        log.warning("%s: %d scans in the file; reading the first", path, len(points))
+    scans = [el for el in root.iter() if _local(el.tag) == "scan"]
+    scans = [s for s in scans if any(_local(c.tag) == "dataPoints" for c in s.iter())]
+    if scans:
+        index = _chosen_scan(scans, path, scan, lambda s: (s.get("status") or "").strip().lower())
+        points = [next(c for c in scans[index].iter() if _local(c.tag) == "dataPoints")]
+        meta["scan"], meta["n_scans"] = index + 1, len(scans)
+    else:
+        points = [el for el in root.iter() if _local(el.tag) == "dataPoints"]
+        if not points:
+            raise PatternError(f"{path}: XRDML file without <dataPoints>")
+        points = [points[_chosen_scan(points, path, scan, lambda s: "")]]
     children = {_local(c.tag): c for c in points[0] if _local(c.tag) != "positions"}
     counts = children.get("intensities", children.get("counts"))
     if counts is None:
@@ -480,3 +588,60 @@ def _read_xrdml(raw: bytes, path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
     else:
         raise PatternError(f"{path}: the 2Theta axis has neither <listPositions> nor <startPosition>/<endPosition>")
     return tt, y, meta
+
+
+# Rigaku RAS: "*KEY value" header lines and "2θ counts attenuation" data lines, between *RAS_INT_START/_END, one
+# block per scan (*RAS_DATA_START ... *RAS_DATA_END)
+_RAS_WAVELENGTH = {"*HW_XG_WAVE_LENGTH_ALPHA1": "kalpha1", "*HW_XG_WAVE_LENGTH_ALPHA2": "kalpha2"}
+
+
+def _read_ras(text: str, path: Path, scan: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One scan of a Rigaku ``.ras`` file: 2θ, counts × attenuation factor (the third column, when given), and the
+    header's Kα1/Kα2 wavelengths (``*HW_XG_WAVE_LENGTH_ALPHA1``, in the unit of ``*HW_XG_WAVE_LENGTH_UNIT``)."""
+    blocks: list[dict] = []
+    current: dict | None = None
+    in_data = False
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("*"):
+            key, _, value = line.partition(" ")
+            value = value.strip().strip('"')
+            if key == "*RAS_DATA_START":
+                current = {"header": {}, "rows": []}
+                blocks.append(current)
+            elif key == "*RAS_INT_START":
+                in_data = True
+            elif key == "*RAS_INT_END":
+                in_data = False
+            elif current is not None and not in_data:
+                current["header"][key] = value
+            continue
+        if in_data and current is not None:
+            values = _numbers(line)
+            if not values or len(values) < 2:
+                raise PatternError(f"{path}: line {number} of the RAS data is not '2θ counts [attenuation]': "
+                                   f"{line[:60]!r}")
+            current["rows"].append(values[:3])
+    blocks = [b for b in blocks if b["rows"]]
+    if not blocks:
+        raise PatternError(f"{path}: no *RAS_INT_START data block with numbers: not a readable Rigaku RAS file")
+    index = _chosen_scan(blocks, path, scan, lambda b: "")
+    block = blocks[index]
+    data = np.array([r + [1.0] * (3 - len(r)) for r in block["rows"]], dtype=np.float64)  # [n, 3]
+    header = block["header"]
+    meta: dict = {"format": "ras", "header": [f"{k} {v}" for k, v in list(header.items())[:50]],
+                  "scan": index + 1, "n_scans": len(blocks)}
+    unit = header.get("*HW_XG_WAVE_LENGTH_UNIT", "").strip().lower()
+    factor = _LENGTH_UNITS.get(unit)
+    if factor is None:
+        raise PatternError(f"{path}: *HW_XG_WAVE_LENGTH_UNIT {unit!r} is not a length unit eacnn knows")
+    for key, name in _RAS_WAVELENGTH.items():
+        if header.get(key):
+            try:
+                meta[name] = float(header[key]) * factor
+            except ValueError:
+                raise PatternError(f"{path}: {key} {header[key]!r} is not a number") from None
+    attenuation = data[:, 2]
+    return data[:, 0], data[:, 1] * np.where(attenuation > 0, attenuation, 1.0), meta
