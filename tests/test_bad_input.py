@@ -79,6 +79,13 @@ def bad(tmp_path_factory) -> dict[str, Path]:
         "close.cif": OVERLAP_CIF.format(x=0.05),  # 0.2 Å apart, both full: not a physical structure
         "huge.cif": OVERLAP_CIF.format(x=0.25).replace(" 4.0", " 300.0"),  # a 300 Å cube: 6.6e7 reflections
         "notes.txt": "a file, not a folder\n",
+        "negocc.cif": OVERLAP_CIF.format(x=0.25).replace("Cl2 Cl 0.5 0.5 0.5 1", "Cl2 Cl 0.5 0.5 0.5 -0.3"),
+        "overocc.cif": OVERLAP_CIF.format(x=0.25).replace("Cl2 Cl 0.5 0.5 0.5 1", "Cl2 Cl 0.5 0.5 0.5 1.7"),
+        "nocell.cif": OVERLAP_CIF.format(x=0.25).replace("_cell_length_b 4.0\n", ""),
+        "nancoord.cif": OVERLAP_CIF.format(x=0.25).replace("Cl2 Cl 0.5 0.5 0.5", "Cl2 Cl 0.5 nan 0.5"),
+        "flatcell.cif": OVERLAP_CIF.format(x=0.25).replace("_cell_angle_alpha 90", "_cell_angle_alpha 120")
+                                                 .replace("_cell_angle_beta 90", "_cell_angle_beta 120")
+                                                 .replace("_cell_angle_gamma 90", "_cell_angle_gamma 120"),
         "fake.pt": "a text file with a checkpoint's name\n",
     }
     out = {}
@@ -176,6 +183,11 @@ CLI_CASES = [
     (["simulate", "{close.cif}"], 2, "close.cif: overlapping atoms: site 0 (Na) and site 1 (Cl) are 0.200 Å apart"),
     (["simulate", str(FIXTURES / "bad_cifs" / "garbage.cif")], 2, "garbage.cif: not a CIF"),
     (["simulate", "{folder}"], 2, "is a directory, not a CIF file"),
+    (["simulate", "{negocc.cif}"], 2, "negocc.cif: atom site 'Cl2' has occupancy '-0.3'; occupancies must lie in (0, 1]"),
+    (["simulate", "{overocc.cif}"], 2, "atom site 'Cl2' has occupancy '1.7'"),
+    (["simulate", "{nocell.cif}"], 2, "nocell.cif: _cell_length_b is missing; the cell must be given in full"),
+    (["simulate", "{nancoord.cif}"], 2, "atom site 'Cl2' has _atom_site_fract_y = 'nan', not a finite number"),
+    (["simulate", "{flatcell.cif}"], 2, "flatcell.cif: the cell angles 120.0, 120.0, 120.0° give no volume"),
     (["simulate", str(CIFS / "TiO2_136.cif"), "--wavelength", "0"], 2, "got '0'"),
     (["simulate", str(CIFS / "TiO2_136.cif"), "--wavelength", "nan"], 2, "got 'nan'"),
     (["simulate", str(CIFS / "TiO2_136.cif"), "--wavelength", "Xx"], 2, "unknown wavelength name 'Xx'"),

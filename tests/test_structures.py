@@ -128,3 +128,19 @@ def test_check_structure_policies():
         check_structure(big, max_sites=4)
     with pytest.raises(StructureError, match="'sometimes'"):
         check_structure(big, disorder="sometimes")
+
+
+def test_the_overlap_check_scales_to_thousands_of_atoms_and_still_finds_a_planted_pair():
+    """The neighbour-list check (not every pair): a 10,648-atom cell is checked, and one atom planted 0.3 Å from
+    another is caught by index."""
+    from pymatgen.core import Lattice, Structure
+
+    from eacnn.datasets.structures import check_structure
+
+    s = Structure(Lattice.cubic(5.64), ["Na"] * 4 + ["Cl"] * 4,
+                  [[0, 0, 0], [.5, .5, 0], [.5, 0, .5], [0, .5, .5], [.5, 0, 0], [0, .5, 0], [0, 0, .5], [.5, .5, .5]])
+    s.make_supercell([11, 11, 11])
+    check_structure(s, label="big")
+    s.append("Na", s[5000].coords + [0.3, 0, 0], coords_are_cartesian=True)
+    with pytest.raises(StructureError, match=r"big: overlapping atoms: site 5000 \(.*\) and site 10648"):
+        check_structure(s, label="big")
