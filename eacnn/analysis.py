@@ -626,7 +626,7 @@ def tsne_maps(spaces: dict, n: int = 1500, seed: int = 0) -> tuple[np.ndarray, d
 # ---------------------------------------------------------------------------------------------------------------
 def rerank_comparison(report: pd.DataFrame, reranked: pd.DataFrame, top: int) -> pd.DataFrame:
     """Rank of the right formula per (phase, filter): by the model, and after re-ranking its ``top`` candidates
-    (both :func:`eacnn.retrieval.search.phase_report` tables of the same patterns)."""
+    (both :func:`eacnn.measured.report.identification_report` tables of the same patterns)."""
     return pd.DataFrame({"model rank": report["rank"].to_numpy(),
                          f"re-ranked (top {top})": reranked["rank"].to_numpy()},
                         index=pd.MultiIndex.from_frame(report[["phase", "filter"]]))

@@ -21,10 +21,9 @@ import numpy as np
 
 from eacnn.config import Config
 from eacnn.paths import atomic_write_bytes
-from eacnn.retrieval.database import SHIPPED_DIR, file_sha256
+from eacnn.retrieval.database import SHIPPED_DIR, _from_datasets, file_sha256
 from eacnn.datasets.dataset import build_dataset
 from eacnn.retrieval.identify import calibrate
-from eacnn.retrieval.search import load_database
 from eacnn.training.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, model_from_checkpoint
 
 
@@ -46,14 +45,14 @@ def main() -> None:
         atomic_write_bytes(SHIPPED_DIR / "embedded.json", json.dumps(meta, indent=1).encode())
         print(json.dumps(meta, indent=1), f"\n{time.perf_counter() - t0:.0f} s")
         return
-    db = load_database(["embedded"], model, cfg, progress=True)
+    labels, embeddings = _from_datasets(["embedded"], model, cfg, progress=True)[:2]
     buf = io.BytesIO()
-    np.savez_compressed(buf, material_id=db.labels["material_id"].to_numpy().astype(str),
-                        embeddings=db.embeddings.astype(np.float16))
+    np.savez_compressed(buf, material_id=labels["material_id"].to_numpy().astype(str),
+                        embeddings=embeddings.astype(np.float16))
     SHIPPED_DIR.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(SHIPPED_DIR / "embedded.npz", buf.getvalue())
     meta = {"checkpoint_sha256": file_sha256(DEFAULT_CHECKPOINT), "file": "embedded.npz",
-            "sha256": file_sha256(SHIPPED_DIR / "embedded.npz"), "n": int(len(db.labels)),
+            "sha256": file_sha256(SHIPPED_DIR / "embedded.npz"), "n": int(len(labels)),
             "dtype": "float16", "created": time.strftime("%Y-%m-%d"),
             "calibration": cal}
     atomic_write_bytes(SHIPPED_DIR / "embedded.json", json.dumps(meta, indent=1).encode())

@@ -310,9 +310,9 @@ def _simulate_a_path(path):
 
 
 def _rank(**kw):
-    from eacnn.retrieval.search import rank
+    from eacnn.retrieval.identify import identify
 
-    return rank(np.zeros(140, np.float32), None, None, **kw)  # refused before the model or database is used
+    return identify(np.zeros(140, np.float32), None, None, **kw)  # refused before the database is used
 
 
 def _load_checkpoint(path):
@@ -366,8 +366,8 @@ API_CASES = [
     ("read_cif_folder(empty)", lambda b: _cif_folder(b["empty_db"]), StructureError, "no files match"),
     ("XRDSimulator().get_pattern(path)", lambda b: _simulate_a_path(b["overlap.cif"]), (StructureError, TypeError),
      "overlap.cif"),
-    ("rank(top=0)", lambda b: _rank(top=0), EACNNError, "got 0"),
-    ("rank(elements='')", lambda b: _rank(elements=""), StructureError, "no element symbol"),
+    ("identify(top=0)", lambda b: _rank(top=0), EACNNError, "got 0"),
+    ("identify(elements='')", lambda b: _rank(elements=""), StructureError, "no element symbol"),
     ("load_checkpoint(4 KB zeroed)", lambda b: _load_checkpoint(b["zeroed.pt"]), CheckpointError, "CRC"),
     ("load_checkpoint(directory)", lambda b: _load_checkpoint(b["folder"]), CheckpointError, "is a directory"),
 ]

@@ -130,7 +130,7 @@ def test_every_module_has_a_layer():
 
 
 @pytest.mark.parametrize("planted, expect", [
-    ("from eacnn.retrieval.search import rank\n", "imports eacnn.retrieval.search (retrieval)"),
+    ("from eacnn.retrieval.identify import identify\n", "imports eacnn.retrieval.identify (retrieval)"),
     ("def f():\n    from eacnn.book import plots\n", "imports eacnn.book.plots (book)"),
     ("from ..training import loop\n", "imports eacnn.training.loop (training)"),
 ])

@@ -1,94 +1,87 @@
-"""Ranking a pattern against a database: element filter, ordering, clear errors (with a stand-in model)."""
+"""Identifying a pattern in a saved database: ordering, element filter, clear errors, refinement, verdict rules."""
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
+from eacnn.config import XRDConfig
 from eacnn.errors import EACNNError
-from eacnn.retrieval.search import Database, rank
+from eacnn.retrieval.identify import identify, refine
 
 
-class _IdentityModel:
-    """Embeds a pattern as itself (normalised): ranking then equals search-match."""
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A saved database of four candidates with random reflections, embedded by the shipped model's XRD tower."""
+    from eacnn.physics.perturb import profile_patterns
+    from eacnn.retrieval.database import _sticks_arrays, open_database, write_database
+    from eacnn.retrieval.pattern_tower import PatternTower, export_tower
+    from eacnn.training.checkpoint import load_pretrained
 
-    def encode_patterns(self, patterns, progress=False):
-        x = torch.as_tensor(np.asarray(patterns, dtype=np.float32))
-        return torch.nn.functional.normalize(x, dim=1)
-
-
-def _db():
+    tower = export_tower(load_pretrained())
     rng = np.random.default_rng(0)
-    vectors = rng.random((4, 140)).astype(np.float32)
-    emb = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    sticks = [(np.sort(rng.uniform(15, 78, 12)), rng.uniform(0.1, 1.0, 12)) for _ in range(4)]
+    vectors = profile_patterns(sticks, xrd=XRDConfig())
+    vectors = (vectors / vectors.max(axis=1, keepdims=True)).astype(np.float32)  # [4, 140]
+    t = PatternTower(tower)
+    emb = t(vectors, np.ones(vectors.shape, bool) if t.reads_mask else None)
     labels = pd.DataFrame({"material_id": ["a", "b", "c", "d"], "formula": ["MnO", "TiO2", "Mn2O3", "LiF"],
                            "spacegroup_symbol": ["Fm-3m", "P4_2/mnm", "Ia-3", "Fm-3m"],
                            "spacegroup_number": [225, 136, 206, 225], "crystal_system": ["cubic"] * 4,
-                           "source": "test"})
-    return Database(labels, emb, vectors, [{"Mn", "O"}, {"Ti", "O"}, {"Mn", "O"}, {"Li", "F"}])
+                           "source": "test", "elements": ["Mn O", "O Ti", "Mn O", "F Li"]})
+    folder = write_database(tmp_path_factory.mktemp("db") / "db", labels, emb, tower,
+                            {"threshold": 0.5, "similarity": 0.5}, "abc", ["test"],
+                            _sticks_arrays([s[0] for s in sticks], [s[1] for s in sticks]), vectors)
+    return open_database(folder), sticks
 
 
-def test_the_own_pattern_ranks_first_and_similarities_descend():
-    db = _db()
-    hits = rank(db.vectors[2], _IdentityModel(), db, top=4)
-    assert hits.id.tolist()[0] == "c" and hits.similarity.iloc[0] == pytest.approx(1.0, abs=1e-5)
+def test_the_own_pattern_ranks_first_and_similarities_descend(saved):
+    db, _ = saved
+    hits = identify(db.vectors[2].astype(np.float32), None, db, top=4, rerank=0).hits
+    assert hits.id.tolist()[0] == "c" and hits.similarity.iloc[0] == pytest.approx(1.0, abs=1e-4)
     assert np.all(np.diff(hits.similarity) <= 0) and hits["rank"].tolist() == [1, 2, 3, 4]
 
 
-def test_element_filter_keeps_only_allowed_chemistry():
-    db = _db()
-    hits = rank(db.vectors[1], _IdentityModel(), db, top=4, elements=["Mn", "O"])
+def test_element_filter_keeps_only_allowed_chemistry(saved):
+    db, _ = saved
+    hits = identify(db.vectors[1].astype(np.float32), None, db, top=4, rerank=0, elements=["Mn", "O"]).hits
     assert set(hits.id) == {"a", "c"}
 
 
-def test_element_filter_with_no_candidate_is_a_clear_error():
+def test_element_filter_with_no_candidate_is_a_clear_error(saved):
     with pytest.raises(EACNNError, match="Xe"):
-        rank(_db().vectors[0], _IdentityModel(), _db(), elements=["Xe"])
+        identify(saved[0].vectors[0].astype(np.float32), None, saved[0], rerank=0, elements=["Xe"])
 
 
-class _Sticks:
-    """A stand-in data set holding only reflections."""
-
-    def __init__(self, sticks):
-        self._sticks = sticks
-
-    def sticks(self, i):
-        return self._sticks[i]
-
-
-def test_refine_recovers_strain_and_zero_shift_and_reranks():
+def test_refine_recovers_strain_and_zero_shift(saved):
     from eacnn.physics.perturb import bragg_shift, profile_patterns
-    from eacnn.config import Config
-    from eacnn.retrieval.search import refine
 
-    cfg = Config.smoke()
-    rng = np.random.default_rng(3)
-    sticks = [(np.sort(rng.uniform(15, 78, 12)), rng.uniform(0.1, 1.0, 12)) for _ in range(4)]
-    db = _db()
-    db.parts = [(0, _Sticks(sticks))]
+    _, sticks = saved
+    xrd = XRDConfig()
     tt, area = sticks[2]
+    centres = (-0.014, 0.0, 0.014)  # the lattice scale searched over ±2 % around 1
+
+    def fit(query, covered=None):
+        out = refine(query, covered, [0, 1, 2, 3], lambda r: sticks[r], xrd, centres=centres)
+        return out.sort_values("agreement", ascending=False).reset_index(drop=True)
+
     # the measured phase: lattice expanded by 0.8 %, sample displaced by +0.1°
-    query = profile_patterns([(bragg_shift(tt, 0.008, 0.1, cfg.xrd.wavelength), area)], xrd=cfg.xrd)[0]
-    hits = pd.DataFrame({"rank": [1, 2, 3, 4], "id": ["a", "b", "c", "d"], "similarity": [0.9, 0.8, 0.7, 0.6],
-                         "row": [0, 1, 2, 3]})
-    out = refine(query, hits, db, cfg)
-    assert out.id.iloc[0] == "c" and out["rank"].tolist() == [1, 2, 3, 4]
-    assert out.agreement.iloc[0] == pytest.approx(1.0, abs=1e-4)
-    assert out.strain.iloc[0] == pytest.approx(0.008, abs=2.5e-4) and out.zero_shift.iloc[0] == pytest.approx(0.1, abs=0.0125)
-    assert np.all(np.diff(out.agreement) <= 0)
-    assert out.similarity.iloc[0] == 0.7  # the model's score travels with its candidate
-    # the lattice scale is searched over ±2 %: a cell 1.8 % smaller is found too
-    smaller = profile_patterns([(bragg_shift(tt, -0.018, 0.0, cfg.xrd.wavelength), area)], xrd=cfg.xrd)[0]
-    out = refine(smaller, hits, db, cfg)
-    assert out.id.iloc[0] == "c" and out.strain.iloc[0] == pytest.approx(-0.018, abs=2.5e-4)
+    query = profile_patterns([(bragg_shift(tt, 0.008, 0.1, xrd.wavelength), area)], xrd=xrd)[0]
+    out = fit(query)
+    assert out.row.iloc[0] == 2 and out.agreement.iloc[0] == pytest.approx(1.0, abs=1e-4)
+    assert out.strain.iloc[0] == pytest.approx(0.008, abs=2.5e-4)
+    assert out.zero_shift.iloc[0] == pytest.approx(0.1, abs=0.0125)
+    # a cell 1.8 % smaller is found too
+    smaller = profile_patterns([(bragg_shift(tt, -0.018, 0.0, xrd.wavelength), area)], xrd=xrd)[0]
+    out = fit(smaller)
+    assert out.row.iloc[0] == 2 and out.strain.iloc[0] == pytest.approx(-0.018, abs=2.5e-4)
     # bins the scan does not cover take no part in the fit
     covered = np.ones(140, bool)
     covered[:40] = False
-    assert refine(query, hits, db, cfg, covered=covered).id.iloc[0] == "c"
+    assert fit(query, covered).row.iloc[0] == 2
 
 
 def test_open_set_threshold_counts_absent_phases_as_wrong():
-    from eacnn.retrieval.search import open_set_threshold
+    from eacnn.retrieval.identify import open_set_threshold
 
     present = np.array([0.95, 0.9, 0.85, 0.6])
     correct = np.array([True, True, True, False])

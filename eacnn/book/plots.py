@@ -289,7 +289,7 @@ def plot_top_hits(query: np.ndarray, hits, vectors: np.ndarray, query_label: str
 
     Args:
         query: [n_bins] the measured pattern on the model's grid.
-        hits: :func:`eacnn.retrieval.search.rank` table (rank, row, id, formula, spacegroup, similarity).
+        hits: :func:`eacnn.retrieval.identify.identify` hits (rank, row, id, formula, spacegroup, similarity).
         vectors: [n, n_bins] simulated patterns of the database, indexed by ``hits.row``.
     """
     axes = _stacked(len(hits) + 1, axes)

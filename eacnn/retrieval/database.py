@@ -145,8 +145,8 @@ def database_key(checkpoint_sha: str, sources: Sequence[str]) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
 class SavedDatabase:
-    """An opened database folder (see the module docstring); the interface :func:`eacnn.retrieval.search.rank`
-    and :func:`~eacnn.retrieval.search.refine` use."""
+    """An opened database folder (see the module docstring): what :func:`eacnn.retrieval.identify.identify` and the
+    mixture search read."""
 
     folder: Path
     manifest: dict
@@ -461,16 +461,54 @@ def _embedded_from_shipped(ids: np.ndarray, emb: np.ndarray, cfg, progress: bool
     return labels.reset_index(drop=True), emb[ok], sticks, sim.vectors[ok], reflections
 
 
+def _source_dataset(source: str, cfg, progress: bool):
+    """The data set of one source: the embedded MP-20 structures, or a folder of CIF files (unreadable files are
+    logged and skipped; reference cells larger than MP-20's 20 atoms are kept)."""
+    from eacnn.datasets.dataset import build_dataset
+    from eacnn.datasets.structures import read_cif_folder
+
+    if source == "embedded":
+        return build_dataset(cfg.replace(**{"data.source": "embedded", "data.max_structures": 0}), progress=progress), None
+    folder = Path(source)
+    if not folder.is_dir():
+        raise EACNNError(f"--database {source!r} is neither 'embedded' nor a folder of CIF files")
+    found = read_cif_folder(folder, progress=progress)
+    for name, reason in found.skipped:
+        log.warning("skipped %s: %s", name, reason)
+    if len(found.table) == 0:
+        raise EACNNError(f"no readable CIF file in {folder}")
+    big = cfg.replace(**{"data.max_sites": max(cfg.data.max_sites, 512)})
+    return build_dataset(big, structures_table=found.table, progress=progress), found.table
+
+
 def _from_datasets(sources: Sequence[str], model, cfg, progress: bool):
     """labels, embeddings, sticks, vectors and indexed reflections of any sources, embedding every structure with
     the model."""
-    from eacnn.retrieval.search import load_database
+    from eacnn.datasets.structures import load_embedded
+    from eacnn.retrieval.embed import embed_dataset
 
-    db = load_database(sources, model, cfg, progress=progress)
-    labels = db.labels.assign(elements=[" ".join(sorted(e)) for e in db.elements])
-    pairs = [db.sticks(i) for i in range(len(labels))]
-    reflections = [db.reflections(i) for i in range(len(labels))]
-    return labels, db.embeddings, _sticks_arrays([p[0] for p in pairs], [p[1] for p in pairs]), db.vectors, reflections
+    labels, emb, two_theta, area, vectors, reflections = [], [], [], [], [], []
+    for source in sources:
+        ds, table = _source_dataset(source, cfg, progress)
+        z = np.zeros((len(ds), model.model_config.embed_dim), dtype=np.float32)  # [n, d]
+        for split in ("train", "val", "test"):
+            idx = ds.indices(split)
+            if len(idx):
+                z[idx] = embed_dataset(model, ds, split, levels=(0,), progress=progress).structures
+        rows = table if table is not None else load_embedded()
+        species = dict(zip(rows["material_id"], rows["species"]))  # material id -> JSON species list
+        labels.append(ds.labels[["material_id", "formula", "spacegroup_symbol", "spacegroup_number",
+                                 "crystal_system"]].assign(source=source, elements=[
+                                     _element_string(species[m]) for m in ds.labels["material_id"]]))
+        emb.append(z)
+        for i in range(len(ds)):
+            tt, a = ds.sticks(i)
+            two_theta.append(tt)
+            area.append(a)
+            reflections.append(ds.reflections(i))
+        vectors.append(ds.vectors)
+    return (pd.concat(labels, ignore_index=True), np.concatenate(emb), _sticks_arrays(two_theta, area),
+            np.concatenate(vectors), reflections)
 
 
 def model_calibration(model, cfg, checkpoint_sha: str, progress: bool = True) -> dict:

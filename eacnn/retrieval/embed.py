@@ -1,6 +1,6 @@
 """Embeddings of a data set: every structure of a split and its query patterns at each perturbation level.
 
-Used by retrieval (:mod:`eacnn.retrieval.search` embeds its database with it) and by the book's analyses
+Used by retrieval (:mod:`eacnn.retrieval.database` embeds its candidates with it) and by the book's analyses
 (:mod:`eacnn.analysis`). ``model=None`` is the search-match baseline: the embeddings are the simulated patterns.
 """
 

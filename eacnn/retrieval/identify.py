@@ -46,6 +46,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from eacnn.config import XRDConfig
+from eacnn.datasets.structures import normalize_elements
 from eacnn.errors import EACNNError
 from eacnn.physics.perturb import bragg_shift
 from eacnn.physics.profile import bin_kernel, deposit_matrix, split_on_grid
@@ -374,6 +375,10 @@ def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, 
         exclude: [n] bool, candidates left out (e.g. every entry of a phase, to ask what the verdict says when
             that phase is missing from the database).
     """
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
+        raise EACNNError(f"top must be a whole number >= 1, got {top!r}")
+    if elements is not None:
+        elements = normalize_elements(elements)
     xrd = xrd or XRDConfig()
     reads = db.tower.reads_mask
     z = query_embeddings(lambda y, m: db.tower(y, m if reads else None), vector, covered, xrd, scales)  # [S, d]
