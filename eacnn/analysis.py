@@ -652,11 +652,12 @@ def synthetic_mixture(sticks: Sequence[tuple[np.ndarray, np.ndarray]], fractions
     from eacnn.config import MeasurementConfig
     from eacnn.physics.measurement import perturb_measured
     from eacnn.physics.perturb import bragg_shift
+    from eacnn.physics.wavelengths import CU
 
     strains = np.clip(rng.normal(strain_mean, strain_sd, len(sticks)), -strain_max, strain_max)
     tts, areas = [], []
     for (tt, area), f, eps in zip(sticks, fractions, strains):
-        tts.append(bragg_shift(np.asarray(tt, np.float64), eps, 0.0, 1.5406))
+        tts.append(bragg_shift(np.asarray(tt, np.float64), eps, 0.0, CU.kalpha1))
         areas.append(np.asarray(area, np.float64) * f / max(float(np.sum(area)), 1e-12))
     tt, area = np.concatenate(tts), np.concatenate(areas)
     order = np.argsort(tt)

@@ -30,6 +30,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from eacnn.config import SearchConfig
 from eacnn.errors import EACNNError
 
 __all__ = ["main", "build_parser"]
@@ -38,9 +39,8 @@ __all__ = ["main", "build_parser"]
 FIGURE_FORMATS = ("png", "pdf", "svg")
 #: Most candidates ``--rerank`` refines (each costs a grid of ~100 profiled patterns).
 MAX_RERANK = 1000
-#: ``--rerank``'s default: :data:`eacnn.retrieval.identify.RERANK_DEPTH` (a test keeps them equal; arguments are
-#: checked before the heavy imports, so the CLI does not import it to parse)
-DEFAULT_RERANK = 30
+#: ``--rerank``'s default: the search's own depth (:class:`eacnn.config.SearchConfig`, a light import)
+DEFAULT_RERANK = SearchConfig().rerank_depth
 #: Exit codes: bad input, interrupted by Ctrl-C (128 + SIGINT), out of memory or a broken pipe.
 EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_FAILED = 2, 130, 1
 
@@ -396,6 +396,9 @@ def _identify(path: Path, args: argparse.Namespace, db, scan) -> dict:
         **({"margin": round(result.margin, 4), "margin_threshold": round(result.margin_threshold, 4)}
            if result.margin == result.margin else {}),
         "candidates": len(db),
+        **({"settings_differ": list(result.settings_differ),
+            "settings_note": "the verdict's thresholds were calibrated with other search settings (calibrated -> "
+                             "used); the verdict is approximate"} if result.settings_differ else {}),
         "results": [{"rank": int(r.rank), "id": r.id, "formula": r.formula, "spacegroup": r.spacegroup,
                      "similarity": round(float(r.similarity), 4), "scale": round(float(r.scale), 3),
                      **({"agreement": round(float(r.agreement), 4), "strain": round(float(r.strain), 4),
@@ -457,6 +460,9 @@ def _print_answer(answer: dict, rerank: int) -> None:
     print(hits[cols].to_string(index=False, float_format="%.4f"))
     margin = (f", margin over the best other phase {answer['margin']:.4f} (needs {answer['margin_threshold']:.4f})"
               if "margin" in answer else "")
+    if answer.get("settings_differ"):
+        print(f"note: the verdict's thresholds were calibrated with other settings ("
+              f"{'; '.join(answer['settings_differ'])}, calibrated -> used): the verdict is approximate")
     scope = "single-phase verdict" if answer.get("_mixture") is not None else "verdict"
     print(f"{scope}: {answer['verdict']} (top-1 {answer['score_name']} {answer['score']:.4f}, needs "
           f"{answer['threshold']:.4f}{margin}; calibrated on validation structures asked with their phase present "

@@ -369,6 +369,100 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """Every setting of the identification of one pattern (:func:`eacnn.retrieval.identify.identify`), with its
+    unit and where it was chosen. Stored in a database's calibration (``manifest.json``) beside the thresholds it was
+    calibrated under, so that a search run with other settings says so instead of mixing them silently.
+
+    Chosen on the validation split (``scripts/select_rerank.py``; never the test pool): the scale prior and the
+    re-ranking rule (mean Top-1 over seven query conditions), the cell fit's prior and gain (``--cell-grid``,
+    ``eacnn/data/cell_fit.csv``), the depth (``--depth-grid``, ``eacnn/data/rerank_depth.csv``). The refinement
+    grids are fixed by the physics they must cover (a measured cell is within ±3 % of its database entry; a sample
+    displacement moves peaks by a few tenths of a degree).
+    """
+
+    # -- the multi-scale query (eacnn.retrieval.query) --------------------------------------------------------------
+    scale_min: float = 0.96  # lowest lattice scale (d-spacings times s) the query is read at
+    scale_max: float = 1.04  # highest
+    scale_steps: int = 9  # scales from scale_min to scale_max, evenly (1 % apart)
+    scale_penalty: float = 0.01  # similarity lost per 1 % of |s - 1| (a prior on the mismatch); validation
+    # -- refinement of the best candidates -------------------------------------------------------------------------
+    rerank_depth: int = 30  # candidates refined (lattice scale, zero shift, width); validation (--depth-grid)
+    cell_fits: int = 30  # of those, the best whose whole cell is fitted too (~17x the cost); validation
+    rerank_rule: str = "likelihood"  # "likelihood": similarity - w ln(1 - agreement²); "linear": w a + (1 - w) s
+    rerank_weight: float = 0.04  # w of the rule; validation
+    anisotropy_penalty: float = 0.04  # score lost per 1 % of a fitted cell's anisotropic strain; validation
+    cell_min_gain: float = 2.0  # a cell fit is kept when it lowers 1 - agreement² this many times; validation
+    cell_max_strain: float = 0.05  # a cell fit straining the cell more than this beyond the isotropic fit is refused
+    refine_offset: float = 0.006  # Δd/d searched either side of the query's scale (7 points)
+    refine_shift: float = 0.3  # degrees 2θ of zero shift searched either side of 0 (7 points)
+    refine_widths: tuple = (1.0, 2.0)  # peak FWHM tried, in units of the model's xrd.fwhm
+    fine_steps: tuple = ((0.001, 0.05), (0.00025, 0.0125))  # finer (Δd/d, degrees) grids, ±2 steps each
+    cell_widths: tuple = (3.0, 1.0)  # the cell fit's profile widths, in units of the isotropic fit's
+    cell_evaluations: tuple = (20, 30)  # most profile evaluations of the cell fit at each of cell_widths
+    # -- the verdict's calibration ----------------------------------------------------------------------------------
+    target_precision: float = 0.8  # a "match" is right at least this often on validation queries (present/absent)
+    calibration_queries: int = 450  # validation structures asked, each with its phase present and absent
+
+    def __post_init__(self) -> None:
+        for name in ("refine_widths", "fine_steps", "cell_widths", "cell_evaluations"):  # JSON gives lists
+            value = getattr(self, name)
+            object.__setattr__(self, name, tuple(tuple(v) if isinstance(v, list) else v for v in value))
+        if not 0 < self.scale_min <= 1 <= self.scale_max < 2 or self.scale_steps < 1:
+            raise ConfigError(f"search scales must bracket 1: scale_min={self.scale_min!r}, "
+                              f"scale_max={self.scale_max!r}, scale_steps={self.scale_steps!r}")
+        if self.rerank_depth < 0 or self.cell_fits < 0 or self.calibration_queries < 3:
+            raise ConfigError(f"need rerank_depth >= 0, cell_fits >= 0, calibration_queries >= 3; got "
+                              f"{self.rerank_depth!r}, {self.cell_fits!r}, {self.calibration_queries!r}")
+        if self.rerank_rule not in ("likelihood", "linear"):
+            raise ConfigError(f"search.rerank_rule must be 'likelihood' or 'linear', got {self.rerank_rule!r}")
+        if not 0 < self.target_precision < 1:
+            raise ConfigError(f"search.target_precision must be in (0, 1), got {self.target_precision!r}")
+
+    @property
+    def scales(self) -> np.ndarray:
+        """[S] the lattice scales the query is read at (rounded to 1e-4)."""
+        return np.round(np.linspace(self.scale_min, self.scale_max, self.scale_steps), 4)
+
+    #: the settings that change what the verdict's thresholds mean: a search must use the calibrated ones
+    VERDICT_FIELDS = ("scale_min", "scale_max", "scale_steps", "scale_penalty", "rerank_depth", "cell_fits",
+                      "rerank_rule", "rerank_weight", "anisotropy_penalty", "cell_min_gain")
+
+    def differences(self, other: "SearchConfig") -> list[str]:
+        """``"field: this -> other"`` for every verdict-relevant setting (:data:`VERDICT_FIELDS`) that differs."""
+        return [f"{name}: {getattr(self, name)!r} -> {getattr(other, name)!r}" for name in self.VERDICT_FIELDS
+                if getattr(self, name) != getattr(other, name)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_calibration(cls, calibration: dict) -> "SearchConfig":
+        """The settings a database's calibration was fitted under: its ``search`` record, or, for a calibration
+        written before settings were recorded, what it did record (depth, cells, rule, priors); the rest default."""
+        if isinstance(calibration.get("search"), dict):
+            names = {f.name for f in dataclasses.fields(cls)}
+            return cls(**{k: v for k, v in calibration["search"].items() if k in names})
+        kw: dict[str, Any] = {}
+        if "rerank" in calibration:
+            kw["rerank_depth"] = int(calibration["rerank"])
+        cell = calibration.get("cell_fit") or {}
+        for key, name in (("cells", "cell_fits"), ("anisotropy_penalty", "anisotropy_penalty"),
+                          ("min_gain", "cell_min_gain")):
+            if key in cell:
+                kw[name] = cell[key]
+        if "rerank_rule" in calibration:
+            kw["rerank_rule"], kw["rerank_weight"] = calibration["rerank_rule"][0], float(calibration["rerank_rule"][1])
+        if "scale_penalty" in calibration:
+            kw["scale_penalty"] = float(calibration["scale_penalty"])
+        if "target" in calibration:
+            kw["target_precision"] = float(calibration["target"])
+        if "n_queries" in calibration:
+            kw["calibration_queries"] = max(3, int(calibration["n_queries"]))
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything that defines a run. Extended by later sections (model, training)."""
 

@@ -168,19 +168,21 @@ def test_weight_fractions_do_not_depend_on_the_cell_chosen(mixture_db):
     assert out[0].sum() == pytest.approx(1.0)
 
 
-def test_profiles_are_the_identification_profiles_and_carry_kalpha2():
-    """The sparse profile grid equals :func:`eacnn.retrieval.identify._profiles`; its Kα2 copy sits where Bragg's
-    law puts the Cu Kα2 reflection (:func:`eacnn.physics.measurement.satellite_positions`)."""
+def test_variant_profiles_follow_bragg_and_the_simulator_and_carry_kalpha2():
+    """The one profile of refinement and mixtures (:func:`eacnn.physics.perturb.binned_variants`): each variant
+    equals the exact bin integrals of its moved sticks (:func:`eacnn.physics.perturb.profile_patterns`) to the fine
+    grid's resolution; its Kα2 copy sits where Bragg's law puts the Cu Kα2 reflection."""
     from eacnn.config import XRDConfig
     from eacnn.measured.mixtures import profile_grid
     from eacnn.physics.measurement import CU_KALPHA2, satellite_positions
-    from eacnn.retrieval.identify import _profiles
+    from eacnn.physics.perturb import bragg_shift, profile_patterns
 
     xrd = XRDConfig()
     tt, area = np.array([21.3, 35.0, 47.9, 76.2]), np.array([1.0, 0.4, 0.7, 0.2])
     strains, shifts = np.array([-0.02, 0.0, 0.013]), np.array([0.1, 0.0, -0.2])
-    np.testing.assert_allclose(profile_grid(tt, area, strains, shifts, 0.3, xrd),
-                               _profiles(tt, area, strains, shifts, xrd, 0.3), rtol=1e-5, atol=1e-6)
+    exact = profile_patterns([(bragg_shift(tt, e, z, xrd.wavelength), area) for e, z in zip(strains, shifts)],
+                             fwhm=[0.3] * 3, xrd=xrd)
+    np.testing.assert_allclose(profile_grid(tt, area, strains, shifts, 0.3, xrd), exact, atol=2e-3)
     one = profile_grid(np.array([69.9]), np.array([1.0]), np.zeros(1), np.zeros(1), 0.05, xrd, kalpha2=0.5)[0]
     second = satellite_positions(np.array([69.9]), CU_KALPHA2 / xrd.wavelength)[0]
     assert 70.0 < second < 70.5  # Δ2θ = 2 tan θ Δλ/λ ≈ 0.2° here: the next bin

@@ -252,11 +252,34 @@ def test_cells_are_fitted_only_for_the_best_by_the_lattice_scale_fit():
     assert asked == [0, 1]
 
 
-def test_the_cli_default_refines_as_many_as_the_library():
-    from eacnn import cli
-    from eacnn.retrieval.identify import RERANK_DEPTH
+def test_settings_other_than_the_calibrated_ones_are_named(saved):
+    """A search refining fewer candidates than the calibration did says so; the calibrated depth says nothing."""
+    from eacnn.config import SearchConfig
 
-    assert cli.DEFAULT_RERANK == RERANK_DEPTH
+    db, _ = saved
+    cal = {"threshold": 0.5, "similarity": 0.5, "score": 0.9, "margin": 0.01,
+           "search": SearchConfig(rerank_depth=4, cell_fits=4).to_dict()}
+    db.manifest["calibration"] = cal
+    try:
+        q = db.vectors[2].astype(np.float32)
+        assert identify(q, None, db, top=2, rerank=4).settings_differ == ()
+        differ = identify(q, None, db, top=2, rerank=2).settings_differ
+        assert "rerank_depth: 4 -> 2" in differ and "cell_fits: 4 -> 2" in differ
+        assert identify(q, None, db, top=2, rerank=0).settings_differ == ()  # the similarity threshold alone
+    finally:
+        db.manifest["calibration"] = {"threshold": 0.5, "similarity": 0.5}
+
+
+def test_an_older_calibration_gives_its_recorded_settings():
+    import json
+
+    from eacnn.config import SearchConfig
+    from eacnn.paths import DATA_DIR
+
+    cal = json.loads((DATA_DIR / "databases" / "embedded.json").read_text())["calibration"]
+    settings = SearchConfig.from_calibration(cal)
+    assert settings.rerank_depth == cal["rerank"] and settings.cell_fits == cal["cell_fit"]["cells"]
+    assert SearchConfig.from_calibration({"search": settings.to_dict()}) == settings
 
 
 def test_cell_fit_gradient_is_exact_and_far_fits_are_refused(monkeypatch):

@@ -413,7 +413,7 @@ def search_database(session: Session, model, dataset):
 def _profile_database(session: Session, model, dataset, cpu_sources: list, trained_sources: list, tag: str):
     """``cpu``: the shipped model's database of ``cpu_sources`` (:func:`default_database`); otherwise
     ``trained_sources`` embedded by ``model`` with its verdict calibrated on ``dataset`` (smoke: on 40 validation
-    queries, in seconds; else 300), cached in the runs folder by the model's weights, the sources and the data set."""
+    queries, in seconds; else the search's own count, ``SearchConfig.calibration_queries``), cached in the runs folder by the model's weights, the sources and the data set."""
     import hashlib
 
     from eacnn.paths import runs_dir
@@ -426,4 +426,4 @@ def _profile_database(session: Session, model, dataset, cpu_sources: list, train
     key = hashlib.sha256((model_digest(model) + repr(trained_sources) + str(dataset.key)).encode()).hexdigest()[:16]
     folder = runs_dir() / "databases" / f"{cfg.profile}-{tag}{key}"
     return cached_database(folder, lambda: model_database(model, cfg, trained_sources, folder, progress=False,
-                                                          calibration_queries=40 if cfg.profile == "smoke" else 300))
+                                                          calibration_queries=40 if cfg.profile == "smoke" else None))

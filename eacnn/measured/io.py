@@ -48,22 +48,14 @@ from pathlib import Path
 import numpy as np
 
 from eacnn.errors import PatternError
+from eacnn.physics.wavelengths import ANODES
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MeasuredPattern", "read_pattern", "resolve_wavelength", "kalpha2_of", "KALPHA", "FORMATS"]
 
-# Anode -> (Kα1, Kα2) in Å. Cu Kα1 is the project's 1.5406 (XRDConfig); Mo Kα1 is 0.70932 (International Tables
-# Vol. C (2006) Table 4.2.2.6: 0.70931713 Å); the rest are Bearden (1967) as tabulated by pymatgen (its "CuKa2",
-# "CoKa1", ...). The scales differ by ~20 ppm, a shift of < 0.002° 2θ at 80°: nothing against 0.5° bins.
-KALPHA: dict[str, tuple[float, float]] = {
-    "Cu": (1.5406, 1.54439),
-    "Mo": (0.70932, 0.71359),
-    "Co": (1.78896, 1.79285),
-    "Cr": (2.28970, 2.29361),
-    "Fe": (1.93604, 1.93998),
-    "Ag": (0.559421, 0.563813),
-}
+# Anode -> (Kα1, Kα2) in Å, from the package's one table (eacnn.physics.wavelengths, with its sources)
+KALPHA: dict[str, tuple[float, float]] = {anode: (lines.kalpha1, lines.kalpha2) for anode, lines in ANODES.items()}
 FORMATS = ("xy", "sse", "xrdml", "ras")  # two columns, start/step/end + intensities, Panalytical XML, Rigaku RAS
 MAX_FILE_BYTES = 256 * 2**20  # a pattern file (or its gzip content) larger than this is refused before it is read:
 # a 10⁶-point two-column scan is ~25 MB, so anything this large is not a powder pattern

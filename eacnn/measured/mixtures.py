@@ -72,9 +72,7 @@ from threadpoolctl import threadpool_limits
 from eacnn.config import XRDConfig
 from eacnn.datasets.structures import cif_files, load_embedded, read_cif, row_to_structure
 from eacnn.errors import ConfigError, EACNNError, PatternError
-from eacnn.physics.measurement import CU_KALPHA2
-from eacnn.physics.perturb import bragg_shift
-from eacnn.physics.profile import bin_kernel, deposit_matrix
+from eacnn.physics.perturb import binned_variants
 from eacnn.retrieval.identify import identify
 from eacnn.retrieval.query import rescale_many
 
@@ -184,34 +182,12 @@ class _Slot:
     alternatives: list = field(default_factory=list)  # (row, strain) of the step's next candidates
 
 
-FINE = 0.02  # degrees; reflections are split between two points of this grid before the bin integrals
-
-
-@lru_cache(maxsize=16)
-def _kernel(xrd: XRDConfig, width: float) -> tuple[float, np.ndarray]:
-    """(origin, [n_fine, n_bins] bin integrals of a unit pseudo-Voigt of FWHM ``width`` at each fine-grid point)."""
-    return bin_kernel(xrd.two_theta_min, xrd.two_theta_max, xrd.step, width, xrd.eta, FINE, max(1.0, 10 * width))
-
-
 def profile_grid(two_theta: np.ndarray, area: np.ndarray, strains: np.ndarray, shifts: np.ndarray, width: float,
                  xrd: XRDConfig, kalpha2: float = 0.0) -> np.ndarray:
-    """Binned patterns [V, n_bins] (float64, not normalised) of one phase's reflections (2θ [p] degrees, areas [p])
-    under each (lattice strain Δd/d, zero shift in degrees) pair [V], peaks of FWHM ``width`` (degrees).
-
-    ``kalpha2``: area ratio of a Cu Kα2 copy of every reflection (its d-spacings read at λ(Kα2), i.e. a strain of
-    (1 + ε) λ₁/λ₂ − 1, then the same zero shift). Without it, the same numbers as
-    :func:`eacnn.retrieval.identify._profiles`, through a sparse deposit matrix (two entries per reflection and
-    variant: :func:`eacnn.physics.profile.deposit_matrix`), so a grid of hundreds of variants costs milliseconds.
-    """
-    lo, kernel = _kernel(xrd, float(width))  # [n_fine, n_bins]
-    strains, shifts = np.asarray(strains, np.float64)[:, None], np.asarray(shifts, np.float64)[:, None]
-    pos = bragg_shift(two_theta[None, :], strains, shifts, xrd.wavelength)  # [V, p]
-    if kalpha2 > 0:
-        second = bragg_shift(two_theta[None, :], (1 + strains) * xrd.wavelength / CU_KALPHA2 - 1, shifts,
-                             xrd.wavelength)
-        pos, area = np.concatenate([pos, second], axis=1), np.concatenate([area, kalpha2 * area])  # [V, 2p], [2p]
-    dep = deposit_matrix(pos, area, lo, FINE, kernel.shape[0], dtype=np.float64)  # [V, n_fine]
-    return np.asarray(dep @ kernel, dtype=np.float64)
+    """Binned patterns [V, n_bins] (float64, not normalised) of one phase's reflections under each (lattice strain,
+    zero shift) pair: :func:`eacnn.physics.perturb.binned_variants`, the profile the refinement uses too, in float64
+    for the weighted least squares of the mixture fit."""
+    return binned_variants(two_theta, area, strains, shifts, width, xrd, kalpha2=kalpha2, dtype=np.float64)
 
 
 @lru_cache(maxsize=4)

@@ -36,6 +36,7 @@ import numpy as np
 
 from eacnn.config import XRDConfig
 from eacnn.errors import ConfigError, PatternError
+from eacnn.physics.wavelengths import CU
 from eacnn.measured.io import KALPHA1_MATCH, MeasuredPattern, kalpha2_of, read_pattern
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def strip_kalpha2(two_theta: np.ndarray, intensity: np.ndarray, kalpha1: float, 
     return np.array(values)
 
 
-def map_wavelength(two_theta: np.ndarray, intensity: np.ndarray, wavelength: float, target: float = 1.5406,
+def map_wavelength(two_theta: np.ndarray, intensity: np.ndarray, wavelength: float, target: float = CU.kalpha1,
                    lp_correction: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Move a scan from ``wavelength`` to ``target`` (Å) through d-spacings, keeping every peak's area.
 

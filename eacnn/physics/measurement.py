@@ -75,14 +75,15 @@ from eacnn.config import MeasurementConfig, XRDConfig
 from eacnn.errors import ConfigError, PatternError
 from eacnn.physics.perturb import _concat, _max_normalise
 from eacnn.physics.profile import FWHM_TO_SIGMA, pv_cdf
+from eacnn.physics.wavelengths import CU
 
 __all__ = ["MeasurementConfig", "HeldOutConfig", "perturb_measured", "strain_peaks", "displacement_shift",
            "transparency_shift", "march_dollase", "harmonic_texture", "caglioti_fwhm", "tch_pseudo_voigt",
            "satellite_positions", "debye_waller", "coverage_mask", "CU_KALPHA2", "CU_KBETA", "WINDOW_HALF",
            "WINDOW_NARROW_FWHM"]
 
-CU_KALPHA2 = 1.544427  # Å, Cu Kα2 (Hölzer et al., Phys. Rev. A 56, 4554 (1997))
-CU_KBETA = 1.392218  # Å, Cu Kβ1 (Hölzer et al. 1997)
+CU_KALPHA2 = CU.kalpha2  # Å, Cu Kα2 (eacnn.physics.wavelengths: Hölzer et al. 1997)
+CU_KBETA = CU.kbeta  # Å, Cu Kβ1
 WINDOW_HALF = 5.0  # degrees 2θ: perturb_measured integrates a peak over the bins this close (twice as far when broad)
 WINDOW_NARROW_FWHM = 0.35  # degrees 2θ: peaks up to this FWHM are narrow
 

@@ -630,7 +630,7 @@ class XRDPattern:
     two_theta: np.ndarray  # [p] degrees
     intensity: np.ndarray  # [p] strongest peak = 100
     d_hkls: np.ndarray  # [p] Å, λ / (2 sin θ) of the peak position
-    wavelength: float = 1.5406  # Å
+    wavelength: float = XRDConfig.wavelength  # Å, Cu Kα1 (the config's default)
     reflections: tuple = field(default=(np.zeros((0, 3)), np.zeros(0, dtype=int)), repr=False)  # ([m, 3], [m])
     # the Friedel-half Miller indices behind the peaks, and the peak each one belongs to
 

@@ -528,7 +528,7 @@ def model_calibration(model, cfg, checkpoint_sha: str, progress: bool = True) ->
     return out
 
 
-def _fit_calibration(model, cfg, progress: bool, full_data: bool = False, n_queries: int = 300) -> dict:
+def _fit_calibration(model, cfg, progress: bool, full_data: bool = False, n_queries: int | None = None) -> dict:
     """:func:`eacnn.retrieval.identify.calibrate` on the validation split of ``cfg``'s data (all embedded data
     with ``full_data``)."""
     from eacnn.datasets.dataset import build_dataset
@@ -552,7 +552,7 @@ def build_database(sources: Sequence[str], out: str | Path, checkpoint: str | Pa
 
 
 def model_database(model, cfg, sources: Sequence[str], out: str | Path, model_sha: str | None = None,
-                   progress: bool = True, calibration_queries: int = 300) -> Path:
+                   progress: bool = True, calibration_queries: int | None = None) -> Path:
     """:func:`build_database` for a model in memory (``model_sha``: its checkpoint's SHA-256, which selects shipped
     embeddings and caches the calibration; None for a model without a checkpoint file)."""
     from eacnn.retrieval.pattern_tower import export_tower

@@ -36,6 +36,7 @@ calibrated for that final score.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
@@ -45,11 +46,11 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from eacnn.config import XRDConfig
+from eacnn.config import SearchConfig, XRDConfig
 from eacnn.datasets.structures import normalize_elements
 from eacnn.errors import EACNNError
-from eacnn.physics.perturb import bragg_shift
-from eacnn.physics.profile import bin_kernel, deposit_matrix, split_on_grid
+from eacnn.physics.perturb import VARIANT_GRID, binned_variants, bragg_shift, variant_kernel
+from eacnn.physics.profile import split_on_grid
 from eacnn.retrieval.query import SCALE_PENALTY, SCALES, multiscale_best, rescale_many, scale_prior
 
 log = logging.getLogger(__name__)
@@ -59,19 +60,22 @@ __all__ = ["Identification", "identify", "refine", "calibrate", "open_set_thresh
            "REFINE_SHIFTS", "REFINE_WIDTHS", "REFINE_FINE_STEPS", "refine_cell", "CELL_WIDTHS", "CELL_MAX_STRAIN",
            "ANISOTROPY_PENALTY", "CELL_MIN_GAIN", "cell_kept", "RERANK_DEPTH", "CELL_FITS"]
 
+#: The search's settings (:class:`eacnn.config.SearchConfig`: units and where each was chosen); the names below
+#: are its values, for the readers of this module
+SEARCH = SearchConfig()
 #: How refined candidates are re-ranked (:func:`rerank_score`): ("linear", w) or ("likelihood", b); chosen on the
 #: validation split (module docstring).
-RERANK = ("likelihood", 0.04)
+RERANK = (SEARCH.rerank_rule, SEARCH.rerank_weight)
 #: score per 1 % of a fitted cell's anisotropic (deviatoric) strain, and how much a cell fit must lower the residual
 #: 1 − agreement² below the isotropic fit's to be kept (its six more parameters fit anything a little better);
 #: both chosen on the validation split with the rule (``scripts/select_rerank.py``)
-ANISOTROPY_PENALTY = 0.04
-CELL_MIN_GAIN = 2.0
+ANISOTROPY_PENALTY = SEARCH.anisotropy_penalty
+CELL_MIN_GAIN = SEARCH.cell_min_gain
 #: How many of the multi-scale query's best candidates are refined (lattice scale, zero shift, width), and for how
 #: many of those, the best by that refinement's score, the whole cell is fitted too (about 17x the cost of the
 #: rest); chosen on the validation split (``scripts/select_rerank.py --depth-grid``, ``eacnn/data/rerank_depth.csv``)
-RERANK_DEPTH = 30
-CELL_FITS = 30
+RERANK_DEPTH = SEARCH.rerank_depth
+CELL_FITS = SEARCH.cell_fits
 #: 1 − agreement² below this counts as this (a fit cannot be better than the pattern's float32 rounding)
 FIT_FLOOR = 1e-6
 
@@ -99,27 +103,13 @@ def rerank_score(agreement, similarity, rule: tuple[str, float] | None = None, a
     raise ValueError(f"unknown re-ranking rule {kind!r}: 'linear' or 'likelihood'")
 
 
-REFINE_OFFSETS = np.linspace(-0.006, 0.006, 7)  # lattice-scale offsets around the query's best scale
-REFINE_SHIFTS = np.linspace(-0.3, 0.3, 7)  # degrees 2θ, zero shift
-REFINE_WIDTHS = (1.0, 2.0)  # peak FWHM in units of the model's xrd.fwhm
+REFINE_OFFSETS = np.linspace(-SEARCH.refine_offset, SEARCH.refine_offset, 7)  # lattice-scale offsets (Δd/d)
+REFINE_SHIFTS = np.linspace(-SEARCH.refine_shift, SEARCH.refine_shift, 7)  # degrees 2θ, zero shift
+REFINE_WIDTHS = SEARCH.refine_widths  # peak FWHM in units of the model's xrd.fwhm
 #: the finer stages after the coarse grid: (lattice-scale step, zero-shift step in degrees), each searched ±2 steps
-REFINE_FINE_STEPS = ((0.001, 0.05), (0.00025, 0.0125))
+REFINE_FINE_STEPS = SEARCH.fine_steps
 _FINE_GRID = np.arange(-2, 3, dtype=np.float64)  # [5] steps either side of the best point
-FINE = 0.02  # degrees; the fine grid reflections are deposited on before the bin integrals
-
-
-@lru_cache(maxsize=8)
-def _kernel(xrd: XRDConfig, width: float) -> tuple[float, np.ndarray]:
-    return bin_kernel(xrd.two_theta_min, xrd.two_theta_max, xrd.step, width, xrd.eta, FINE, max(1.0, 10 * width))
-
-
-def _profiles(two_theta: np.ndarray, area: np.ndarray, strains: np.ndarray, shifts: np.ndarray, xrd: XRDConfig,
-              width: float) -> np.ndarray:
-    """Binned patterns [V, n_bins] (float32) of one candidate's reflections under each (strain, shift) pair [V]:
-    the sticks deposited on the fine grid (:func:`eacnn.physics.profile.deposit_matrix`), times the kernel."""
-    lo, kernel = _kernel(xrd, width)  # [n_fine, n_bins]
-    pos = bragg_shift(two_theta[None, :], strains[:, None], shifts[:, None], xrd.wavelength)  # [V, p]
-    return np.asarray(deposit_matrix(pos, area, lo, FINE, kernel.shape[0]) @ kernel)  # [V, n_bins]
+FINE = VARIANT_GRID  # degrees; the fine grid reflections are deposited on before the bin integrals
 
 
 def refine(vector: np.ndarray, covered: np.ndarray | None, rows: Sequence[int], sticks: Callable, xrd: XRDConfig,
@@ -180,7 +170,7 @@ def _refine(vector, covered, rows, sticks, xrd, scales, centres=(0.0,)) -> pd.Da
         tt, area = np.asarray(tt, np.float64), np.asarray(area, np.float32)
 
         def best_of(eps, delta, width):  # (cosine, strain, shift) of the best of the (eps [V], delta [V]) pairs
-            y = np.where(mask, _profiles(tt, area, eps, delta, xrd, width), 0.0)  # [V, n_bins]
+            y = np.where(mask, binned_variants(tt, area, eps, delta, width, xrd), 0.0)  # [V, n_bins]
             cos = (y @ q) / np.maximum(np.linalg.norm(y, axis=1), 1e-12)
             j = int(np.argmax(cos))
             return float(cos[j]), float(eps[j]), float(delta[j])
@@ -206,9 +196,9 @@ def _refine(vector, covered, rows, sticks, xrd, scales, centres=(0.0,)) -> pd.Da
 
 #: the cell fit's peak widths, in units of the isotropic fit's: a wider profile first widens the basin the
 #: least-squares fit starts in (peaks 1° apart still overlap), then the fit is finished at the fitted width
-CELL_WIDTHS = (3.0, 1.0)
-CELL_EVALUATIONS = (20, 30)  # most profile evaluations at each width of CELL_WIDTHS (more: 2x slower, no better)
-CELL_MAX_STRAIN = 0.05  # a cell fit straining the cell more than 5 % beyond the isotropic fit is refused
+CELL_WIDTHS = SEARCH.cell_widths
+CELL_EVALUATIONS = SEARCH.cell_evaluations  # most profile evaluations at each width (more: 2x slower, no better)
+CELL_MAX_STRAIN = SEARCH.cell_max_strain  # a cell fit straining the cell more than 5 % beyond the isotropic fit is refused
 
 
 def refine_cell(vector: np.ndarray, covered: np.ndarray | None, reflections, xrd: XRDConfig, strain: float = 0.0,
@@ -295,7 +285,7 @@ class _CellProfile:
     def __init__(self, q, mask, mono, area, base, unit, xrd: XRDConfig, width: float):
         self.q, self.mask, self.mono, self.area, self.base, self.unit = q, mask, mono, area, base, unit
         self.wavelength = xrd.wavelength
-        self.lo, self.kernel = _kernel(xrd, width)  # [n_fine, n_bins]
+        self.lo, self.kernel = variant_kernel(xrd, width)  # [n_fine, n_bins]
         self._at = None
 
     def _profile(self, x: np.ndarray):
@@ -360,6 +350,9 @@ class Identification:
     score_name: str  # "score" (refined), "agreement" (a database calibrated before scores) or "similarity"
     margin: float = float("nan")  # top-1 score less the best refined candidate of another phase (NaN: no refinement)
     margin_threshold: float = 0.0  # the calibrated margin a "match" needs
+    # verdict-relevant settings of this search that differ from those the thresholds were calibrated under
+    # ("field: calibrated -> used"); empty when they agree. The verdict is then only approximate.
+    settings_differ: tuple = ()
 
 
 def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, elements: Sequence[str] | None = None,
@@ -435,7 +428,13 @@ def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, 
     score = float(hits[score_name].iloc[0]) if len(hits) else float("nan")
     stands_out = not (margin < need)  # NaN margin (no refinement): the score alone decides
     verdict = "match" if len(hits) and score >= threshold and stands_out else "no confident match"
-    return Identification(hits, verdict, score, threshold, score_name, margin, need)
+    differ = ()
+    if cal:
+        used = dataclasses.replace(SearchConfig.from_calibration(cal), rerank_depth=rerank,
+                                   cell_fits=min(CELL_FITS, rerank), scale_min=float(np.min(scales)),
+                                   scale_max=float(np.max(scales)), scale_steps=len(scales))
+        differ = tuple(SearchConfig.from_calibration(cal).differences(used)) if rerank else ()
+    return Identification(hits, verdict, score, threshold, score_name, margin, need, differ)
 
 
 def margin_of(score: np.ndarray, phase: np.ndarray) -> float:
@@ -486,8 +485,8 @@ def open_set_threshold(present: np.ndarray, present_correct: np.ndarray, absent:
     return float(s[order][ok[-1]]) if len(ok) else float(s.max()) + 1e-6
 
 
-def calibrate(model, dataset, n_queries: int = 450, rerank: int = RERANK_DEPTH, target: float = 0.8, seed: int = 0,
-              progress: bool = True) -> dict:
+def calibrate(model, dataset, n_queries: int | None = None, rerank: int = RERANK_DEPTH,
+              target: float = SEARCH.target_precision, seed: int = 0, progress: bool = True) -> dict:
     """The verdict's thresholds, open-set, on validation structures: of the similarity (used without refinement),
     and of the refined score with its margin (:func:`open_set_rule`).
 
@@ -507,6 +506,7 @@ def calibrate(model, dataset, n_queries: int = 450, rerank: int = RERANK_DEPTH, 
     from eacnn.retrieval.embed import embed_dataset
     from eacnn.training.batches import measured_queries
 
+    n_queries = SEARCH.calibration_queries if n_queries is None else n_queries
     cfg, xrd = dataset.config, dataset.config.xrd
     rng = np.random.default_rng([seed, 271828])
     val = np.asarray(dataset.indices("val"))
@@ -565,4 +565,6 @@ def calibrate(model, dataset, n_queries: int = 450, rerank: int = RERANK_DEPTH, 
            if r["sim_correct"].any() else 0.0,
            "top1_present": float(np.mean(r["correct"][pres]))}
     out["threshold"] = out["score"] if rerank else out["similarity"]
+    out["search"] = dataclasses.replace(SEARCH, rerank_depth=rerank, cell_fits=min(CELL_FITS, rerank),
+                                        target_precision=target, calibration_queries=int(len(chosen))).to_dict()
     return out

@@ -11,7 +11,7 @@ cumulative sum is interpolated at the images of the new bin edges, and differenc
 is conserved; a bin whose image leaves the measured range loses coverage).
 
 >>> import numpy as np
->>> from eacnn.config import XRDConfig
+>>> from eacnn.config import SearchConfig, XRDConfig
 >>> v = np.zeros(140); v[40] = 1.0                     # a peak in the bin 30.0–30.5°
 >>> y, m = rescale(v, 1.0, XRDConfig())
 >>> bool(np.allclose(y, v))
@@ -22,17 +22,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from eacnn.config import XRDConfig
+from eacnn.config import SearchConfig, XRDConfig
 
 __all__ = ["SCALES", "SCALE_PENALTY", "scale_prior", "rescale", "rescale_many", "multiscale_best"]
 
-#: Lattice scales s (d-spacings times s) a query is read at: 0.96–1.04 in 1 % steps.
-SCALES = np.round(np.linspace(0.96, 1.04, 9), 4)
+#: Lattice scales s (d-spacings times s) a query is read at: 0.96–1.04 in 1 % steps (:class:`SearchConfig`).
+SCALES = SearchConfig().scales
 
 #: The prior on the mismatch: a candidate's similarity at scale s is lowered by this much per 1 % of |s − 1|, so a
 #: look-alike that needs a larger rescaling than the right phase must be that much more similar. A measured cell
 #: is usually within 1–2 % of its database entry; chosen on the validation split (``scripts/select_rerank.py``).
-SCALE_PENALTY = 0.01
+SCALE_PENALTY = SearchConfig().scale_penalty
 
 
 def scale_prior(scales: np.ndarray = SCALES, penalty: float | None = None) -> np.ndarray:
