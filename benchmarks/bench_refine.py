@@ -26,7 +26,7 @@ def main() -> None:
     from eacnn.config import Config
     from eacnn.datasets.dataset import build_dataset
     from eacnn.retrieval.identify import CELL_FITS, RERANK_DEPTH, refine, refine_cell
-    from eacnn.robustness import condition_queries
+    from eacnn.physics.conditions import condition_queries
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--candidates", type=int, default=60)

@@ -8,7 +8,7 @@ similarity of the query with each candidate's clean simulated pattern, over the 
 ``multiscale`` the query is also read at the lattice scales of :data:`eacnn.retrieval.query.SCALES` and each
 candidate keeps its best similarity.
 
-Conditions (``CONDITIONS``): ``clean``; ``iso ±k %`` (every d-spacing times 1 ± k %, the whole cell scaled:
+Conditions (``CONDITIONS``, from the one registry :mod:`eacnn.physics.conditions`): ``clean``; ``iso ±k %`` (every d-spacing times 1 ± k %, the whole cell scaled:
 ``iso -2 %`` is a measured cell 2 % smaller than the database's); ``aniso 1.5 %`` (the cell strained by a random
 symmetric strain with principal strains U(±1.5 %) along random axes and simulated again, so symmetry-equivalent
 reflections split); ``texture`` (March–Dollase, r log-uniform 0.6–1.4 along a random reciprocal direction, through
@@ -21,7 +21,6 @@ sees).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Sequence
 
@@ -29,102 +28,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from eacnn.config import MeasurementConfig
-from eacnn.physics.measurement import perturb_measured
-from eacnn.physics.perturb import bragg_shift, profile_patterns
+from eacnn.physics.conditions import CONDITIONS, condition_queries
 from eacnn.retrieval.query import SCALES, rescale_many, scale_prior
-from eacnn.training.batches import _random_strains, measured_queries, strain_cell
 from eacnn.training.metrics import true_rank
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CONDITIONS", "condition_queries", "robustness_table", "method_embeddings", "scaled_similarities"]
-
-CONDITIONS = ("clean", "iso -3 %", "iso -2 %", "iso -1 %", "iso +1 %", "iso +2 %", "iso +3 %", "aniso 1.5 %",
-              "texture", "window 20–60°", "low angle 10–45°", "impurity 10 %", "measured", "held-out")
-
-
-def _normalised(y: np.ndarray) -> np.ndarray:
-    peak = y.max(axis=1, keepdims=True)
-    return (y / np.where(peak > 0, peak, 1.0)).astype(np.float32)
-
-
-def _window(y: np.ndarray, lo: float, hi: float, xrd) -> tuple[np.ndarray, np.ndarray]:
-    centres = xrd.bin_centers()
-    mask = np.broadcast_to((centres >= lo) & (centres <= hi), y.shape).copy()
-    return _normalised(np.where(mask, y, 0.0)), mask
-
-
-def _strained(dataset, rows: np.ndarray, rng: np.random.Generator, max_principal: float) -> np.ndarray:
-    from pymatgen.core import Lattice, Structure
-
-    from eacnn.physics.xrd import simulate_batch
-
-    strains = _random_strains(rng, len(rows), max_principal)
-    structures = []
-    for i, e in zip(rows, strains):
-        s = dataset.structure(int(i))
-        structures.append(Structure(Lattice(strain_cell(s.lattice.matrix, e)), s.species, s.frac_coords))
-    sim = simulate_batch(structures, dataset.config.xrd, progress=False)
-    out = sim.vectors.copy()
-    bad = ~np.isfinite(out).all(axis=1)
-    out[bad] = dataset.vectors[rows[bad]]  # a failed strained simulation keeps the clean pattern
-    return out
-
-
-def _textured(dataset, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    from eacnn.physics.xrd import XRDSimulator
-
-    sim = XRDSimulator(dataset.config.xrd)
-    sticks, hkl, lattice = [], [], []
-    for i in rows:
-        s = dataset.structure(int(i))
-        p = sim.get_pattern(s)
-        sticks.append((p.two_theta, p.intensity))
-        hkl.append(np.array([fam[0]["hkl"][-3:] for fam in p.hkls], dtype=float))
-        lattice.append(s.lattice.matrix)
-    cfg = dataclasses.replace(MeasurementConfig.off(), p_texture=1.0)
-    y, _, _ = perturb_measured(sticks, cfg, rng, hkl=hkl, lattice=lattice, xrd=dataset.config.xrd)
-    return y
-
-
-def condition_queries(dataset, rows: np.ndarray, condition: str, seed: int = 0
-                      ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(query patterns [n, n_bins] float32, coverage masks [n, n_bins] or None for full coverage) of the data-set
-    rows under one condition of :data:`CONDITIONS`, seeded by (seed, condition)."""
-    if condition not in CONDITIONS:
-        raise ValueError(f"unknown condition {condition!r}; choose one of {CONDITIONS}")
-    rows = np.asarray(rows)
-    rng = np.random.default_rng([seed, CONDITIONS.index(condition)])
-    xrd = dataset.config.xrd
-    sticks = [dataset.sticks(int(i)) for i in rows]
-    if condition == "clean":
-        return dataset.vectors[rows].astype(np.float32), None
-    if condition.startswith("iso"):
-        eps = float(condition.split()[1]) / 100.0
-        moved = [(bragg_shift(tt, eps, 0.0, xrd.wavelength), a) for tt, a in sticks]
-        return _normalised(profile_patterns(moved, xrd=xrd)), None
-    if condition.startswith("aniso"):
-        return _normalised(_strained(dataset, rows, rng, 0.015)), None
-    if condition == "texture":
-        return _textured(dataset, rows, rng), None
-    if condition.startswith("window"):
-        return _window(dataset.vectors[rows], 20.0, 60.0, xrd)
-    if condition.startswith("low angle"):
-        return _window(dataset.vectors[rows], 10.0, 45.0, xrd)
-    if condition.startswith("impurity"):
-        other = rng.permutation(len(rows))
-        mixed = [(np.concatenate([tt, sticks[j][0]]),
-                  np.concatenate([a / a.max(), 0.1 * sticks[j][1] / sticks[j][1].max()]))
-                 for (tt, a), j in zip(sticks, other)]
-        return _normalised(profile_patterns(mixed, xrd=xrd)), None
-    if condition == "measured":
-        return measured_queries(dataset.config, dataset, rows, sticks, rng)
-    impurities = sticks[1:] + sticks[:1]
-    y, mask, _ = perturb_measured(sticks, MeasurementConfig(), rng, family="heldout", impurities=impurities,
-                                  xrd=xrd)
-    return y, mask
-
+__all__ = ["robustness_table", "method_embeddings", "scaled_similarities"]
 
 def method_embeddings(model, dataset, rows: np.ndarray, split: str = "test") -> np.ndarray:
     """Candidate embeddings [n, d] (L2-normalised) of the rows: the model's structure embeddings, or the clean

@@ -38,7 +38,8 @@ def main() -> None:
     from eacnn.config import Config
     from eacnn.datasets.dataset import build_dataset
     from eacnn.paths import DATA_DIR
-    from eacnn.robustness import CONDITIONS, robustness_table
+    from eacnn.physics.conditions import CONDITIONS
+    from eacnn.robustness import robustness_table
     from eacnn.training.checkpoint import DEFAULT_CHECKPOINT, load_pretrained
 
     parser = argparse.ArgumentParser()

@@ -60,7 +60,8 @@ def search_top1(model, ds, n_queries: int, penalties, rules, label: str = "", re
     from eacnn.retrieval.embed import embed_dataset
     from eacnn.retrieval.identify import CELL_FITS, RERANK_DEPTH, refine, rerank_score
     from eacnn.retrieval.query import SCALES, scale_prior
-    from eacnn.robustness import condition_queries, scaled_similarities
+    from eacnn.physics.conditions import condition_queries
+    from eacnn.robustness import scaled_similarities
 
     rerank = RERANK_DEPTH if rerank is None else rerank
     val = ds.indices("val")

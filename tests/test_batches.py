@@ -11,7 +11,8 @@ from pymatgen.core import Lattice, Structure  # noqa: E402
 
 from eacnn.config import Config  # noqa: E402
 from eacnn.physics.xrd import XRDSimulator  # noqa: E402
-from eacnn.training.batches import LookalikeSampler, duplicate_pairs, measured_queries, strain_cell  # noqa: E402
+from eacnn.physics.conditions import measured_queries, strain_cell  # noqa: E402
+from eacnn.training.batches import LookalikeSampler, duplicate_pairs  # noqa: E402
 from eacnn.training.losses import clip_loss  # noqa: E402
 
 

@@ -7,7 +7,8 @@ import pytest
 from eacnn.config import Config
 from eacnn.datasets.dataset import build_dataset
 from eacnn.retrieval.query import SCALES
-from eacnn.robustness import _similarities, condition_queries, robustness_table, scaled_similarities
+from eacnn.physics.conditions import condition_queries
+from eacnn.robustness import _similarities, robustness_table, scaled_similarities
 
 
 @pytest.fixture(scope="module")

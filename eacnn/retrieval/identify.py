@@ -39,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Callable, Sequence
 
 import numpy as np
@@ -49,7 +48,7 @@ from threadpoolctl import threadpool_limits
 from eacnn.config import SearchConfig, XRDConfig
 from eacnn.datasets.structures import normalize_elements
 from eacnn.errors import EACNNError
-from eacnn.physics.perturb import VARIANT_GRID, binned_variants, bragg_shift, variant_kernel
+from eacnn.physics.perturb import VARIANT_GRID, binned_variants, variant_kernel
 from eacnn.physics.profile import split_on_grid
 from eacnn.retrieval.query import SCALE_PENALTY, SCALES, multiscale_best, rescale_many, scale_prior
 
@@ -491,7 +490,7 @@ def calibrate(model, dataset, n_queries: int | None = None, rerank: int = RERANK
     and of the refined score with its margin (:func:`open_set_rule`).
 
     ``n_queries`` validation structures become realistic queries, a third each from the measurement family training
-    draws from (:func:`eacnn.training.batches.measured_queries`), the held-out family it never sees
+    draws from (:func:`eacnn.physics.conditions.calibration_queries`), the held-out family it never sees
     (:func:`eacnn.physics.measurement.perturb_measured`, ``family="heldout"``) and a clean lab scan of a cell up to
     ±2 % off the database's (isotropic); each is identified among the validation and training structures twice:
     with its phase in the pool and without it (a phase absent from the database). A phase is a (reduced formula,
@@ -500,32 +499,19 @@ def calibrate(model, dataset, n_queries: int | None = None, rerank: int = RERANK
     """
     from tqdm.auto import tqdm
 
-    from eacnn.config import MeasurementConfig
-    from eacnn.physics.measurement import perturb_measured
-    from eacnn.physics.perturb import profile_patterns
+    from eacnn.physics.conditions import calibration_queries
     from eacnn.retrieval.embed import embed_dataset
-    from eacnn.training.batches import measured_queries
 
     n_queries = SEARCH.calibration_queries if n_queries is None else n_queries
-    cfg, xrd = dataset.config, dataset.config.xrd
     rng = np.random.default_rng([seed, 271828])
+    xrd = dataset.config.xrd
     val = np.asarray(dataset.indices("val"))
     pool_rows = np.concatenate([val, np.asarray(dataset.indices("train"))])
     phase = (dataset.labels["formula"] + "|" + dataset.labels["spacegroup_number"].astype(str)).to_numpy()[pool_rows]
     pool = np.concatenate([embed_dataset(model, dataset, split, levels=(0,), progress=progress).structures
                            for split in ("val", "train")])  # [n_pool, d]
     chosen = rng.choice(len(val), min(n_queries, len(val)), replace=False)  # positions in val = rows of the pool
-    k = len(chosen) // 3
-    sticks = [dataset.sticks(int(val[i])) for i in chosen]
-    p1, m1 = measured_queries(cfg, dataset, val[chosen[:k]], sticks[:k], rng)
-    p2, m2, _ = perturb_measured(sticks[k : 2 * k], MeasurementConfig(), rng, family="heldout",
-                                 impurities=sticks[k + 1 : 2 * k] + sticks[k : k + 1], xrd=xrd)
-    eps = rng.uniform(-0.02, 0.02, len(chosen) - 2 * k)
-    p3 = profile_patterns([(bragg_shift(tt, e, 0.0, xrd.wavelength), a) for (tt, a), e in zip(sticks[2 * k :], eps)],
-                          xrd=xrd)
-    p3 = (p3 / np.maximum(p3.max(axis=1, keepdims=True), 1e-12)).astype(np.float32)
-    patterns = np.concatenate([p1, p2, p3])
-    masks = np.concatenate([m1, m2, np.ones(p3.shape, bool)])
+    patterns, masks = calibration_queries(dataset, val[chosen], rng)
     reads = model.model_config.xrd_mask_channel
 
     def encode(y, m):

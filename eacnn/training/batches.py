@@ -7,9 +7,8 @@ look measured.
 * **Duplicates are not negatives**: MP-20 holds the same structure under several ids; :func:`duplicate_pairs`
   marks the pairs of a batch with the same reduced formula and space group, which
   :func:`eacnn.training.losses.clip_loss` leaves out of the softmax.
-* **Measured-like queries**: :func:`measured_queries` strains a fraction of the cells anisotropically and simulates
-  them again (so symmetry-equivalent reflections split as the strained metric says), then applies the model of
-  real measurements of :mod:`eacnn.physics.measurement` with another structure of the batch as the impurity.
+* **Measured-like queries** come from the one registry of query conditions, :mod:`eacnn.physics.conditions`
+  (:func:`~eacnn.physics.conditions.measured_queries`).
 """
 
 from __future__ import annotations
@@ -18,10 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from eacnn.config import Config
-from eacnn.physics.measurement import perturb_measured
-
-__all__ = ["LookalikeSampler", "duplicate_pairs", "measured_queries", "strain_cell"]
+__all__ = ["LookalikeSampler", "duplicate_pairs"]
 
 
 class LookalikeSampler(Sampler):
@@ -72,55 +68,3 @@ def duplicate_pairs(keys: np.ndarray) -> torch.Tensor:
     same = torch.from_numpy(k[:, None] == k[None, :])
     same.fill_diagonal_(False)
     return same
-
-
-def strain_cell(lattice: np.ndarray, strain: np.ndarray) -> np.ndarray:
-    """The cell [3, 3] (rows a, b, c in Å) under a symmetric strain tensor ``strain`` [3, 3] (small, dimensionless):
-    every lattice vector r becomes (I + E) r."""
-    return np.asarray(lattice) @ (np.eye(3) + np.asarray(strain)).T
-
-
-def _random_strains(rng: np.random.Generator, n: int, max_principal: float) -> np.ndarray:
-    """n symmetric strain tensors [n, 3, 3]: principal strains U(±max) along random orthonormal axes."""
-    q, _ = np.linalg.qr(rng.normal(size=(n, 3, 3)))  # [n, 3, 3] random rotations (up to sign)
-    e = rng.uniform(-max_principal, max_principal, (n, 3))
-    return np.einsum("nij,nj,nkj->nik", q, e, q)
-
-
-def measured_queries(cfg: Config, dataset, rows: np.ndarray, sticks: list, rng: np.random.Generator
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """(patterns [B, n_bins] float32, coverage masks [B, n_bins] bool) of the structures ``rows`` as measured.
-
-    A fraction ``cfg.measure.p_aniso`` of the cells is strained (principal strains up to ``measure.aniso_max``)
-    and simulated again when the data set can rebuild its structures (``dataset.structure(i)``); the others keep
-    their cached sticks. Each pattern's impurity candidate is the next structure of the batch.
-    """
-    sticks = list(sticks)
-    m = cfg.measure
-    if m.p_aniso > 0 and m.aniso_max > 0 and hasattr(dataset, "structure"):
-        chosen = np.flatnonzero(rng.random(len(rows)) < m.p_aniso)
-        if len(chosen):
-            from pymatgen.core import Lattice, Structure
-
-            from eacnn.physics.xrd import simulate_batch
-
-            strains = _random_strains(rng, len(chosen), m.aniso_max)
-            strained = []
-            for k, e in zip(chosen, strains):
-                s = dataset.structure(int(rows[k]))
-                strained.append(Structure(Lattice(strain_cell(s.lattice.matrix, e)), s.species, s.frac_coords))
-            sim = simulate_batch(strained, cfg.xrd, progress=False)
-            for j, k in enumerate(chosen):
-                if j not in sim.failures and len(sim.stick_two_theta[j]):
-                    sticks[k] = (sim.stick_two_theta[j], sim.stick_intensity[j])
-    impurities = sticks[1:] + sticks[:1] if len(sticks) > 1 else [None] * len(sticks)
-    patterns, masks, _ = perturb_measured(sticks, m, rng, family="train", impurities=impurities, xrd=cfg.xrd)
-    if cfg.augment.measured_fraction >= 1:
-        return patterns, masks
-    legacy = np.flatnonzero(rng.random(len(sticks)) >= cfg.augment.measured_fraction)
-    if len(legacy):  # the rest of the batch: the legacy corruptions, fully covered
-        from eacnn.physics.perturb import augment_patterns
-
-        patterns[legacy] = augment_patterns([sticks[k] for k in legacy], cfg.augment, rng, cfg.xrd)
-        masks[legacy] = True
-    return patterns, masks

@@ -42,7 +42,8 @@ from eacnn.errors import CheckpointError
 from eacnn.models import EACNN
 from eacnn.paths import atomic_write_bytes, runs_dir
 from eacnn.physics.perturb import augment_patterns
-from eacnn.training.batches import LookalikeSampler, duplicate_pairs, measured_queries
+from eacnn.physics.conditions import measured_queries
+from eacnn.training.batches import LookalikeSampler, duplicate_pairs
 from eacnn.training.checkpoint import (
     LOG_COLUMNS,
     RUNTIME_FIELDS,
