@@ -94,17 +94,14 @@ def _refined_ranks(sim: np.ndarray, scale: np.ndarray | None, patterns: np.ndarr
     fitted too) and re-ranking them by ``rule``
     (:func:`eacnn.retrieval.identify.rerank_score`; None: the default's), as ``eacnn search`` does; ``rerank + 1`` when
     it is not among them. Query q's true candidate is candidate q, or ``truth[k]`` for the k-th selected query."""
-    from eacnn.retrieval.identify import CELL_FITS, refine, rerank_score
+    from eacnn.retrieval.identify import refine_shortlist
 
     out = np.empty(len(sel), np.int64)
     for k, q in enumerate(sel):
-        top = np.argsort(-sim[q], kind="stable")[:rerank]
-        similarity = sim[q, top] if rule is None else np.zeros(len(top))  # search-match: cells by agreement alone
-        fits = refine(patterns[q], None if masks is None else masks[q], rows[top], dataset.sticks,
-                      dataset.config.xrd, None if scale is None else scale[q, top], dataset.reflections,
-                      similarity=similarity, cells=CELL_FITS)
-        anisotropy = 0.0 if rule is not None else fits["anisotropy"].to_numpy()  # search-match: the agreement alone
-        agree = rerank_score(fits["agreement"].to_numpy(), sim[q, top], rule, anisotropy)
+        top, _, agree = refine_shortlist(patterns[q], None if masks is None else masks[q], sim[q], rows,
+                                         dataset.sticks, dataset.config.xrd, None if scale is None else scale[q],
+                                         dataset.reflections, depth=rerank, rule=rule,
+                                         model_prior=rule is None)  # search-match: the agreement alone
         hit = np.flatnonzero(top == (q if truth is None else truth[k]))
         out[k] = 1 + int(np.sum(np.delete(agree, hit[0]) >= agree[hit[0]])) if len(hit) else rerank + 1
     return out

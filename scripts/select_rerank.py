@@ -58,7 +58,7 @@ def search_top1(model, ds, n_queries: int, penalties, rules, label: str = "", re
     (no cell fit); ``rerank`` None: :data:`eacnn.retrieval.identify.RERANK_DEPTH`, with the cells of the best
     :data:`~eacnn.retrieval.identify.CELL_FITS` fitted."""
     from eacnn.retrieval.embed import embed_dataset
-    from eacnn.retrieval.identify import CELL_FITS, RERANK_DEPTH, refine, rerank_score
+    from eacnn.retrieval.identify import RERANK_DEPTH, refine_shortlist, rerank_score
     from eacnn.retrieval.query import SCALES, scale_prior
     from eacnn.physics.conditions import condition_queries
     from eacnn.robustness import scaled_similarities
@@ -81,10 +81,9 @@ def search_top1(model, ds, n_queries: int, penalties, rules, label: str = "", re
             best = np.take_along_axis(at, j[:, None], axis=1)[:, 0]  # [q, n]
             hits = {f"{rule[0]} {rule[1]:g}": [] for rule in rules}
             for k, q in enumerate(sel):
-                top = np.argsort(-best[k], kind="stable")[:rerank]
                 mask = None if masks is None else masks[k]
-                fits = refine(patterns[k], mask, pool[top], ds.sticks, ds.config.xrd, SCALES[j[k, top]],
-                              ds.reflections if cell else None, similarity=best[k, top], cells=CELL_FITS)
+                top, fits, _ = refine_shortlist(patterns[k], mask, best[k], pool, ds.sticks, ds.config.xrd,
+                                                SCALES[j[k]], ds.reflections if cell else None, depth=rerank)
                 agree = fits["agreement"].to_numpy()
                 aniso = fits["anisotropy"].to_numpy()
                 scores = {f"{rule[0]} {rule[1]:g}": rerank_score(agree, best[k, top], rule, aniso) for rule in rules}

@@ -54,7 +54,7 @@ from eacnn.retrieval.query import SCALE_PENALTY, SCALES, multiscale_best, rescal
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Identification", "identify", "refine", "calibrate", "open_set_threshold", "open_set_rule", "margin_of",
+__all__ = ["Identification", "identify", "refine", "refine_shortlist", "calibrate", "open_set_threshold", "open_set_rule", "margin_of",
            "REFINE_OFFSETS", "RERANK", "rerank_score",
            "REFINE_SHIFTS", "REFINE_WIDTHS", "REFINE_FINE_STEPS", "refine_cell", "CELL_WIDTHS", "CELL_MAX_STRAIN",
            "ANISOTROPY_PENALTY", "CELL_MIN_GAIN", "cell_kept", "RERANK_DEPTH", "CELL_FITS"]
@@ -157,6 +157,36 @@ def refine(vector: np.ndarray, covered: np.ndarray | None, rows: Sequence[int], 
             if cell_kept(fit.agreement, cell[0]):
                 fits.loc[i, ["agreement", "anisotropy", "zero_shift", "width"]] = cell
         return fits
+
+
+def refine_shortlist(pattern: np.ndarray, mask: np.ndarray | None, similarity: np.ndarray, rows: np.ndarray,
+                     sticks: Callable, xrd: XRDConfig, scale: np.ndarray | None = None,
+                     reflections: Callable | None = None, depth: int = RERANK_DEPTH, cells: int = CELL_FITS,
+                     rule: tuple[str, float] | None = None, model_prior: bool = True
+                     ) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
+    """The search's second stage for one query, the one sequence every caller runs (``identify``, ``calibrate``,
+    the robustness table, the selection grids): the ``depth`` candidates of highest ``similarity`` (the multi-scale
+    query's, best first, ties in order), refined (:func:`refine`, the cells of the best ``cells`` fitted), scored
+    (:func:`rerank_score` by ``rule``; None: :data:`RERANK`).
+
+    Args:
+        pattern, mask: the query [n_bins] and its coverage (all when None).
+        similarity: [n] each candidate's similarity (-inf: left out); scale: [n] the lattice scale it was found at.
+        rows: [n] each candidate's row for ``sticks(row)`` / ``reflections(row)``.
+        model_prior: False for search-match: the cells are chosen by the agreement alone and the score takes no
+            anisotropy penalty.
+
+    Returns:
+        (positions [k] of the shortlisted candidates, best similarity first; their fits (:func:`refine`'s table);
+        their scores [k]).
+    """
+    similarity = np.asarray(similarity, np.float64)
+    top = np.argsort(-similarity, kind="stable")[: max(int(depth), 1)]
+    top = top[np.isfinite(similarity[top])]
+    fits = refine(pattern, mask, np.asarray(rows)[top], sticks, xrd, None if scale is None else np.asarray(scale)[top],
+                  reflections, similarity=similarity[top] if model_prior else np.zeros(len(top)), cells=cells)
+    anisotropy = fits["anisotropy"].to_numpy() if model_prior else 0.0
+    return top, fits, rerank_score(fits["agreement"].to_numpy(), similarity[top], rule, anisotropy)
 
 
 def _refine(vector, covered, rows, sticks, xrd, scales, centres=(0.0,)) -> pd.DataFrame:
@@ -406,11 +436,11 @@ def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, 
     cal = db.manifest.get("calibration", {})
     score_name, threshold = "similarity", float(cal.get("similarity", cal.get("threshold", np.inf)))
     if rerank and len(hits):
-        fits = refine(vector, covered, hits["row"].head(rerank), db.sticks, xrd, hits["scale"].head(rerank),
-                      db.reflections if getattr(db, "has_reflections", False) else None,
-                      similarity=hits["similarity"].head(rerank), cells=CELL_FITS)
-        hits = hits.merge(fits, on="row", how="left")
-        hits["score"] = rerank_score(hits["agreement"], hits["similarity"], anisotropy=hits["anisotropy"].fillna(0.0))
+        _, fits, scores = refine_shortlist(vector, covered, hits["similarity"].to_numpy(), hits["row"].to_numpy(),
+                                           db.sticks, xrd, hits["scale"].to_numpy(),
+                                           db.reflections if getattr(db, "has_reflections", False) else None,
+                                           depth=rerank)
+        hits = hits.merge(fits.assign(score=scores), on="row", how="left")
         order = np.argsort(-hits["score"].fillna(-np.inf).to_numpy(), kind="stable")
         hits = hits.iloc[order].reset_index(drop=True)
         if "score" in cal:
@@ -521,13 +551,10 @@ def calibrate(model, dataset, n_queries: int | None = None, rerank: int = RERANK
     for q, m, own in tqdm(list(zip(patterns, masks, chosen)), desc="calibrating the verdict", disable=not progress):
         z = query_embeddings(encode, q, m, xrd)
         sim, scale = multiscale_similarity(pool, z)
-        order = np.argsort(-sim, kind="stable")
-        for present in (True, False):
-            cand = order if present else order[phase[order] != phase[own]]
-            top = cand[: max(rerank, 1)]
-            fits = refine(q, m, pool_rows[top], dataset.sticks, xrd, scale[top], dataset.reflections,
-                          similarity=sim[top], cells=CELL_FITS)
-            score = rerank_score(fits["agreement"].to_numpy(), sim[top], anisotropy=fits["anisotropy"].to_numpy())
+        for present in (True, False):  # absent: every entry of the query's phase left out of the pool
+            shown = sim if present else np.where(phase == phase[own], -np.inf, sim)
+            top, _, score = refine_shortlist(q, m, shown, pool_rows, dataset.sticks, xrd, scale, dataset.reflections,
+                                             depth=rerank)
             j = int(score.argmax())
             for key, value in (("present", present), ("similarity", sim[top[0]]),
                                ("sim_correct", present and phase[top[0]] == phase[own]), ("score", score[j]),
