@@ -346,8 +346,13 @@ class TrainConfig:
     # the subset of 1,000 lies inside that of 2,000): data-scaling curves. Validation still retrieves among the
     # whole train split, so Top-1 is measured on the same pool at every size.
     train_subset: int = 0
+    # 0 = no limit; otherwise this call of fit stops after the epoch that passes this many minutes (the run stays
+    # resumable: a later call continues the same schedule). A budget for lent GPU time, not a training setting.
+    max_minutes: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.max_minutes < 0:
+            raise ConfigError(f"train.max_minutes must be >= 0 (0 = no limit), got {self.max_minutes!r}")
         if self.train_subset < 0:
             raise ConfigError(f"train.train_subset must be >= 0 (0 = all), got {self.train_subset!r}")
         if not 0 <= self.lookalike_fraction <= 1:

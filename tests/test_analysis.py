@@ -586,3 +586,64 @@ def test_grid_value_quotes_one_decimal_or_n_a():
     assert analysis.grid_value(table, "aniso 1.5 %", "refine 30 cell 30") == "n/a"
     assert analysis.grid_value(table, "mean", "refine 10 cell 10") == "n/a"
     assert analysis.grid_value(pd.DataFrame(), "mean", "refine 30 cell 30") == "n/a"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Learning and data-scaling curves (chapter 4, scripts/curves.py)
+# ---------------------------------------------------------------------------------------------------------------
+def _summary(rows):
+    import pandas as pd
+
+    base = {"max_epochs": 100, "patience": 20, "finished": True, "best_epoch": 30, "epochs_run": 50,
+            "val_top1_perturbed": 0.0, "val_pool": 9047, "final_temperature": 0.05, "train_hours": 1.0,
+            "test_top1": float("nan"), "test_top5": float("nan"), "test_pool": 9046}
+    return pd.DataFrame([{**base, **r} for r in rows])
+
+
+def test_a_power_law_is_recovered_with_an_interval_that_holds_the_truth():
+    from eacnn.analysis.curves import PAPER_TRAIN, scaling_fit
+
+    sizes = [1000, 2000, 4000, 8000]
+    rng = __import__("numpy").random.default_rng(0)
+    rows = [{"tower": "paper", "n_train": n, "val_top1": 0.002 * (n / 1000) ** 0.8 * float(rng.lognormal(0, 0.03))}
+            for n in sizes]
+    fit = scaling_fit(_summary(rows), "paper")
+    assert fit["points"] == 4 and abs(fit["b"] - 0.8) < 0.1
+    value, low, high = fit["predict"][PAPER_TRAIN]
+    truth = 0.002 * (PAPER_TRAIN / 1000) ** 0.8
+    assert low <= truth <= high and low < value < high
+    assert fit["extrapolation"][PAPER_TRAIN] > 19 and "extrapolation" in fit["trust"]
+
+
+def test_too_few_points_give_no_prediction():
+    from eacnn.analysis.curves import scaling_fit
+
+    fit = scaling_fit(_summary([{"tower": "paper", "n_train": 1000, "val_top1": 0.003},
+                                {"tower": "paper", "n_train": 2000, "val_top1": 0.0}]), "paper")
+    assert fit["predict"] == {} and "too few" in fit["trust"]
+
+
+def test_the_reproduction_sentence_says_what_the_runs_allow():
+    from eacnn.analysis.curves import reproduction_sentence
+
+    assert "No learning-curve run" in reproduction_sentence(_summary([]).iloc[0:0], 95.96)
+    unfinished = _summary([{"tower": "paper", "n_train": 8142, "val_top1": 0.031, "finished": False,
+                            "epochs_run": 40, "best_epoch": 39}])
+    text = reproduction_sentence(unfinished, 95.96)
+    assert "40 epochs on 8,142 structures" in text and "3.10 % clean validation Top-1" in text
+    assert "still rising" in text and "95.96 %" in text
+    done = _summary([{"tower": "paper", "n_train": 8142, "val_top1": 0.031, "test_top1": 0.0491}])
+    assert "4.91 % clean Top-1 on the test pool" in reproduction_sentence(done, 95.96)
+    assert "flattened" in reproduction_sentence(done, 95.96)
+
+
+def test_embedding_collisions_count_only_other_phases():
+    import numpy as np
+
+    from eacnn.analysis.curves import embedding_collisions
+
+    z = np.array([[1, 0, 0], [1, 1e-4, 0], [0, 1, 0], [0, 1, 1e-4], [0, 0, 1]], np.float32)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    phase = np.array(["A", "B", "C", "C", "D"])  # rows 0/1 collide across phases; 2/3 are one phase
+    share, pairs = embedding_collisions(z, phase, threshold=0.999)
+    assert share == 0.4 and pairs[["i", "j"]].values.tolist() == [[0, 1]]

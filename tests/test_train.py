@@ -331,6 +331,33 @@ def test_resume_continues_as_if_uninterrupted(trained, data, tmp_path, monkeypat
         assert torch.allclose(a[name].float(), b[name].float(), atol=1e-5), name
 
 
+def test_a_time_budget_stops_a_call_and_the_next_call_resumes(trained, data, tmp_path):
+    """train.max_minutes ends this call after the epoch that passes it (not finished: no early-stopping verdict);
+    the next call, without a budget, resumes and ends where an uninterrupted run ends."""
+    from eacnn.training.loop import fit
+
+    cfg, full = trained
+    first = fit(cfg.replace(**{"train.max_minutes": 1e-9}), data, run_dir=tmp_path, progress=False)
+    assert len(first.history) == 1
+    resumed = fit(cfg, data, run_dir=tmp_path, progress=False)
+    cols = ["train_loss", "val_loss", "val_top1", "temperature", "lr"]
+    np.testing.assert_allclose(resumed.history[cols].to_numpy(), full.history[cols].to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_training_subsets_are_nested_and_validation_keeps_its_pool(data):
+    from eacnn.training.loop import _validation_data, _Dist, _Pairs, training_indices
+
+    cfg = _cfg()
+    train = data.indices("train")
+    n = len(train) // 4
+    small, larger = (training_indices(cfg.replace(**{"train.train_subset": k}), data) for k in (n, 2 * n))
+    assert len(small) == n and len(larger) == 2 * n and set(small) <= set(larger) <= set(train)
+    assert np.array_equal(training_indices(cfg.replace(**{"train.train_subset": 10**6}), data), train)
+    d = _Dist(0, 1, 0)
+    val = _validation_data(cfg, data, _Pairs(data, small), d)
+    assert sum(len(b["index"]) for b in val.distractors) == len(train)  # the whole train split, whatever the subset
+
+
 def test_load_or_train_loads_a_finished_run(trained, data, monkeypatch):
     import eacnn.training.loop as train
 

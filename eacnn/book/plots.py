@@ -210,6 +210,58 @@ def plot_training_curves(logs: dict, axes=None):
     return axes
 
 
+def plot_learning_curves(curves, axes=None):
+    """Validation Top-1 (clean, solid; perturbed, dotted) against the epoch on a log axis and the learned
+    temperature, one colour per tower and one shade per training-set size (``eacnn/data/curves.csv``)."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained")
+    names = {"paper": "paper's tower", "default": "our default"}
+    for tower, cmap in (("paper", plt.cm.Reds), ("default", plt.cm.Blues)):
+        part = curves[curves["tower"] == tower]
+        sizes = sorted(part["n_train"].unique())
+        for k, n in enumerate(sizes):
+            run = part[part["n_train"] == n].sort_values("epoch")
+            color = cmap(0.45 + 0.55 * (k + 1) / max(len(sizes), 1))
+            label = f"{names.get(tower, tower)}, {int(n):,} structures"
+            axes[0].plot(run["epoch"], 100 * run["val_top1"], color=color, label=label)
+            axes[0].plot(run["epoch"], 100 * run["val_top1_perturbed"], color=color, ls=":")
+            axes[1].plot(run["epoch"], run["temperature"], color=color, label=label)
+    axes[0].set(xscale="log", xlabel="epoch", ylabel="validation Top-1 (%)",
+                title="retrieval among 9,047 (solid: clean, dotted: perturbed)")
+    axes[1].set(xscale="log", xlabel="epoch", ylabel="temperature", title="learned temperature")
+    axes[0].legend(fontsize=SMALL_FONT)
+    return axes
+
+
+def plot_data_scaling(summary, fits: dict | None = None, ax=None):
+    """Best validation Top-1 against the training-set size (log-log), one marker per tower (hollow: the run had not
+    finished), with each fitted power law drawn over the measured sizes and dashed beyond them to the sizes it is
+    asked about (``fits``: tower -> :func:`eacnn.analysis.curves.scaling_fit`)."""
+    ax = _ax(ax, figsize=(5.5, 3.6))
+    names = {"paper": "paper's tower", "default": "our default"}
+    for (tower, part), color in zip(summary.groupby("tower", sort=False), ("C3", "C0")):
+        part = part.sort_values("n_train")
+        done = part["finished"].astype(bool).to_numpy()
+        y = 100 * part["val_top1"].clip(lower=1e-4)
+        ax.scatter(part["n_train"][done], y[done], color=color, label=names.get(tower, tower), zorder=3)
+        ax.scatter(part["n_train"][~done], y[~done], facecolors="none", edgecolors=color, zorder=3,
+                   label=f"{names.get(tower, tower)} (unfinished)" if (~done).any() else None)
+        fit = (fits or {}).get(tower)
+        if fit and fit["b"] == fit["b"]:
+            n = np.geomspace(part["n_train"].min(), part["n_train"].max(), 50)
+            ax.plot(n, 100 * np.minimum(fit["a"] * n ** fit["b"], 1.0), color=color)
+            far = np.geomspace(part["n_train"].max(), max(fit["predict"]), 50)
+            ax.plot(far, 100 * np.minimum(fit["a"] * far ** fit["b"], 1.0), color=color, ls="--")
+            for size, (v, lo, hi) in fit["predict"].items():
+                ax.errorbar(size, 100 * v, yerr=[[100 * (v - lo)], [100 * (hi - v)]], color=color, fmt="x", capsize=3)
+    ax.set(xscale="log", yscale="log", xlabel="training structures", ylabel="best validation Top-1 (%)",
+           title="data scaling")
+    ax.legend(fontsize=SMALL_FONT)
+    return ax
+
+
 def plot_augmentation(clean: np.ndarray, perturbed: dict, ax=None, config: XRDConfig | None = None):
     """A clean pattern and its perturbed versions (level name -> vector), stacked."""
     ax = _ax(ax, figsize=(8, 3.5))

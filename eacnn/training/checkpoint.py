@@ -37,7 +37,7 @@ LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_top1", "val_top5", "tempe
 #: Where :func:`load_pretrained` looks when no path is given.
 DEFAULT_CHECKPOINT = DATA_DIR / "checkpoints" / "default.pt"
 #: Config fields that change how a run executes but not what it computes; ignored when matching checkpoints.
-RUNTIME_FIELDS = frozenset({"train.device", "train.num_workers", "train.eval_batch_size"})
+RUNTIME_FIELDS = frozenset({"train.device", "train.num_workers", "train.eval_batch_size", "train.max_minutes"})
 
 
 def package_versions() -> dict[str, str]:

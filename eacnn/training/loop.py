@@ -507,6 +507,7 @@ def _fit(cfg: Config, dataset, run_dir, resume: bool, progress: bool, d: _Dist, 
         with torch.no_grad():
             model.logit_scale.clamp_(max=model.max_log_scale)  # CLIP: keep exp(logit_scale) <= 100
 
+    started = time.perf_counter()
     for epoch in range(start_epoch, tc.epochs):
         if sel.finished:
             break
@@ -518,15 +519,20 @@ def _fit(cfg: Config, dataset, run_dir, resume: bool, progress: bool, d: _Dist, 
             steps_per_epoch, tc.grad_clip, scaler, clamp_temperature, f"epoch {epoch + 1}/{tc.epochs}",
             progress and d.main,
         )
-        stop = torch.zeros(1)
+        stop = torch.zeros(2)  # [finished, out of this call's time budget]
         if d.main:  # validation, bookkeeping and checkpoints on rank 0; the stop decision is broadcast
             _validate_and_checkpoint(cfg, dataset, model, optimizer, scheduler, scaler, val, sel, history, epoch,
                                      train_loss, time.perf_counter() - t0, run_dir, keep_epochs)
             stop[0] = float(sel.finished)
+            stop[1] = float(bool(tc.max_minutes) and time.perf_counter() - started > 60 * tc.max_minutes)
         if d.world > 1:
             dist.broadcast(stop, src=0)
-        if stop.item():
+        if stop[0].item():
             sel.finished = True
+        elif stop[1].item():  # not finished: a later call resumes from last.pt on the same schedule
+            log.info("stopping after %.1f min (train.max_minutes); the run resumes from %s", tc.max_minutes,
+                     last_path)
+            break
 
     if d.world > 1:
         dist.barrier()

@@ -1,0 +1,148 @@
+"""How far the paper's tower and ours get with more epochs and more data (chapter 4; ``scripts/curves.py``).
+
+The script trains both towers on nested subsets of the training split, each to convergence or its epoch budget,
+and writes one row per epoch (``eacnn/data/curves.csv``) and one per run (``eacnn/data/curves_summary.csv``). Here:
+reading them, fitting a power law of Top-1 against the training-set size with an interval, the reproduction
+sentence the book prints, and how often a tower maps different structures to (nearly) the same embedding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from eacnn.paths import DATA_DIR
+
+__all__ = ["curves_table", "curves_summary", "curve_status", "scaling_fit", "reproduction_sentence",
+           "embedding_collisions", "MP20_TRAIN", "PAPER_TRAIN"]
+
+MP20_TRAIN = 27_136  # structures in MP-20's train split (Xie et al. 2022), not shipped here
+PAPER_TRAIN = 154_714  # the paper's own training split (Zhang, Wang & Hu 2025)
+TOWER_NAMES = {"paper": "paper's tower", "default": "our default"}
+SUMMARY_COLUMNS = ["tower", "n_train", "epochs_run", "max_epochs", "patience", "finished", "best_epoch", "val_top1",
+                   "val_top1_perturbed", "val_pool", "final_temperature", "train_hours", "test_top1", "test_top5",
+                   "test_pool"]
+
+
+def curves_table(path: str | Path | None = None) -> pd.DataFrame:
+    """One row per epoch of every curve run (tower, n_train, epoch, validation Top-1 clean and perturbed, Top-5,
+    temperature, losses, seconds); an empty table with those columns when the file is absent."""
+    path = Path(path) if path is not None else DATA_DIR / "curves.csv"
+    cols = ["tower", "n_train", "epoch", "val_top1", "val_top1_perturbed", "val_top5", "val_score", "temperature",
+            "train_loss", "val_loss", "lr", "seconds", "val_pool"]
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=cols)
+
+
+def curves_summary(path: str | Path | None = None) -> pd.DataFrame:
+    """One row per curve run: epochs run, best epoch (by the validation score), its validation Top-1, whether it
+    finished (early stopping or its budget), the final temperature, hours, and the test Top-1 of finished runs."""
+    path = Path(path) if path is not None else DATA_DIR / "curves_summary.csv"
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=SUMMARY_COLUMNS)
+
+
+def curve_status(run: pd.Series) -> str:
+    """How a run's validation curve ends: "still rising" (unfinished, and its best epoch is among the last quarter
+    of its patience), "no better epoch lately" (unfinished, best epoch further back), "flat" (stopped early: no
+    better epoch for ``patience`` epochs) or "budget spent" (it ran all its epochs)."""
+    if bool(run["finished"]):
+        return "budget spent" if run["epochs_run"] >= run["max_epochs"] else "flat"
+    since = run["epochs_run"] - run["best_epoch"]
+    return "still rising" if since <= max(2, int(run["patience"]) // 4) else "no better epoch lately"
+
+
+def scaling_fit(summary: pd.DataFrame, tower: str, metric: str = "val_top1",
+                at: tuple[int, ...] = (MP20_TRAIN, PAPER_TRAIN)) -> dict:
+    """A power law Top-1 = a · n^b fitted by least squares in log–log space over the runs of ``tower`` with a
+    non-zero ``metric``, and what it predicts at each size of ``at`` with a 95 % interval (from the fit's
+    parameter covariance; capped at 100 %).
+
+    Returns:
+        ``{"points": k, "a": …, "b": …, "predict": {n: (value, low, high)}, "extrapolation": {n: n / largest},
+        "trust": a sentence}``; with fewer than three usable points, no fit (``b`` NaN) and a sentence saying so.
+    """
+    if "tower" not in summary or not len(summary):
+        summary = pd.DataFrame(columns=SUMMARY_COLUMNS)
+    runs = summary[(summary["tower"] == tower) & (summary[metric] > 0)].sort_values("n_train")
+    n, y = runs["n_train"].to_numpy(float), runs[metric].to_numpy(float)
+    out = {"points": len(runs), "a": float("nan"), "b": float("nan"), "predict": {}, "extrapolation": {}}
+    if len(runs) < 3:
+        out["trust"] = (f"{len(runs)} training-set size(s) with a non-zero Top-1: too few to fit a power law; no "
+                        f"prediction is made")
+        return out
+    x, ly = np.log(n), np.log(y)
+    coef, cov = np.polyfit(x, ly, 1, cov=True) if len(runs) > 3 else (np.polyfit(x, ly, 1), None)
+    if cov is None:  # three points: the residual variance has one degree of freedom; use it as it is
+        resid = ly - np.polyval(coef, x)
+        design = np.stack([x, np.ones_like(x)], axis=1)
+        cov = np.linalg.inv(design.T @ design) * float(resid @ resid) / max(len(x) - 2, 1)
+    b, log_a = coef
+    out.update(a=float(np.exp(log_a)), b=float(b))
+    from scipy.stats import t as student
+
+    q = float(student.ppf(0.975, max(len(x) - 2, 1)))
+    for size in at:
+        g = np.array([np.log(size), 1.0])
+        mean, sd = float(g @ coef), float(np.sqrt(max(g @ cov @ g, 0.0)))
+        out["predict"][int(size)] = tuple(float(min(np.exp(v), 1.0)) for v in (mean, mean - q * sd, mean + q * sd))
+        out["extrapolation"][int(size)] = float(size / n.max())
+    far = max(out["extrapolation"].values())
+    out["trust"] = (f"fitted on {len(runs)} sizes up to {int(n.max()):,} structures; predicting at {far:.0f}× the "
+                    f"largest size is an extrapolation a power law need not survive (learning curves bend, and a "
+                    f"Top-1 saturates at 100 %): read the interval, not the value")
+    return out
+
+
+def reproduction_sentence(summary: pd.DataFrame, published_top1: float) -> str:
+    """The book's one-sentence answer to "can the paper's tower reach the paper's number?", from the curve runs:
+    the largest run of the paper's tower, its epochs and training-set size, its Top-1 (test when finished, else
+    validation), how its curve ends, and the published value; no stronger than the runs allow."""
+    runs = (summary[summary["tower"] == "paper"].sort_values(["n_train", "epochs_run"]) if "tower" in summary
+            else summary.iloc[0:0])
+    if not len(runs):
+        return ("No learning-curve run of the paper's tower is recorded yet (`python scripts/curves.py`), so the book "
+                "cannot yet say whether more epochs or data would close the gap to the published "
+                f"{published_top1:.2f} %.")
+    run = runs.iloc[-1]
+    status = curve_status(run)
+    where = (f"{100 * run['test_top1']:.2f} % clean Top-1 on the test pool" if bool(run["finished"])
+             and run["test_top1"] == run["test_top1"] else
+             f"{100 * run['val_top1']:.2f} % clean validation Top-1 (test pool not yet evaluated: the run is unfinished)")
+    ending = {"still rising": "its validation curve was still rising when it was last recorded",
+              "no better epoch lately": f"its best epoch so far is epoch {int(run['best_epoch'])} (the run goes on)",
+              "flat": "its validation curve had flattened (no better epoch for "
+                      f"{int(run['patience'])} epochs)",
+              "budget spent": "it used its whole epoch budget"}[status]
+    fit = scaling_fit(summary, "paper")
+    scale = ""
+    if fit["predict"]:
+        v, lo, hi = fit["predict"][PAPER_TRAIN]
+        scale = (f"; a power law over {fit['points']} training-set sizes puts it at {100 * v:.1f} % "
+                 f"(95 % interval {100 * lo:.1f}–{100 * hi:.1f} %) with the paper's {PAPER_TRAIN:,} structures, an "
+                 f"extrapolation of {fit['extrapolation'][PAPER_TRAIN]:.0f}× that cannot be trusted")
+    return (f"With {int(run['epochs_run'])} epochs on {int(run['n_train']):,} structures the paper's tower reaches "
+            f"{where}, against the published {published_top1:.2f} %; {ending}{scale}.")
+
+
+def embedding_collisions(z: np.ndarray, phase: np.ndarray, threshold: float = 0.999, block: int = 2048
+                         ) -> tuple[float, pd.DataFrame]:
+    """How often a tower cannot tell structures apart: the fraction of rows of ``z`` [n, d] (L2-normalised) whose
+    nearest other row of a *different* phase (``phase`` [n], e.g. "formula|space group") has cosine ≥
+    ``threshold``, and those closest pairs (i, j, cosine), most similar first."""
+    z = np.asarray(z, np.float32)
+    phase = np.asarray(phase)
+    best = np.full(len(z), -np.inf)
+    partner = np.zeros(len(z), np.int64)
+    for a in range(0, len(z), block):
+        sim = z[a : a + block] @ z.T  # [b, n]
+        same = phase[a : a + block, None] == phase[None, :]
+        sim[same] = -np.inf  # the row itself and other entries of its phase
+        j = sim.argmax(axis=1)
+        best[a : a + block] = sim[np.arange(len(j)), j]
+        partner[a : a + block] = j
+    hit = best >= threshold
+    i, j = np.flatnonzero(hit), partner[hit]
+    pairs = pd.DataFrame({"i": np.minimum(i, j), "j": np.maximum(i, j), "cosine": best[hit]})
+    pairs = pairs.drop_duplicates(["i", "j"]).sort_values("cosine", ascending=False, ignore_index=True)
+    return (float(hit.mean()) if len(z) else float("nan")), pairs
