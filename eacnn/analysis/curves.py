@@ -14,12 +14,14 @@ import numpy as np
 import pandas as pd
 
 from eacnn.paths import DATA_DIR
+from eacnn.published import published
 
 __all__ = ["curves_table", "curves_summary", "curve_status", "scaling_fit", "reproduction_sentence",
            "embedding_collisions", "MP20_TRAIN", "PAPER_TRAIN"]
 
 MP20_TRAIN = 27_136  # structures in MP-20's train split (Xie et al. 2022), not shipped here
-PAPER_TRAIN = 154_714  # the paper's own training split (Zhang, Wang & Hu 2025)
+#: the paper's data set (train and test together: its training share is not stated), from eacnn.published
+PAPER_TRAIN = int(published("eacnn.data.structures"))
 TOWER_NAMES = {"paper": "paper's tower", "default": "our default"}
 SUMMARY_COLUMNS = ["tower", "n_train", "epochs_run", "max_epochs", "patience", "finished", "best_epoch", "val_top1",
                    "val_top1_perturbed", "val_pool", "final_temperature", "train_hours", "test_top1", "test_top5",
@@ -119,7 +121,8 @@ def reproduction_sentence(summary: pd.DataFrame, published_top1: float) -> str:
     if fit["predict"]:
         v, lo, hi = fit["predict"][PAPER_TRAIN]
         scale = (f"; a power law over {fit['points']} training-set sizes puts it at {100 * v:.1f} % "
-                 f"(95 % interval {100 * lo:.1f}–{100 * hi:.1f} %) with the paper's {PAPER_TRAIN:,} structures, an "
+                 f"(95 % interval {100 * lo:.1f}–{100 * hi:.1f} %) at the size of the paper's data set "
+                 f"({PAPER_TRAIN:,} structures), an "
                  f"extrapolation of {fit['extrapolation'][PAPER_TRAIN]:.0f}× that cannot be trusted")
     return (f"With {int(run['epochs_run'])} epochs on {int(run['n_train']):,} structures the paper's tower reaches "
             f"{where}, against the published {published_top1:.2f} %; {ending}{scale}.")
