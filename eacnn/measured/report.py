@@ -13,7 +13,7 @@ from eacnn.retrieval.identify import RERANK_DEPTH, identify
 
 __all__ = ["identification_report", "verdict_quality", "mixture_summary", "mixture_numbers", "mixture_rows",
            "mixture_table", "shipped_mixtures_path", "SEPARATED", "AUTOANALYZER_MIXTURES", "reduced_formula", "phase_in",
-           "score_phases"]
+           "score_phases", "unseen_summary"]
 
 #: The four measured XRD-AutoAnalyzer mixtures shipped in ``eacnn/data/measured/mixtures`` and their phases (the
 #: file names; polymorphs and fractions are not stated).
@@ -198,3 +198,18 @@ def mixture_table(grids: dict, truths: dict, db, elements: dict | None = None) -
                      "named": score["named"], "true": len(truth), "spurious": score["spurious"],
                      "explained (%)": round(100 * result.explained), "Rwp": round(result.rwp, 3)})
     return pd.DataFrame(rows)
+
+
+def unseen_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per condition and search of ``scripts/unseen_scans.py``'s answers: queries, Top-1 and Top-5 (%: the query's
+    phase, formula and space group, at rank 1 or within 5), "match" verdicts (%) and confident wrong answers (%:
+    a "match" whose first answer is not the query's phase); search-match gives no verdict."""
+    out = []
+    for (condition, search), part in df.groupby(["condition", "search"], sort=False):
+        match = part["verdict"] == "match"
+        out.append({"condition": condition, "search": search, "queries": len(part),
+                    "Top-1 (%)": 100 * (part["rank"] == 1).mean(), "Top-5 (%)": 100 * (part["rank"] <= 5).mean(),
+                    "match (%)": 100 * match.mean() if search != "search-match" else np.nan,
+                    "confident wrong (%)": 100 * (match & (part["rank"] != 1)).mean()
+                    if search != "search-match" else np.nan})
+    return pd.DataFrame(out)

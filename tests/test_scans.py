@@ -1,0 +1,83 @@
+"""Scans eacnn did not make (:mod:`eacnn.physics.scans`): pymatgen's sticks, a lab-scan generator of other forms,
+and the rule that no selection, grid or calibration reads them."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from eacnn.physics.scans import (UNSEEN_CONDITIONS, ScanModel, measured_scan, pymatgen_sticks, texture_sticks,
+                                 unseen_structure, write_xy)
+from eacnn.physics.wavelengths import CU
+
+REPO = Path(__file__).resolve().parents[1]
+NACL = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def test_pymatgen_sticks_sit_where_braggs_law_puts_them():
+    tt, intensity, hkl = pymatgen_sticks(NACL)
+    d = 5.64 / np.sqrt((hkl**2).sum(axis=1))
+    np.testing.assert_allclose(tt, np.degrees(2 * np.arcsin(CU.kalpha1 / (2 * d))), atol=1e-6)
+    assert intensity.max() == pytest.approx(100.0)
+
+
+def test_conditions_change_the_cell_as_named():
+    rng = np.random.default_rng(0)
+    assert unseen_structure(NACL, "iso -2 %", rng).lattice.a == pytest.approx(0.98 * 5.64)
+    assert unseen_structure(NACL, "unstrained", rng) is NACL
+    strained = unseen_structure(NACL, "aniso 1.5 %", rng).lattice
+    assert max(abs(x / 5.64 - 1) for x in strained.abc) <= 0.0151 * np.sqrt(3)
+    assert len(set(np.round(strained.abc, 5))) > 1  # anisotropic: the axes no longer agree
+
+
+def test_texture_of_r_one_changes_nothing_and_platelets_favour_their_normal():
+    _, intensity, hkl = pymatgen_sticks(NACL)
+    rng = np.random.default_rng(1)
+    np.testing.assert_allclose(texture_sticks(intensity, hkl, NACL.lattice.matrix, rng, r=1.0), intensity)
+    out = texture_sticks(intensity, hkl, NACL.lattice.matrix, np.random.default_rng(2), r=0.6)
+    assert not np.allclose(out, intensity)
+
+
+def test_a_scan_carries_the_kalpha2_doublet_background_and_counting_noise(tmp_path):
+    from eacnn.measured import read_pattern, to_model_grid
+
+    tt, intensity = np.array([80.0]), np.array([100.0])
+    model = dataclasses.replace(ScanModel(), peak_counts=(1e6, 1e6), air=(0.0, 0.0), slope=(0.0, 0.0))
+    x, y, p = measured_scan(tt, intensity, np.random.default_rng(3), model)
+    assert x[0] == pytest.approx(5.0) and x[-1] == pytest.approx(90.0) and np.all(y == np.round(y))
+    first = 80.0 + p["zero"]
+    second = np.degrees(2 * np.arcsin(np.sin(np.radians(40.0)) * CU.kalpha2 / CU.kalpha1)) + p["zero"]
+    window = np.abs(x - first) < 1.5
+    signal = y[window] - np.median(y[~window])  # the flat background removed
+    centroid = float((x[window] * signal).sum() / signal.sum())
+    assert centroid == pytest.approx((first + 0.5 * second) / 1.5, abs=0.02)  # Kα1 + half as much Kα2
+    assert np.median(y[~window]) == pytest.approx(1e6 * p["background"], rel=0.01)
+    grid = to_model_grid(read_pattern(write_xy(tmp_path / "one.xy", x, y)))
+    assert grid.coverage == 1.0 and int(np.argmax(grid.vector)) == 140 - 1  # the 79.5–80° bin (peak at 80° + zero)
+
+
+def test_no_selection_grid_or_calibration_reads_the_unseen_generator():
+    """The family stays unseen: only its own evaluation script (and these tests) import it."""
+    readers = [p.relative_to(REPO).as_posix() for p in [*REPO.glob("eacnn/**/*.py"), *REPO.glob("scripts/*.py"),
+                                                         *REPO.glob("notebooks/*.ipynb")]
+               if re.search(r"physics[./]scans|physics import scans", p.read_text())
+               and p.name != "scans.py"]
+    assert readers == ["scripts/unseen_scans.py"], readers
+
+
+def test_the_summary_counts_a_confident_wrong_answer():
+    import pandas as pd
+
+    from eacnn.measured.report import unseen_summary
+
+    df = pd.DataFrame({"condition": ["c"] * 4, "search": ["eacnn search"] * 2 + ["search-match"] * 2,
+                       "rank": [1, 3, 1, 99], "verdict": ["match", "match", "", ""]})
+    s = unseen_summary(df).set_index("search")
+    assert s.loc["eacnn search", "Top-1 (%)"] == 50 and s.loc["eacnn search", "confident wrong (%)"] == 50
+    assert s.loc["search-match", "Top-5 (%)"] == 50 and np.isnan(s.loc["search-match", "match (%)"])
+    assert len(UNSEEN_CONDITIONS) >= 6
