@@ -368,6 +368,33 @@ CONFIDENT_MEANS = ("a phase is confident only when the verdict is 'match', the f
                    "candidate, and the phase passed the mixture's stopping rules; otherwise it is a suggestion")
 
 
+def ambiguity_note(candidates: list[dict], coverage: float) -> str:
+    """What would separate phases the pattern cannot tell apart (``candidates``: formula, spacegroup each): their
+    chemistry when their compositions differ (``--elements``), a wider or finer scan when they are polymorphs."""
+    from eacnn.datasets.structures import normalize_elements
+
+    def elements(formula: str) -> set:
+        import re
+
+        return set(normalize_elements(re.findall(r"[A-Z][a-z]?", formula)))
+
+    sets = [elements(c["formula"]) for c in candidates]
+    notes = []
+    if len({frozenset(e) for e in sets}) > 1:
+        common = set.intersection(*sets)
+        differ = sorted(set.union(*sets) - common)
+        notes.append(f"they differ in composition ({', '.join(differ)}): only the sample's chemistry decides; give "
+                     f"the elements you know are present with --elements")
+    formulas = [c["formula"] for c in candidates]
+    if len(set(formulas)) < len(formulas) or len({frozenset(e) for e in sets}) == 1:
+        notes.append("some are polymorphs or variants of one composition: a scan over a wider 2θ range, or slower "
+                     "for weak superstructure peaks, would decide")
+    if coverage < 0.95:
+        notes.append(f"the scan covers {100 * coverage:.0f} % of 10–80°: a wider scan would add the peaks that "
+                     f"tell them apart")
+    return "; ".join(notes) if notes else "a scan with more counts or a wider 2θ range"
+
+
 def phase_confident(verdict: str, results: list[dict], phases: list, i: int) -> bool:
     """One calibrated test for the whole answer: no phase is confident without a "match" verdict, the first phase
     only when it is the verdict's own best candidate, and every phase only when it and the phases before it passed
@@ -409,6 +436,11 @@ def _identify(path: Path, args: argparse.Namespace, db, scan) -> dict:
                     for r in hits.itertuples()],
     }
     answer["verdict_means"] = VERDICT_MEANS
+    if len(result.ambiguous):
+        answer["ambiguous_set"] = [{"id": r.id, "formula": r.formula, "spacegroup": r.spacegroup,
+                                    "score": round(float(getattr(r, result.score_name)), 4)}
+                                   for r in result.ambiguous.itertuples()]
+        answer["what_would_decide"] = ambiguity_note(answer["ambiguous_set"], grid.coverage)
     if args.phases == 1:  # a single-phase answer: the top candidate, confident when the verdict is a match
         answer["phases"] = [{k: answer["results"][0][k] for k in ("id", "formula", "spacegroup")}
                             | {"weight_fraction": 1.0, "confident": result.verdict == "match"}] if len(hits) else []
@@ -460,6 +492,10 @@ def _print_answer(answer: dict, rerank: int) -> None:
     print(hits[cols].to_string(index=False, float_format="%.4f"))
     margin = (f", margin over the best other phase {answer['margin']:.4f} (needs {answer['margin_threshold']:.4f})"
               if "margin" in answer else "")
+    if answer.get("ambiguous_set"):
+        names = ", ".join(f"{c['formula']} ({c['spacegroup']})" for c in answer["ambiguous_set"])
+        print(f"the pattern cannot tell these apart (refined scores within the calibrated margin): {names}; "
+              f"{answer['what_would_decide']}")
     if answer.get("settings_differ"):
         print(f"note: the verdict's thresholds were calibrated with other settings ("
               f"{'; '.join(answer['settings_differ'])}, calibrated -> used): the verdict is approximate")

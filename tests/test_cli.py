@@ -152,6 +152,10 @@ def test_readme_search_examples_run(args, tmp_path):
     if "--json" in args:
         payloads = [json.loads(line) for line in proc.stdout.splitlines()]
         assert payloads and all(p["results"] and p["verdict"] in ("match", "no confident match") for p in payloads)
+        for p in payloads:  # an ambiguous set (phases within the margin) never comes with a "match"
+            if p.get("ambiguous_set"):
+                assert p["verdict"] != "match" and p["what_would_decide"], p["pattern"]
+                assert len({(c["formula"], c["spacegroup"]) for c in p["ambiguous_set"]}) == len(p["ambiguous_set"])
         for p in payloads:  # one answer: no phase is confident without a "match" verdict, the first is the verdict's
             confident = [ph["confident"] for ph in p.get("phases", [])]
             if p["verdict"] != "match":
@@ -268,3 +272,12 @@ def test_phase_confidence_follows_the_verdict():
     assert not any(phase_confident("no confident match", results, phases, i) for i in range(4))
     other_first = [NS(id="mp-2", confident=True)] + phases[1:]  # the mixture's first phase is not the verdict's
     assert not phase_confident("match", results, other_first, 0)
+
+
+def test_what_would_decide_between_look_alikes():
+    from eacnn.cli import ambiguity_note
+
+    chem = ambiguity_note([{"formula": "NbH2", "spacegroup": "Fm-3m"}, {"formula": "Hf", "spacegroup": "Fm-3m"}], 1.0)
+    assert "--elements" in chem and "H, Hf, Nb" in chem
+    poly = ambiguity_note([{"formula": "ZnS", "spacegroup": "F-43m"}, {"formula": "ZnS", "spacegroup": "P6_3mc"}], 0.6)
+    assert "polymorphs" in poly and "60 %" in poly and "--elements" not in poly

@@ -301,3 +301,14 @@ def test_cell_fit_gradient_is_exact_and_far_fits_are_refused(monkeypatch):
     assert np.abs(f.jacobian(x) - numeric).max() < 1e-4 * np.abs(numeric).max()
     monkeypatch.setattr(identify, "CELL_MAX_STRAIN", 0.001)  # the 1.5 % strain is then out of range
     assert identify.refine_cell(q, None, r, xrd)[0] == -1.0
+
+
+def test_the_ambiguous_set_holds_each_phase_within_the_margin_once():
+    from eacnn.retrieval.identify import _ambiguous_set
+
+    refined = pd.DataFrame({"formula": ["NbH2", "NbH2", "Hf", "ZrO2"], "spacegroup": ["Fm-3m", "Fm-3m", "Fm-3m", "P2_1/c"],
+                            "score": [1.10, 1.095, 1.08, 0.95]})
+    got = _ambiguous_set(refined, "score", need=0.05)
+    assert got["formula"].tolist() == ["NbH2", "Hf"]  # the duplicate entry of NbH2 once; ZrO2 outside the margin
+    assert _ambiguous_set(refined.head(2), "score", need=0.05).empty  # one phase: nothing to tell apart
+    assert _ambiguous_set(refined, "score", need=0.0).empty

@@ -382,6 +382,9 @@ class Identification:
     # verdict-relevant settings of this search that differ from those the thresholds were calibrated under
     # ("field: calibrated -> used"); empty when they agree. The verdict is then only approximate.
     settings_differ: tuple = ()
+    # the phases whose refined scores lie within the calibrated margin of the best (one row each, best first): the
+    # pattern cannot tell them apart; empty when the best stands out (or without refinement)
+    ambiguous: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
 
 
 def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, elements: Sequence[str] | None = None,
@@ -452,6 +455,10 @@ def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, 
         margin = margin_of(hits[score_name].head(rerank).fillna(-np.inf).to_numpy(),
                            (hits["formula"] + "|" + hits["spacegroup"]).head(rerank).to_numpy())
         need = float(cal.get("margin", 0.0))
+    best = float(hits[score_name].max()) if len(hits) else float("nan")
+    # only good fits can be ambiguous: below the threshold nothing fits, and that is another answer
+    ambiguous = (_ambiguous_set(hits.head(rerank), score_name, need) if score_name != "similarity" and best >= threshold
+                 else hits.iloc[0:0])
     hits = hits.head(top).reset_index(drop=True)
     hits.insert(0, "rank", np.arange(1, len(hits) + 1))
     score = float(hits[score_name].iloc[0]) if len(hits) else float("nan")
@@ -463,7 +470,18 @@ def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, 
                                    cell_fits=min(CELL_FITS, rerank), scale_min=float(np.min(scales)),
                                    scale_max=float(np.max(scales)), scale_steps=len(scales))
         differ = tuple(SearchConfig.from_calibration(cal).differences(used)) if rerank else ()
-    return Identification(hits, verdict, score, threshold, score_name, margin, need, differ)
+    return Identification(hits, verdict, score, threshold, score_name, margin, need, differ, ambiguous)
+
+
+def _ambiguous_set(refined: pd.DataFrame, score_name: str, need: float, most: int = 5) -> pd.DataFrame:
+    """The best refined candidate of each phase (formula and space group) that scores within the calibrated margin
+    ``need`` of the best: the phases the pattern cannot tell apart (empty when one phase stands out)."""
+    if not len(refined) or need <= 0:
+        return refined.iloc[0:0]
+    scores = refined[score_name].fillna(-np.inf)
+    close = refined[scores >= scores.max() - need]
+    close = close.assign(_phase=close["formula"] + "|" + close["spacegroup"]).drop_duplicates("_phase")
+    return close.drop(columns="_phase").head(most).reset_index(drop=True) if len(close) > 1 else refined.iloc[0:0]
 
 
 def margin_of(score: np.ndarray, phase: np.ndarray) -> float:
