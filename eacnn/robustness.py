@@ -1,5 +1,6 @@
 """Robustness of retrieval to what real measurements do: lattice mismatch, anisotropic strain, texture, partial
-scans, impurities, and two whole perturbation families (the training family and a held-out one).
+scans, impurities, and two whole perturbation families (the training family and a second one that training never
+draws from, but model selection and calibration read; the family no selection reads is in ``scripts/unseen_scans.py``).
 
 Every condition turns the test structures into queries (:func:`condition_queries`), seeded, the same for every
 method; every method ranks the whole test pool (:func:`robustness_table`). Methods are a trained model (its XRD
@@ -15,7 +16,7 @@ reflections split); ``texture`` (March–Dollase, r log-uniform 0.6–1.4 along 
 each merged reflection's first hkl: equivalent members of a family are not averaged); ``window 20–60°`` and
 ``low angle 10–45°`` (only those bins measured); ``impurity 10 %`` (another test structure's reflections at 10 % of
 the strongest); ``measured`` (:func:`eacnn.training.batches.measured_queries`, the family training draws from);
-``held-out`` (:func:`eacnn.physics.measurement.perturb_measured` with ``family="heldout"``: forms training never
+``second family`` (:func:`eacnn.physics.measurement.perturb_measured` with ``family="heldout"``: forms training never
 sees).
 """
 
@@ -234,7 +235,7 @@ def book_numbers(table: pd.DataFrame) -> dict[str, str]:
 
     out = {}
     for key, condition in [("iso_m2", "iso -2 %"), ("iso_p2", "iso +2 %"), ("aniso", "aniso 1.5 %"),
-                           ("clean", "clean"), ("measured", "measured"), ("heldout", "held-out"),
+                           ("clean", "clean"), ("measured", "measured"), ("heldout", "second family"),
                            ("window", "window 20–60°")]:
         out[f"rob_{key}"] = best(current, condition)
         out[f"sm_{key}"] = best("search-match", condition)

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 MULTISCALE = ("clean", "iso -3 %", "iso -2 %", "iso -1 %", "iso +1 %", "iso +2 %", "iso +3 %", "aniso 1.5 %",
-              "measured", "held-out")
+              "measured", "second family")
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-CONDITIONS = ("clean", "iso -2 %", "iso +1 %", "aniso 1.5 %", "texture", "measured", "held-out")
+CONDITIONS = ("clean", "iso -2 %", "iso +1 %", "aniso 1.5 %", "texture", "measured", "second family")
 PENALTIES = (0.0, 0.005, 0.01)  # similarity per 1 % of lattice scale away from 1
 #: the re-ranking scores compared: ("linear", w) is w · agreement + (1 − w) · similarity; ("likelihood", b) is
 #: similarity − b · ln(1 − agreement²), the similarity plus b times the log-likelihood ratio of the fit

@@ -7,10 +7,10 @@ strained by a random symmetric strain with principal strains U(±1.5 %) along ra
 symmetry-equivalent reflections split); ``texture`` (March–Dollase, r log-uniform 0.6–1.4 along a random reciprocal
 direction, through each merged reflection's first hkl); ``window 20–60°`` and ``low angle 10–45°`` (only those bins
 measured); ``impurity 10 %`` (another structure's reflections at 10 % of the strongest); ``measured``
-(:func:`measured_queries`, the family training draws from); ``held-out`` (:func:`perturb_measured` with
+(:func:`measured_queries`, the family training draws from); ``second family`` (:func:`perturb_measured` with
 ``family="heldout"``: other functional forms, which training never draws; model selection, the re-ranking grids and
 the verdict's calibration do read it, so it is a second family, not an unseen one). The calibration mix
-(:func:`calibration_queries`) is a third each of ``measured``, ``held-out`` and a clean scan of a cell up to ±2 % off.
+(:func:`calibration_queries`) is a third each of ``measured``, ``second family`` and a clean scan of a cell up to ±2 % off.
 
 A data set here is anything with ``sticks(i)``, ``vectors``, ``config`` and, for the conditions that re-simulate a
 structure, ``structure(i)`` (:class:`eacnn.datasets.dataset.CrystalDataset`); nothing here imports torch.
@@ -30,7 +30,7 @@ __all__ = ["CONDITIONS", "condition_queries", "measured_queries", "calibration_q
            "random_strains"]
 
 CONDITIONS = ("clean", "iso -3 %", "iso -2 %", "iso -1 %", "iso +1 %", "iso +2 %", "iso +3 %", "aniso 1.5 %",
-              "texture", "window 20–60°", "low angle 10–45°", "impurity 10 %", "measured", "held-out")
+              "texture", "window 20–60°", "low angle 10–45°", "impurity 10 %", "measured", "second family")
 
 
 def strain_cell(lattice: np.ndarray, strain: np.ndarray) -> np.ndarray:
@@ -169,7 +169,7 @@ def condition_queries(dataset, rows: np.ndarray, condition: str, seed: int = 0
 def calibration_queries(dataset, rows: np.ndarray, rng: np.random.Generator, mismatch: float = 0.02
                         ) -> tuple[np.ndarray, np.ndarray]:
     """(patterns [n, n_bins] float32, masks [n, n_bins] bool) the verdict is calibrated on: a third each of the
-    training family (:func:`measured_queries`), the held-out family, and a clean scan of a cell up to ±``mismatch``
+    training family (:func:`measured_queries`), the second family, and a clean scan of a cell up to ±``mismatch``
     off the database's (isotropic), in that order over ``rows``."""
     cfg, xrd = dataset.config, dataset.config.xrd
     rows = np.asarray(rows)
