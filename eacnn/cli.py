@@ -152,16 +152,22 @@ def _run_dir(text: str) -> Path:
 # Files named on the command line, checked before anything heavy is imported
 # ---------------------------------------------------------------------------------------------------------------
 def _database_sources(sources: list[str] | None) -> list[str]:
-    """The ``--database`` values, each 'embedded' or a folder holding CIF files; repeats dropped."""
+    """The ``--database`` values, each 'embedded', a folder holding CIF files (searched recursively; ``.cif`` or
+    ``.cif.gz``, any case) or a zip/tar archive of them (as COD distributes them); repeats dropped."""
+    from eacnn.datasets.structures import cif_files, is_cif_archive
+
     out = []
     for source in sources or ["embedded"]:
         if source != "embedded":
             folder = Path(source)
-            if not folder.is_dir():
-                what = "a file" if folder.exists() else "not there"
-                raise EACNNError(f"--database {source!r}: give 'embedded' or a folder of CIF files ({source} is {what})")
-            if not any(p.suffix.lower() == ".cif" for p in folder.iterdir()):
-                raise EACNNError(f"--database {source!r}: the folder holds no .cif file")
+            if is_cif_archive(folder):
+                pass  # read streaming at build time; unreadable members are reported, never fatal
+            elif not folder.is_dir():
+                what = "a file, not a zip/tar archive" if folder.exists() else "not there"
+                raise EACNNError(f"--database {source!r}: give 'embedded', a folder of CIF files or a zip/tar "
+                                 f"archive of them ({source} is {what})")
+            elif not cif_files(folder):
+                raise EACNNError(f"--database {source!r}: the folder holds no .cif file (searched recursively)")
         if source not in out:
             out.append(source)
     return out
@@ -581,8 +587,11 @@ def _cmd_database(args: argparse.Namespace) -> int:
     index = db.manifest["index"]
     extra = (f", IVF index (nprobe {index['nprobe']} of {index['nlist']} lists, recall@10 "
              f"{index['recall_at_10']:.3f})" if index["kind"] == "ivf" else ", exact search")
+    skipped = db.manifest.get("skipped", 0)
+    note = (f"; {skipped:,} structure(s) of the sources could not be used, each named with its reason in "
+            f"{folder / 'skipped.csv'}" if skipped else "")
     print(f"database of {len(db):,} structures from {', '.join(sources)} written to {folder}{extra}; "
-          f"verdict threshold {db.threshold:.4f}")
+          f"verdict threshold {db.threshold:.4f}{note}")
     return 0
 
 

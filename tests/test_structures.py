@@ -114,7 +114,7 @@ def test_read_cif_folder_lists_bad_files(tmp_path, caplog):
 def test_read_cif_folder_refuses_empty_or_missing(tmp_path):
     with pytest.raises(StructureError, match="no files"):
         read_cif_folder(tmp_path)
-    with pytest.raises(StructureError, match="not a directory"):
+    with pytest.raises(StructureError, match="neither a directory"):
         read_cif_folder(tmp_path / "nope")
 
 

@@ -88,7 +88,9 @@ def source_table(cfg: Config) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
         from eacnn.datasets.mp import download_table
 
         return download_table(max_sites=cfg.data.max_sites), []
-    if Path(source).expanduser().is_dir():
+    from eacnn.datasets.structures import is_cif_archive
+
+    if Path(source).expanduser().is_dir() or is_cif_archive(Path(source).expanduser()):
         from eacnn.datasets.structures import read_cif_folder
 
         found = read_cif_folder(Path(source).expanduser())

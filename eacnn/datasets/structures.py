@@ -12,12 +12,14 @@ row (``"val"``, ``"train"``) belongs to the training pool, from which the valida
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import logging
 import math
 import re
 import warnings
+import zlib
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -47,6 +49,10 @@ SYMPREC = 0.1  # Å; spglib tolerance of the table's space group columns (as in 
 MIN_SITE_DISTANCE = 0.5
 
 __all__ = [
+    "cif_entries",
+    "cif_stem",
+    "is_cif_archive",
+    "parse_cif",
     "EMBEDDED_FILE",
     "TABLE_COLUMNS",
     "CifFolder",
@@ -226,48 +232,63 @@ def table_from_structures(
 # CIF files
 # ---------------------------------------------------------------------------------------------------------------
 def read_cif(path: str | Path) -> "Structure":  # noqa: F821
-    """The first structure of a CIF file, in the cell the file gives.
+    """The first structure of a CIF file (``.cif``, or gzip-compressed ``.cif.gz``), in the cell the file gives.
 
     Raises:
         StructureError: the file is missing, unreadable or malformed, or holds no atoms; the message names it.
     """
-    from pymatgen.io.cif import CifParser
-
     path = Path(path)
     if path.is_dir():
         raise StructureError(f"{path}: is a directory, not a CIF file")
     if not path.is_file():
         raise StructureError(f"{path}: no such CIF file")
-    _check_cif_values(path)
     if path.stat().st_size > LARGE_CIF_BYTES:
         log.warning("%s: %.1f MB; pymatgen reads a CIF of thousands of atoms in tens of seconds", path,
                     path.stat().st_size / 2**20)
+    try:
+        raw = path.read_bytes()
+        text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8", errors="replace")
+    except (OSError, EOFError, zlib.error) as err:
+        raise StructureError(f"{path}: cannot be read ({err})") from None
+    return parse_cif(text, str(path))
+
+
+def parse_cif(text: str, name: str) -> "Structure":  # noqa: F821
+    """The first structure of a CIF held in ``text`` (``name``: the file or archive member, for messages); the
+    checks of :func:`read_cif`.
+
+    Raises:
+        StructureError: malformed, no atoms, a bad value (:func:`_check_cif_values`) or overlapping atoms.
+    """
+    from pymatgen.io.cif import CifParser
+
+    _check_cif_values(text, name)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            structures = CifParser(path).parse_structures(primitive=False, on_error="raise")
+            structures = CifParser.from_str(text).parse_structures(primitive=False, on_error="raise")
         except Exception as err:  # pymatgen raises ValueError, KeyError, ZeroDivisionError... on broken input
-            text = path.read_text(errors="replace").lower()
-            if "data_" not in text:
-                raise StructureError(f"{path}: not a CIF (no data_ block)") from err
-            if "_atom_site_fract" not in text and "_atom_site_cartn" not in text:
-                raise StructureError(f"{path}: the CIF holds no atoms (no _atom_site_ coordinates)") from err
+            low = text.lower()
+            if "data_" not in low:
+                raise StructureError(f"{name}: not a CIF (no data_ block)") from err
+            if "_atom_site_fract" not in low and "_atom_site_cartn" not in low:
+                raise StructureError(f"{name}: the CIF holds no atoms (no _atom_site_ coordinates)") from err
             notes = "; ".join(dict.fromkeys(str(w.message) for w in caught))
             if "occupancy" in str(err).lower() and "exceed" in str(err).lower():
                 raise StructureError(
-                    f"{path}: overlapping atoms: sites on the same position hold more than one atom in total "
+                    f"{name}: overlapping atoms: sites on the same position hold more than one atom in total "
                     f"({str(err).strip().splitlines()[-1]}); remove the duplicate atom or give partial occupancies"
                 ) from err
             raise StructureError(
-                f"{path}: malformed CIF ({type(err).__name__}: {err})" + (f" [parser notes: {notes}]" if notes else "")
+                f"{name}: malformed CIF ({type(err).__name__}: {err})" + (f" [parser notes: {notes}]" if notes else "")
             ) from err
     if not structures or len(structures[0]) == 0:
-        raise StructureError(f"{path}: the CIF holds no atoms")
+        raise StructureError(f"{name}: the CIF holds no atoms")
     for w in dict.fromkeys(str(w.message) for w in caught):
-        log.warning("%s: %s", path, w)
+        log.warning("%s: %s", name, w)
     if len(structures) > 1:
-        log.warning("%s holds %d structures; using the first", path, len(structures))
-    _check_overlap(structures[0], str(path))
+        log.warning("%s holds %d structures; using the first", name, len(structures))
+    _check_overlap(structures[0], name)
     return structures[0]
 
 
@@ -281,7 +302,7 @@ def _cif_number(text: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def _check_cif_values(path: Path) -> None:
+def _check_cif_values(text: str, path) -> None:
     """Refuse, in one line each, what pymatgen would drop silently or report cryptically: a missing or non-numeric
     cell length or angle, a singular cell, a coordinate that is not a finite number, an occupancy outside (0, 1].
     A file the CIF reader cannot even split into blocks is left to the parser's own message."""
@@ -290,7 +311,7 @@ def _check_cif_values(path: Path) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            blocks = [b for b in CifFile.from_file(path).data.values() if "_atom_site_label" in b.data
+            blocks = [b for b in CifFile.from_str(text).data.values() if "_atom_site_label" in b.data
                       or "_atom_site_type_symbol" in b.data]
     except Exception:  # noqa: BLE001 -- not a CIF at all: read_cif says so below
         return
@@ -344,38 +365,98 @@ class CifFolder(NamedTuple):
     skipped: list  # (id, reason) for every file that could not be read
 
 
+CIF_SUFFIXES = (".cif", ".cif.gz")  # any case
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")  # any case
+
+
+def _is_cif_name(name: str) -> bool:
+    return name.lower().endswith(CIF_SUFFIXES) and not name.rsplit("/", 1)[-1].startswith(".")
+
+
+def cif_stem(name: str) -> str:
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    return base[: -len(".cif.gz")] if base.lower().endswith(".cif.gz") else base[: -len(".cif")]
+
+
+def is_cif_archive(path: str | Path) -> bool:
+    """Whether ``path`` is a file named as an archive of CIFs (zip or tar, optionally compressed), any case."""
+    return Path(path).is_file() and str(path).lower().endswith(ARCHIVE_SUFFIXES)
+
+
 def cif_files(folder: str | Path) -> list[Path]:
-    """The CIF files of a folder (not recursive), any case of the extension (``.cif``, ``.CIF``), sorted."""
-    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() == ".cif" and p.is_file())
+    """The CIF files below a folder (recursive; ``.cif`` or ``.cif.gz``, any case of the extension), sorted."""
+    return sorted(p for p in Path(folder).rglob("*") if _is_cif_name(p.name) and p.is_file())
+
+
+def cif_entries(source: str | Path):
+    """(name, text) of every CIF of a source, one at a time: a folder (recursive) or an archive as COD distributes
+    them (zip, or tar with gzip/bzip2/xz), read streaming without unpacking. ``.cif.gz`` members are gunzipped;
+    text is decoded as UTF-8 with replacement (a broken byte is the parser's to report)."""
+    import tarfile
+    import zipfile
+
+    source = Path(source)
+
+    def text_of(name: str, raw: bytes) -> str:
+        if name.lower().endswith(".gz") or raw[:2] == b"\x1f\x8b":
+            try:
+                raw = gzip.decompress(raw)
+            except (OSError, EOFError, zlib.error):
+                return ""  # parse_cif then reports "not a CIF"
+        return raw.decode("utf-8", errors="replace")
+
+    if source.is_dir():
+        for path in cif_files(source):
+            yield path.relative_to(source).as_posix(), text_of(path.name, path.read_bytes())
+    elif str(source).lower().endswith(".zip"):
+        with zipfile.ZipFile(source) as archive:
+            for info in archive.infolist():
+                if not info.is_dir() and _is_cif_name(info.filename):
+                    yield info.filename, text_of(info.filename, archive.read(info))
+    else:
+        with tarfile.open(source, mode="r|*") as archive:  # a stream: members in the order stored
+            for member in archive:
+                if member.isfile() and _is_cif_name(member.name):
+                    handle = archive.extractfile(member)
+                    yield member.name, text_of(member.name, handle.read() if handle else b"")
 
 
 def read_cif_folder(
     folder: str | Path, split: str = "test", pattern: str | None = None, progress: bool = True
 ) -> CifFolder:
-    """Every CIF file of a folder as a structure table; ids are the file stems.
+    """Every CIF of a folder (recursive) or an archive as a structure table; ids are the file stems (the relative
+    path, ``/`` as ``__``, where two files share a stem).
 
-    Unreadable files are logged with their id and reason and listed in ``skipped``, never dropped silently.
+    Unreadable files are logged with their name and reason and listed in ``skipped``, never dropped silently.
 
     Args:
-        folder: the directory to read (not recursive).
+        folder: the directory (searched recursively) or zip/tar archive to read.
         split: MP-20 split name given to every row (``"test"``: test set / retrieval pool).
-        pattern: glob of the files to read (None: every ``.cif`` file, any case of the extension).
+        pattern: glob of the files of a folder to read (None: every ``.cif``/``.cif.gz`` file, any case).
         progress: show a progress bar.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise StructureError(f"{folder}: not a directory of CIF files")
-    files = cif_files(folder) if pattern is None else sorted(folder.glob(pattern))
-    if not files:
-        raise StructureError(f"{folder}: no files match {pattern or '*.cif'!r}")
-    ids, structures, skipped = [], [], []
-    for path in tqdm(files, desc="reading CIFs", unit="file", disable=not progress):
+    if not folder.is_dir() and not is_cif_archive(folder):
+        raise StructureError(f"{folder}: neither a directory of CIF files nor a zip/tar archive of them")
+    if pattern is not None:
+        entries = [(p.relative_to(folder).as_posix(), p.read_text(errors="replace"))
+                   for p in sorted(folder.glob(pattern)) if p.is_file()]
+    else:
+        entries = cif_entries(folder)
+    names, structures, skipped = [], [], []
+    for name, text in tqdm(entries, desc="reading CIFs", unit="file", disable=not progress):
         try:
-            structures.append(read_cif(path))
-            ids.append(path.stem)
+            structures.append(parse_cif(text, f"{folder}/{name}" if folder.is_dir() else f"{folder}:{name}"))
+            names.append(name)
         except StructureError as err:
-            log.warning("skipping %s: %s", path.stem, err)
-            skipped.append((path.stem, str(err)))
+            log.warning("skipping %s: %s", name, err)
+            skipped.append((cif_stem(name), str(err)))
+    if not names and not skipped:
+        raise StructureError(f"{folder}: no files match {pattern or '*.cif'!r}")
+    stems = [cif_stem(n) for n in names]
+    repeated = {s for s in stems if stems.count(s) > 1}
+    ids = [n.rsplit(".", 2 if n.lower().endswith(".gz") else 1)[0].replace("/", "__") if s in repeated else s
+           for n, s in zip(names, stems)]
     table = table_from_structures(structures, ids, split=split, progress=False)
     return CifFolder(table, structures, skipped)
 

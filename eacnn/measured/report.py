@@ -13,7 +13,7 @@ from eacnn.retrieval.identify import RERANK_DEPTH, identify
 
 __all__ = ["identification_report", "verdict_quality", "mixture_summary", "mixture_numbers", "mixture_rows",
            "mixture_table", "shipped_mixtures_path", "SEPARATED", "AUTOANALYZER_MIXTURES", "reduced_formula", "phase_in",
-           "score_phases", "unseen_summary"]
+           "score_phases", "unseen_summary", "shipped_unseen_path"]
 
 #: The four measured XRD-AutoAnalyzer mixtures shipped in ``eacnn/data/measured/mixtures`` and their phases (the
 #: file names; polymorphs and fractions are not stated).
@@ -95,6 +95,13 @@ def phase_in(db, formula: str, spacegroup: str) -> bool:
     want = reduced_formula(formula)
     rows = db.labels["spacegroup_symbol"].to_numpy() == spacegroup
     return any(reduced_formula(f) == want for f in db.labels["formula"].to_numpy()[rows])
+
+
+def shipped_unseen_path():
+    """``scripts/unseen_scans.py``'s answers shipped with the package (shipped model, MP-20 test structures)."""
+    from eacnn.paths import DATA_DIR
+
+    return DATA_DIR / "unseen_scans.csv"
 
 
 def shipped_mixtures_path():

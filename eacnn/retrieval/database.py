@@ -133,9 +133,9 @@ def database_key(checkpoint_sha: str, sources: Sequence[str]) -> str:
             if (SHIPPED_DIR / "embedded.json").is_file():
                 h.update(file_sha256(SHIPPED_DIR / "embedded.json").encode())
         else:
-            from eacnn.datasets.structures import cif_files
+            from eacnn.datasets.structures import cif_files, is_cif_archive
 
-            for f in cif_files(source):
+            for f in [Path(source)] if is_cif_archive(source) else cif_files(source):
                 h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()[:20]
 
@@ -317,7 +317,7 @@ def _ivf_index(emb: np.ndarray, seed: int = 0) -> tuple[object, dict]:
 def write_database(folder: str | Path, labels: pd.DataFrame, embeddings: np.ndarray, tower: dict,
                    calibration: dict, checkpoint_sha: str, sources: Sequence[str], sticks: dict | None = None,
                    vectors: np.ndarray | None = None, xrd: dict | None = None,
-                   reflections: dict | None = None) -> Path:
+                   reflections: dict | None = None, skipped: Sequence[tuple] | None = None) -> Path:
     """Write a database folder atomically (a temporary folder renamed into place).
 
     Args:
@@ -331,6 +331,9 @@ def write_database(folder: str | Path, labels: pd.DataFrame, embeddings: np.ndar
         reflections: :func:`reflections_arrays` of every candidate (optional; needed to fit a strained cell).
         xrd: the model's ``XRDConfig`` as a dict (grid, wavelength, profile), so a search reads patterns as the
             model was trained.
+        skipped: (source, name, reason, detail) of every structure of the sources that is not in the database (an
+            unreadable file, one that cannot be simulated...): written to ``skipped.csv`` and counted in the
+            manifest, so nothing is dropped silently.
     """
     folder = output_folder(folder)  # never replaces a folder that is not an eacnn database
     missing = [c for c in LABEL_COLUMNS if c not in labels.columns]
@@ -352,15 +355,19 @@ def write_database(folder: str | Path, labels: pd.DataFrame, embeddings: np.ndar
         files["reflections.npz"] = _npz_bytes(reflections)
     if vectors is not None:
         files["vectors.npy"] = _npy_bytes(np.asarray(vectors, dtype=np.float16))
+    if skipped:
+        report = pd.DataFrame(list(skipped), columns=["source", "name", "reason", "detail"])
+        files["skipped.csv"] = report.to_csv(index=False).encode()
     try:
-        return _write_folder(folder, tmp, files, emb, calibration, checkpoint_sha, sources, xrd)
+        return _write_folder(folder, tmp, files, emb, calibration, checkpoint_sha, sources, xrd,
+                             len(skipped) if skipped else 0)
     except BaseException:  # Ctrl-C or an error: no half-written database is left behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
 def _write_folder(folder: Path, tmp: Path, files: dict, emb: np.ndarray, calibration: dict, checkpoint_sha: str,
-                  sources: Sequence[str], xrd: dict | None) -> Path:
+                  sources: Sequence[str], xrd: dict | None, n_skipped: int = 0) -> Path:
     index_info = {"kind": "exact"}
     if len(emb) > EXACT_LIMIT:
         import faiss  # optional dependency: only large databases need it
@@ -372,7 +379,7 @@ def _write_folder(folder: Path, tmp: Path, files: dict, emb: np.ndarray, calibra
     manifest = {
         "format": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoint_sha256": checkpoint_sha,
         "sources": list(sources), "n": int(len(emb)), "dim": int(emb.shape[1]), "calibration": calibration,
-        "index": index_info, **({"xrd": xrd} if xrd else {}), "files": {name: file_sha256(tmp / name) for name in sorted(os.listdir(tmp))},
+        "index": index_info, **({"xrd": xrd} if xrd else {}), "skipped": n_skipped, "files": {name: file_sha256(tmp / name) for name in sorted(os.listdir(tmp))},
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     if folder.exists():
@@ -469,16 +476,18 @@ def _source_dataset(source: str, cfg, progress: bool):
 
     if source == "embedded":
         return build_dataset(cfg.replace(**{"data.source": "embedded", "data.max_structures": 0}), progress=progress), None
+    from eacnn.datasets.structures import is_cif_archive
+
     folder = Path(source)
-    if not folder.is_dir():
-        raise EACNNError(f"--database {source!r} is neither 'embedded' nor a folder of CIF files")
+    if not folder.is_dir() and not is_cif_archive(folder):
+        raise EACNNError(f"--database {source!r} is neither 'embedded', a folder of CIF files nor an archive of them")
     found = read_cif_folder(folder, progress=progress)
-    for name, reason in found.skipped:
-        log.warning("skipped %s: %s", name, reason)
     if len(found.table) == 0:
-        raise EACNNError(f"no readable CIF file in {folder}")
+        raise EACNNError(f"no readable CIF file in {folder} ({len(found.skipped)} unreadable)")
     big = cfg.replace(**{"data.max_sites": max(cfg.data.max_sites, 512)})
-    return build_dataset(big, structures_table=found.table, progress=progress), found.table
+    ds = build_dataset(big, structures_table=found.table, progress=progress)
+    ds.read_skipped = list(found.skipped)  # (name, reason) of the files that could not be read
+    return ds, found.table
 
 
 def _from_datasets(sources: Sequence[str], model, cfg, progress: bool):
@@ -487,9 +496,11 @@ def _from_datasets(sources: Sequence[str], model, cfg, progress: bool):
     from eacnn.datasets.structures import load_embedded
     from eacnn.retrieval.embed import embed_dataset
 
-    labels, emb, two_theta, area, vectors, reflections = [], [], [], [], [], []
+    labels, emb, two_theta, area, vectors, reflections, skipped = [], [], [], [], [], [], []
     for source in sources:
         ds, table = _source_dataset(source, cfg, progress)
+        skipped += [(source, name, "unreadable", reason) for name, reason in getattr(ds, "read_skipped", [])]
+        skipped += [(source, r.material_id, r.reason, r.detail) for r in ds.skipped.itertuples()]
         z = np.zeros((len(ds), model.model_config.embed_dim), dtype=np.float32)  # [n, d]
         for split in ("train", "val", "test"):
             idx = ds.indices(split)
@@ -508,7 +519,7 @@ def _from_datasets(sources: Sequence[str], model, cfg, progress: bool):
             reflections.append(ds.reflections(i))
         vectors.append(ds.vectors)
     return (pd.concat(labels, ignore_index=True), np.concatenate(emb), _sticks_arrays(two_theta, area),
-            np.concatenate(vectors), reflections)
+            np.concatenate(vectors), reflections, skipped)
 
 
 def model_calibration(model, cfg, checkpoint_sha: str, progress: bool = True) -> dict:
@@ -572,8 +583,9 @@ def model_database(model, cfg, sources: Sequence[str], out: str | Path, model_sh
     calibration = (model_calibration(model, cfg, sha, progress) if model_sha else
                    _fit_calibration(model, cfg, progress, n_queries=calibration_queries))
     reflections = reflections_arrays([r for p in parts for r in p[4]])
+    skipped = [row for p in parts if len(p) > 5 for row in p[5]]
     return write_database(out, labels, emb, export_tower(model), calibration, sha, sources, sticks, vectors,
-                          dataclasses.asdict(cfg.xrd), reflections)
+                          dataclasses.asdict(cfg.xrd), reflections, skipped)
 
 
 def default_database(sources: Sequence[str] = ("embedded",), checkpoint: str | Path | None = None,

@@ -1,0 +1,76 @@
+"""Reference collections as users bring them: folders searched recursively, .cif.gz, any case, zip and tar archives
+read streaming, messy files reported with their reason and never fatal."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from eacnn.datasets.structures import cif_entries, read_cif_folder
+
+CIFS = Path(__file__).parent / "fixtures" / "cifs"
+GOOD = sorted(CIFS.glob("*.cif"))
+
+
+def _messy() -> dict[str, bytes]:
+    """name -> bytes: the fixture CIFs under nested folders, one gzipped, one upper case, a disordered site, and
+    broken files of three kinds."""
+    texts = {p.stem: p.read_text() for p in GOOD}
+    first = next(iter(texts.values()))
+    out = {f"1/00/{name}.cif": text.encode() for name, text in texts.items()}
+    stem = GOOD[0].stem
+    out[f"2/{stem}_gz.cif.gz"] = gzip.compress(first.encode())
+    out[f"2/{stem}_UPPER.CIF"] = first.encode()
+    out["3/empty.cif"] = b""
+    out["3/garbage.cif"] = b"\x00\x01 not a cif at all"
+    out["3/no_cell.cif"] = "\n".join(l for l in first.splitlines() if "_cell_length_a" not in l).encode()
+    out["README.txt"] = b"not a structure"
+    return out
+
+
+@pytest.fixture(scope="module")
+def collections(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sources")
+    files = _messy()
+    folder = root / "folder"
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    with zipfile.ZipFile(root / "cod.zip", "w") as z:
+        for name, data in files.items():
+            z.writestr(f"cif/{name}", data)
+    with tarfile.open(root / "cod.tar.xz", "w:xz") as t:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"cif/{name}")
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return {"folder": folder, "zip": root / "cod.zip", "tar": root / "cod.tar.xz"}
+
+
+@pytest.mark.parametrize("kind", ["folder", "zip", "tar"])
+def test_every_cif_is_read_and_every_broken_one_reported(collections, kind):
+    found = read_cif_folder(collections[kind], progress=False)
+    assert len(found.table) == len(GOOD) + 2  # the good files, the gzipped copy and the upper-case copy
+    assert sorted(name for name, _ in found.skipped) == ["empty", "garbage", "no_cell"]
+    reasons = dict(found.skipped)
+    assert "_cell_length_a is missing" in reasons["no_cell"] and "not a CIF" in reasons["garbage"]
+    assert not any(name.endswith(".txt") for name, _ in cif_entries(collections[kind]))
+
+
+def test_database_build_from_an_archive_names_what_it_skipped(collections, tmp_path):
+    out = tmp_path / "db"
+    proc = subprocess.run([sys.executable, "-m", "eacnn", "database", "build", str(collections["zip"]), "--out",
+                           str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["n"] == len(GOOD) + 2 and manifest["skipped"] == 3
+    report = (out / "skipped.csv").read_text()
+    assert all(name in report for name in ("empty", "garbage", "no_cell")) and "skipped.csv" in proc.stdout
