@@ -586,7 +586,8 @@ def _cmd_database(args: argparse.Namespace) -> int:
         db = open_database(folder)
     index = db.manifest["index"]
     extra = (f", IVF index (nprobe {index['nprobe']} of {index['nlist']} lists, recall@10 "
-             f"{index['recall_at_10']:.3f})" if index["kind"] == "ivf" else ", exact search")
+             f"{index['recall_at_10']:.3f}" + (f", recall@30 of the shortlist {index['recall_at_30']:.3f}"
+             if "recall_at_30" in index else "") + ")" if index["kind"] == "ivf" else ", exact search")
     skipped = db.manifest.get("skipped", 0)
     note = (f"; {skipped:,} structure(s) of the sources could not be used, each named with its reason in "
             f"{folder / 'skipped.csv'}" if skipped else "")
