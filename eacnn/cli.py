@@ -579,10 +579,14 @@ def _cmd_database(args: argparse.Namespace) -> int:
         if source != "embedded" and out in (Path(source).resolve(), *Path(source).resolve().parents):
             raise EACNNError(f"--out {args.out!r} is the source folder {source!r} or holds it; name a new folder")
     checkpoint = _checkpoint_path(args.checkpoint)
+    if args.cluster:
+        from eacnn.datasets.cluster import check_address
+
+        check_address(args.cluster)
     with contextlib.redirect_stdout(sys.stderr):
         from eacnn.retrieval.database import build_database, open_database
 
-        folder = build_database(sources, out, checkpoint, progress=True)
+        folder = build_database(sources, out, checkpoint, progress=True, cluster=args.cluster)
         db = open_database(folder)
     index = db.manifest["index"]
     extra = (f", IVF index (nprobe {index['nprobe']} of {index['nlist']} lists, recall@10 "
@@ -726,10 +730,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("database", help="build a saved search database (embeddings, reflections, index, verdict)")
     dsub = p.add_subparsers(dest="action", required=True)
     b = dsub.add_parser("build", help="embed every structure of the sources with a model and save them")
-    b.add_argument("source", nargs="+", help="'embedded' or a folder of CIF files; several are merged")
+    b.add_argument("source", nargs="+", help="'embedded', a folder of CIF files (searched recursively; .cif or .cif.gz) "
+                                             "or a zip/tar archive of them, as COD distributes them; several are "
+                                             "merged")
     b.add_argument("--out", type=_database_out, required=True,
                    help="the database folder to write: a new or empty folder, or an eacnn database to replace")
     b.add_argument("--checkpoint", help="a trained checkpoint (default: the shipped one)")
+    b.add_argument("--cluster", metavar="ADDRESS",
+                   help="build the structures' patterns and graphs on a Dask cluster: a scheduler address "
+                        "(tcp://host:8786) or local:N for N local worker processes (pip install \"eacnn[cluster]\"); "
+                        "the database is identical to a local build")
     b.set_defaults(func=_cmd_database)
 
     p = sub.add_parser("book", help="execute every notebook (papermill) and render the book (Jupyter Book 1)")

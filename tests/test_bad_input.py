@@ -178,6 +178,8 @@ CLI_CASES = [
     (["database", "build", "{one_db}", "--out", "{notes.txt}"], 2, "is a file, not a folder"),
     (["database", "build", "{one_db}", "--out", "/proc/eacnn-db"], 2, "cannot be written"),
     (["database", "build", "{folder}/missing", "--out", "{folder}/db"], 2, "is not there"),
+    (["database", "build", "{one_db}", "--out", "{folder}/db2", "--cluster", "nowhere"], 2,
+     "--cluster 'nowhere': give a Dask scheduler address"),
     # -- simulate
     (["simulate", "{overlap.cif}"], 2, "overlap.cif: overlapping atoms"),
     (["simulate", "{close.cif}"], 2, "close.cif: overlapping atoms: site 0 (Na) and site 1 (Cl) are 0.200 Å apart"),

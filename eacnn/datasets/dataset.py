@@ -28,6 +28,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
@@ -313,30 +314,119 @@ def _n_workers(n_jobs: int) -> int:
     return n_jobs
 
 
-def _compute(table: pd.DataFrame, cfg: Config, pre_skipped: list, progress: bool, n_jobs: int) -> dict:
+def _part_arrays(part: dict) -> dict[str, np.ndarray]:
+    """One chunk's result as plain arrays (no pickle), for :func:`_save_part`."""
+    g = part["graphs"]
+    lat = [s[0] for s in part["structures"]]
+    return {
+        "rows": np.asarray(part["rows"], np.int64),
+        "vectors": np.asarray(part["vectors"], np.float32).reshape(len(part["rows"]), -1),
+        "tt": np.concatenate(part["tt"]) if part["tt"] else np.zeros(0, np.float32),
+        "inten": np.concatenate(part["inten"]) if part["inten"] else np.zeros(0, np.float32),
+        "stick_offsets": _offsets([len(t) for t in part["tt"]]),
+        "z": np.concatenate([x["z"] for x in g]) if g else np.zeros(0, np.uint8),
+        "pos": np.concatenate([x["pos"] for x in g]) if g else np.zeros((0, 3)),
+        "atom_offsets": _offsets([len(x["z"]) for x in g]),
+        "cell": np.asarray([x["cell"] for x in g]).reshape(-1, 3, 3),
+        "edge_index": np.concatenate([x["edge_index"] for x in g], axis=1) if g else np.zeros((2, 0), np.int32),
+        "unit_shifts": np.concatenate([x["unit_shifts"] for x in g]) if g else np.zeros((0, 3)),
+        "edge_offsets": _offsets([x["edge_index"].shape[1] for x in g]),
+        "lattice": np.asarray(lat).reshape(-1, 3, 3),
+        "frac": np.concatenate([s[1] for s in part["structures"]]) if lat else np.zeros((0, 3)),
+        "species": np.asarray([s[2] for s in part["structures"]], dtype=str),
+        "skip_row": np.asarray([k for k, _, _ in part["skipped"]], np.int64),
+        "skip_reason": np.asarray([r for _, r, _ in part["skipped"]], dtype=str),
+        "skip_detail": np.asarray([d for _, _, d in part["skipped"]], dtype=str),
+    }
+
+
+def _part_from_arrays(a: dict) -> dict:
+    """The chunk result :func:`_build_chunk` returned, from :func:`_part_arrays`."""
+    so, ao, eo = a["stick_offsets"], a["atom_offsets"], a["edge_offsets"]
+    n = len(a["rows"])
+    return {
+        "rows": a["rows"].tolist(), "vectors": list(a["vectors"]),
+        "tt": [a["tt"][so[i]:so[i + 1]] for i in range(n)], "inten": [a["inten"][so[i]:so[i + 1]] for i in range(n)],
+        "graphs": [{"z": a["z"][ao[i]:ao[i + 1]], "pos": a["pos"][ao[i]:ao[i + 1]], "cell": a["cell"][i],
+                    "edge_index": a["edge_index"][:, eo[i]:eo[i + 1]], "unit_shifts": a["unit_shifts"][eo[i]:eo[i + 1]]}
+                   for i in range(n)],
+        "structures": [(a["lattice"][i], a["frac"][ao[i]:ao[i + 1]], str(a["species"][i])) for i in range(n)],
+        "skipped": [(int(k), str(r), str(d)) for k, r, d in zip(a["skip_row"], a["skip_reason"], a["skip_detail"])],
+    }
+
+
+def _partial_dir(key: str) -> Path:
+    """Where a build keeps its finished chunks until the whole data set is saved (resume after an interruption)."""
+    return cache_dir() / f"partial-{key[:20]}"
+
+
+def _save_part(folder: Path, index: int, part: dict) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **_part_arrays(part))
+    atomic_write_bytes(folder / f"chunk-{index:06d}.npz", buf.getvalue())
+
+
+def _load_part(folder: Path, index: int) -> dict | None:
+    path = folder / f"chunk-{index:06d}.npz"
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return _part_from_arrays({k: z[k] for k in z.files})
+    except Exception as err:  # a damaged chunk (killed mid-write, full disk) is computed again
+        log.warning("finished chunk %s unreadable (%s); computing it again", path.name, err)
+        return None
+
+
+def _compute(table: pd.DataFrame, cfg: Config, pre_skipped: list, progress: bool, n_jobs: int, key: str = "",
+             cluster: str | None = None) -> dict:
+    """Every chunk of rows (:data:`CHUNK_ROWS`) through :func:`_build_chunk`: on this machine's cores, or on the
+    workers of a Dask cluster (``cluster``: its scheduler address). Each finished chunk is kept under
+    :func:`_partial_dir` as it arrives, so an interrupted build resumes without redoing it; the results are
+    assembled in row order, so every engine gives the same arrays."""
     records = table[["material_id", "lattice_matrix", "species", "frac_coords"]].astype(str).to_dict("records")
-    starts = range(0, len(records), CHUNK_ROWS)
+    starts = list(range(0, len(records), CHUNK_ROWS))
     tasks = [
         (records[i : i + CHUNK_ROWS], cfg.xrd, cfg.data.max_sites, cfg.data.disorder, cfg.model.r_max) for i in starts
     ]
-    workers = min(_n_workers(n_jobs), len(tasks))
+    partial = _partial_dir(key) if key else None
+    done: dict[int, dict] = {}
+    if partial is not None and partial.is_dir():
+        done = {i: p for i in range(len(tasks)) if (p := _load_part(partial, i)) is not None}
+        if done:
+            log.info("resuming the build: %d of %d chunks were finished before", len(done), len(tasks))
+    todo = [i for i in range(len(tasks)) if i not in done]
     bar = tqdm(total=len(records), desc="building dataset", unit="structure", disable=not progress)
-    parts = []
-    if workers > 1:
+    bar.update(sum(len(tasks[i][0]) for i in done))
+
+    def finished(i: int, part: dict) -> None:
+        done[i] = part
+        if partial is not None:
+            try:
+                _save_part(partial, i, part)
+            except OSError as err:  # no room to keep it: the build goes on, only resuming is lost
+                log.warning("could not keep finished chunk %d (%s)", i, err)
+        bar.update(len(tasks[i][0]))
+
+    workers = min(_n_workers(n_jobs), len(todo)) if todo else 0
+    if todo and cluster:
+        from eacnn.datasets.cluster import map_on_cluster
+
+        for i, part in map_on_cluster(cluster, _build_chunk, [tasks[i] for i in todo], todo):
+            finished(i, part)
+    elif workers > 1:
         from eacnn.datasets.graphs import mace_neighborhood
 
         mace_neighborhood()  # imported once here (quietly), inherited by forked workers
 
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for start, part in zip(starts, pool.map(_build_chunk, tasks)):
-                parts.append((start, part))
-                bar.update(len(part["rows"]) + len(part["skipped"]))
+            for i, part in zip(todo, pool.map(_build_chunk, [tasks[i] for i in todo])):
+                finished(i, part)
     else:
-        for start, task in zip(starts, tasks):
-            parts.append((start, _build_chunk(task)))
-            bar.update(len(task[0]))
+        for i in todo:
+            finished(i, _build_chunk(tasks[i]))
     bar.close()
-    return _assemble(table, parts, cfg, pre_skipped)
+    return _assemble(table, [(starts[i], done[i]) for i in range(len(tasks))], cfg, pre_skipped)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -439,7 +529,8 @@ def _load(key: str, cfg: Config) -> dict[str, np.ndarray] | None:
 
 
 def build_dataset(
-    cfg: Config, structures_table: pd.DataFrame | None = None, progress: bool = True, n_jobs: int = -1
+    cfg: Config, structures_table: pd.DataFrame | None = None, progress: bool = True, n_jobs: int = -1,
+    cluster: str | None = None,
 ) -> "CrystalDataset":
     """Vectors, sticks, graphs and labels of every usable structure; built once, then loaded from the cache.
 
@@ -448,6 +539,8 @@ def build_dataset(
         structures_table: a structure table (:mod:`eacnn.datasets.structures` schema); ``cfg.data.source`` when None.
         progress: show progress bars.
         n_jobs: worker processes for the build (-1 = all cores, 1 = this process).
+        cluster: the address of a Dask scheduler (``tcp://host:8786``) whose workers build the chunks instead
+            (``pip install "eacnn[cluster]"``); the data set is identical to a local build.
 
     Returns:
         The dataset; ``dataset.from_cache`` says whether it was loaded rather than built.
@@ -472,8 +565,9 @@ def build_dataset(
         )  # fmt: skip
         return CrystalDataset(arrays, key, cfg, from_cache=True, cache_path=_cache_files(key)[0])
     log.info("building dataset %s… from %d structures", key[:12], len(table))
-    arrays = _compute(table, cfg, pre_skipped, progress, n_jobs)
+    arrays = _compute(table, cfg, pre_skipped, progress, n_jobs, key, cluster)
     path, _ = _save(arrays, key, cfg)
+    shutil.rmtree(_partial_dir(key), ignore_errors=True)  # the whole data set is saved: its chunks are not needed
     ds = CrystalDataset(arrays, key, cfg, from_cache=False, cache_path=path)
     for row in ds.skipped.itertuples():
         log.info("skipped %s (%s): %s", row.material_id, row.reason, row.detail)

@@ -477,14 +477,15 @@ def _embedded_from_shipped(ids: np.ndarray, emb: np.ndarray, cfg, progress: bool
     return labels.reset_index(drop=True), emb[ok], sticks, sim.vectors[ok], reflections
 
 
-def _source_dataset(source: str, cfg, progress: bool):
+def _source_dataset(source: str, cfg, progress: bool, cluster: str | None = None):
     """The data set of one source: the embedded MP-20 structures, or a folder of CIF files (unreadable files are
     logged and skipped; reference cells larger than MP-20's 20 atoms are kept)."""
     from eacnn.datasets.dataset import build_dataset
     from eacnn.datasets.structures import read_cif_folder
 
     if source == "embedded":
-        return build_dataset(cfg.replace(**{"data.source": "embedded", "data.max_structures": 0}), progress=progress), None
+        return build_dataset(cfg.replace(**{"data.source": "embedded", "data.max_structures": 0}), progress=progress,
+                             cluster=cluster), None
     from eacnn.datasets.structures import is_cif_archive
 
     folder = Path(source)
@@ -494,12 +495,12 @@ def _source_dataset(source: str, cfg, progress: bool):
     if len(found.table) == 0:
         raise EACNNError(f"no readable CIF file in {folder} ({len(found.skipped)} unreadable)")
     big = cfg.replace(**{"data.max_sites": max(cfg.data.max_sites, 512)})
-    ds = build_dataset(big, structures_table=found.table, progress=progress)
+    ds = build_dataset(big, structures_table=found.table, progress=progress, cluster=cluster)
     ds.read_skipped = list(found.skipped)  # (name, reason) of the files that could not be read
     return ds, found.table
 
 
-def _from_datasets(sources: Sequence[str], model, cfg, progress: bool):
+def _from_datasets(sources: Sequence[str], model, cfg, progress: bool, cluster: str | None = None):
     """labels, embeddings, sticks, vectors and indexed reflections of any sources, embedding every structure with
     the model."""
     from eacnn.datasets.structures import load_embedded
@@ -507,7 +508,7 @@ def _from_datasets(sources: Sequence[str], model, cfg, progress: bool):
 
     labels, emb, two_theta, area, vectors, reflections, skipped = [], [], [], [], [], [], []
     for source in sources:
-        ds, table = _source_dataset(source, cfg, progress)
+        ds, table = _source_dataset(source, cfg, progress, cluster)
         skipped += [(source, name, "unreadable", reason) for name, reason in getattr(ds, "read_skipped", [])]
         skipped += [(source, r.material_id, r.reason, r.detail) for r in ds.skipped.itertuples()]
         z = np.zeros((len(ds), model.model_config.embed_dim), dtype=np.float32)  # [n, d]
@@ -559,7 +560,7 @@ def _fit_calibration(model, cfg, progress: bool, full_data: bool = False, n_quer
 
 
 def build_database(sources: Sequence[str], out: str | Path, checkpoint: str | Path | None = None,
-                   progress: bool = True) -> Path:
+                   progress: bool = True, cluster: str | None = None) -> Path:
     """Embed every structure of ``sources`` (``"embedded"``, folders of CIF files) with a checkpoint's model and
     write the database folder ``out``."""
     from eacnn.config import Config
@@ -568,11 +569,11 @@ def build_database(sources: Sequence[str], out: str | Path, checkpoint: str | Pa
     path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
     ckpt = load_checkpoint(path)
     return model_database(model_from_checkpoint(ckpt), Config.from_dict(ckpt["config"]), sources, out,
-                          file_sha256(path), progress)
+                          file_sha256(path), progress, cluster=cluster)
 
 
 def model_database(model, cfg, sources: Sequence[str], out: str | Path, model_sha: str | None = None,
-                   progress: bool = True, calibration_queries: int | None = None) -> Path:
+                   progress: bool = True, calibration_queries: int | None = None, cluster: str | None = None) -> Path:
     """:func:`build_database` for a model in memory (``model_sha``: its checkpoint's SHA-256, which selects shipped
     embeddings and caches the calibration; None for a model without a checkpoint file)."""
     from eacnn.retrieval.pattern_tower import export_tower
@@ -584,7 +585,7 @@ def model_database(model, cfg, sources: Sequence[str], out: str | Path, model_sh
         parts.append(_embedded_from_shipped(shipped[0], shipped[1], cfg, progress))
     rest = [s for s in sources if s != "embedded" or shipped is None]
     if rest:
-        parts.append(_from_datasets(rest, model, cfg, progress))
+        parts.append(_from_datasets(rest, model, cfg, progress, cluster))
     labels = pd.concat([p[0] for p in parts], ignore_index=True)
     emb = np.concatenate([p[1] for p in parts])
     sticks = _sticks_arrays([tt for p in parts for tt in _split(p[2])[0]], [a for p in parts for a in _split(p[2])[1]])
