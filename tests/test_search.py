@@ -126,6 +126,7 @@ def test_fine_refinement_recovers_an_off_grid_scale(monkeypatch):
     """A mismatch between the coarse grid's points is fitted closer by the finer stages: the right candidate's fit
     leaves a residual several times smaller, so a look-alike cannot fit better for the coarse grid's sake."""
     import eacnn.retrieval.identify as identify
+    import eacnn.retrieval.refine as refinement
     from eacnn.config import XRDConfig
     from eacnn.physics.perturb import bragg_shift, profile_patterns
 
@@ -135,7 +136,7 @@ def test_fine_refinement_recovers_an_off_grid_scale(monkeypatch):
     eps, shift = 0.0133, 0.037  # off the coarse grid (0.2 % and 0.1° steps)
     query = profile_patterns([(bragg_shift(sticks[0][0], eps, shift, xrd.wavelength), sticks[0][1])], xrd=xrd)[0]
     fine = identify.refine(query, None, [0], lambda i: sticks[i], xrd, scales=[1 / 1.01]).iloc[0]
-    monkeypatch.setattr(identify, "REFINE_FINE_STEPS", ())
+    monkeypatch.setattr(refinement, "REFINE_FINE_STEPS", ())
     coarse = identify.refine(query, None, [0], lambda i: sticks[i], xrd, scales=[1 / 1.01]).iloc[0]
     assert 1 - fine.agreement < (1 - coarse.agreement) / 3 and 1 - fine.agreement < 2e-4
     assert fine.strain == pytest.approx(eps, abs=1e-3) and fine.zero_shift == pytest.approx(shift, abs=0.05)
@@ -286,6 +287,7 @@ def test_cell_fit_gradient_is_exact_and_far_fits_are_refused(monkeypatch):
     from eacnn.config import XRDConfig
     from eacnn.physics.xrd import XRDSimulator, indexed_reflections, metric_monomials
     from eacnn.retrieval import identify
+    from eacnn.retrieval import refine as refinement
 
     xrd = XRDConfig()
     cubic, strained = _tetragonal_pair()
@@ -294,12 +296,12 @@ def test_cell_fit_gradient_is_exact_and_far_fits_are_refused(monkeypatch):
     q /= np.linalg.norm(q)
     d = np.sqrt(r.metric[:3])
     unit = 0.01 * np.array([d[0] ** 2, d[1] ** 2, d[2] ** 2, d[0] * d[1], d[0] * d[2], d[1] * d[2]])
-    f = identify._CellProfile(q, np.ones(len(q), bool), metric_monomials(r.hkl), r.area, r.metric, unit, xrd, 0.3)
+    f = refinement._CellProfile(q, np.ones(len(q), bool), metric_monomials(r.hkl), r.area, r.metric, unit, xrd, 0.3)
     x = np.array([0.3, -0.2, 0.5, 0.1, -0.1, 0.05, 0.2])
     h = 1e-5
     numeric = np.stack([(f.residual(x + h * e) - f.residual(x - h * e)) / (2 * h) for e in np.eye(7)], axis=1)
     assert np.abs(f.jacobian(x) - numeric).max() < 1e-4 * np.abs(numeric).max()
-    monkeypatch.setattr(identify, "CELL_MAX_STRAIN", 0.001)  # the 1.5 % strain is then out of range
+    monkeypatch.setattr(refinement, "CELL_MAX_STRAIN", 0.001)  # the 1.5 % strain is then out of range
     assert identify.refine_cell(q, None, r, xrd)[0] == -1.0
 
 

@@ -11,7 +11,7 @@ cumulative sum is interpolated at the images of the new bin edges, and differenc
 is conserved; a bin whose image leaves the measured range loses coverage).
 
 >>> import numpy as np
->>> from eacnn.config import SearchConfig, XRDConfig
+>>> from eacnn.config import XRDConfig
 >>> v = np.zeros(140); v[40] = 1.0                     # a peak in the bin 30.0–30.5°
 >>> y, m = rescale(v, 1.0, XRDConfig())
 >>> bool(np.allclose(y, v))
@@ -20,11 +20,14 @@ True
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from eacnn.config import SearchConfig, XRDConfig
 
-__all__ = ["SCALES", "SCALE_PENALTY", "scale_prior", "rescale", "rescale_many", "multiscale_best"]
+__all__ = ["SCALES", "SCALE_PENALTY", "scale_prior", "rescale", "rescale_many", "multiscale_best", "query_embeddings",
+           "multiscale_similarity"]
 
 #: Lattice scales s (d-spacings times s) a query is read at: 0.96–1.04 in 1 % steps (:class:`SearchConfig`).
 SCALES = SearchConfig().scales
@@ -98,3 +101,17 @@ def multiscale_best(z_scales: np.ndarray, candidates: np.ndarray, scales: np.nda
     sim = np.asarray(candidates) @ np.asarray(z_scales, dtype=np.float32).T + scale_prior(scales)[None]  # [n, S]
     best = sim.argmax(axis=1)
     return sim[np.arange(len(sim)), best], np.asarray(scales)[best]
+
+
+def query_embeddings(encode: Callable, vector: np.ndarray, covered: np.ndarray | None, xrd: XRDConfig,
+                     scales: np.ndarray = SCALES) -> np.ndarray:
+    """[S, d] embeddings of the pattern read at each scale; ``encode(patterns, masks) -> [S, d]``."""
+    ys, ms = rescale_many(vector, scales, xrd, covered)
+    return encode(ys, ms)
+
+
+def multiscale_similarity(embeddings: np.ndarray, z: np.ndarray, scales: np.ndarray = SCALES
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """(best similarity [n], its scale [n]) of each candidate embedding [n, d] over the query's scales z [S, d], each
+    scale's similarity with its :func:`eacnn.retrieval.query.scale_prior`."""
+    return multiscale_best(z, embeddings, scales)
