@@ -367,6 +367,9 @@ def _open_database(args: argparse.Namespace, checkpoint: Path):
     return default_database(_database_sources(given), checkpoint, progress=not args.json)
 
 
+DATABASE_NOTE = ("the embedded set is MP-20's 18,093 structures of at most 20 atoms per cell; a phase outside it "
+                 "(most minerals, large cells, other polymorphs) is found only in a database that holds it: "
+                 "`eacnn database build SOURCE --out DIR` from CIF folders or COD archives")
 VERDICT_MEANS = ("'match': the best candidate's score clears the calibrated threshold and stands out from the best "
                  "candidate of another phase by the calibrated margin; 'no confident match': it does not, and no "
                  "name in this answer is asserted")
@@ -429,6 +432,8 @@ def _identify(path: Path, args: argparse.Namespace, db, scan) -> dict:
         **({"margin": round(result.margin, 4), "margin_threshold": round(result.margin_threshold, 4)}
            if result.margin == result.margin else {}),
         "candidates": len(db),
+        "database": {"sources": [str(x) for x in db.manifest.get("sources", [])], "folder": str(db.folder),
+                     "note": DATABASE_NOTE},
         **({"settings_differ": list(result.settings_differ),
             "settings_note": "the verdict's thresholds were calibrated with other search settings (calibrated -> "
                              "used); the verdict is approximate"} if result.settings_differ else {}),
@@ -487,6 +492,7 @@ def _print_answer(answer: dict, rerank: int) -> None:
     n = answer["candidates"]
     print(f"{answer['pattern']}: coverage of 10–80° {100 * answer['coverage']:.0f} %; {n:,} "
           f"candidate{'s' if n != 1 else ''}")
+    print(f"database: {' + '.join(answer['database']['sources']) or '?'} ({answer['database']['folder']})")
     cols = ["rank", "id", "formula", "spacegroup", "similarity", "scale"]
     if "agreement" in hits:
         cols += ["agreement", "strain", "zero_shift"] + (["anisotropy"] if "anisotropy" in hits else []) + ["score"]
