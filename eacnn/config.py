@@ -468,6 +468,47 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class MixtureConfig:
+    """Every setting of the mixture search (:func:`eacnn.measured.mixtures.identify_phases`), with its unit and where
+    it was chosen. The stopping rules (``significance`` … ``min_agreement``) were set on synthetic 2- and 3-phase
+    mixtures of MP-20 *test* structures (``scripts/mixtures.py``, before the rule that choices read only the
+    validation split): they are still to be chosen again on validation structures. The fit's grids are fixed by the
+    physics they cover (a measured cell within ±3 % of its database entry, sample displacement of tenths of a
+    degree)."""
+
+    max_phases: int = 4  # most phases one pattern is searched for
+    shortlist: int = 50  # candidates screened at each step
+    significance: float = 5.0  # a residual peak must exceed this many noise σ (stopping rule)
+    min_peak: float = 0.08  # … and this fraction of the strongest bin (stopping rule)
+    min_gain: float = 0.3  # a new phase must remove this share of the remaining weighted misfit (stopping rule)
+    min_agreement: float = 0.5  # cosine of the new phase's profile with the positive residual (stopping rule)
+    beam: int = 3  # first phases followed to the end; another replaces the greedy one by beam_gain
+    beam_gain: float = 0.1  # relative Rwp a line of search must gain to replace the greedy one
+    kalpha2_ratio: float = 0.5  # Cu Kα2 / Kα1 area ratio tried when the pattern may carry Kα2
+    background_degree: int = 6  # Bernstein polynomials of this degree in 2θ make the smooth background
+    strain_offset: float = 0.006  # Δd/d searched either side of a phase's strain (13 points, 0.1 % steps)
+    shift: float = 0.3  # degrees 2θ of zero shift searched either side (13 points, 0.05° steps)
+    widths: tuple = (1.0, 1.5, 2.5, 4.0)  # peak FWHM tried, in units of the model's xrd.fwhm
+    screen_strain: float = 0.035  # Δd/d of the screen every candidate gets (29 points), beyond the ±3 % mismatch
+    screen_widths: tuple = (1.0, 2.5)  # the screen's peak widths, in units of xrd.fwhm
+    collinear: float = 0.95  # a candidate this collinear with a chosen phase (cosine) is the same pattern
+    alternatives: int = 5  # candidates per slot tried in the final re-check
+    swap_gain: float = 0.01  # relative Rwp a swap must gain to be kept
+    weight_floor: float = 0.01  # Poisson-like weights 1 / max(y, floor) of the fit and of Rwp
+    fit_scale: float = 0.035  # lattice scales 1 ± this of the fit screen (15 points, 0.5 % steps)
+
+    def __post_init__(self) -> None:
+        for name in ("widths", "screen_widths"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not 1 <= self.max_phases <= 8 or self.shortlist < 1 or self.beam < 1 or self.alternatives < 0:
+            raise ConfigError(f"mixture: need 1 <= max_phases <= 8, shortlist, beam >= 1, alternatives >= 0; got "
+                              f"{self.max_phases!r}, {self.shortlist!r}, {self.beam!r}, {self.alternatives!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything that defines a run. Extended by later sections (model, training)."""
 

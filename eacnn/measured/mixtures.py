@@ -69,7 +69,7 @@ import pandas as pd
 from scipy.optimize import nnls
 from threadpoolctl import threadpool_limits
 
-from eacnn.config import XRDConfig
+from eacnn.config import MixtureConfig, XRDConfig
 from eacnn.datasets.structures import (cif_stem, cif_entries, cif_files, is_cif_archive, load_embedded,
                                       parse_cif, read_cif, row_to_structure)
 from eacnn.errors import ConfigError, EACNNError, PatternError
@@ -80,23 +80,27 @@ from eacnn.retrieval.query import rescale_many
 log = logging.getLogger(__name__)
 
 __all__ = ["MixturePhase", "MixtureResult", "identify_phases", "fit_phases", "profile_grid", "cell_scattering",
-           "weight_fractions", "phase_structure", "MAX_PHASES"]
+           "weight_fractions", "phase_structure", "MAX_PHASES", "MIXTURE"]
 
-MAX_PHASES = 4  # most phases one pattern is searched for
-KALPHA2_RATIO = 0.5  # Cu Kα2 / Kα1 area ratio tried when the pattern may carry Kα2 (2p3/2 : 2p1/2 vacancies)
-BACKGROUND_DEGREE = 6  # Bernstein polynomials of this degree in 2θ make the smooth background
-STRAIN_OFFSETS = np.linspace(-0.006, 0.006, 13)  # Δd/d around the current strain, 0.1 % steps
-SHIFTS = np.linspace(-0.3, 0.3, 13)  # degrees 2θ, zero shift, 0.05° steps
-WIDTHS = (1.0, 1.5, 2.5, 4.0)  # peak FWHM in units of the model's xrd.fwhm
+#: Every setting of the mixture search (:class:`eacnn.config.MixtureConfig`: units and where each was chosen); the
+#: names below are its values, for the readers of this module
+MIXTURE = MixtureConfig()
+MAX_PHASES = MIXTURE.max_phases  # most phases one pattern is searched for
+KALPHA2_RATIO = MIXTURE.kalpha2_ratio  # Cu Kα2 / Kα1 area ratio tried when the pattern may carry Kα2
+BACKGROUND_DEGREE = MIXTURE.background_degree  # Bernstein polynomials of this degree in 2θ: the smooth background
+STRAIN_OFFSETS = np.linspace(-MIXTURE.strain_offset, MIXTURE.strain_offset, 13)  # Δd/d, 0.1 % steps
+SHIFTS = np.linspace(-MIXTURE.shift, MIXTURE.shift, 13)  # degrees 2θ, zero shift, 0.05° steps
+WIDTHS = MIXTURE.widths  # peak FWHM in units of the model's xrd.fwhm
 # the coarser grids every candidate is screened on (strains over the ±3 % a measured cell may differ from the
 # database's, and a little more) before the chosen one is fitted on the grids above
-SCREEN = (np.linspace(-0.035, 0.035, 29), np.linspace(-0.3, 0.3, 5), (1.0, 2.5))
-COLLINEAR = 0.95  # a candidate whose profile has this cosine with a chosen phase's is the same pattern
-ALTERNATIVES = 5  # candidates per slot tried in the final re-check
-SWAP_GAIN = 0.01  # a swap must lower the weighted residual by this fraction
-BEAM_GAIN = 0.1  # another first phase replaces the greedy one when its line of search lowers Rwp by this fraction
-WEIGHT_FLOOR = 0.01  # Poisson-like weights 1 / max(y, floor) of the fit and of rwp
-FIT_SCALES = np.round(np.linspace(0.965, 1.035, 15), 4)  # lattice scales of the fit screen, 0.5 % steps
+SCREEN = (np.linspace(-MIXTURE.screen_strain, MIXTURE.screen_strain, 29), np.linspace(-MIXTURE.shift, MIXTURE.shift, 5),
+          MIXTURE.screen_widths)
+COLLINEAR = MIXTURE.collinear  # a candidate whose profile has this cosine with a chosen phase's is the same pattern
+ALTERNATIVES = MIXTURE.alternatives  # candidates per slot tried in the final re-check
+SWAP_GAIN = MIXTURE.swap_gain  # a swap must lower the weighted residual by this fraction
+BEAM_GAIN = MIXTURE.beam_gain  # another first phase replaces the greedy one when it lowers Rwp by this fraction
+WEIGHT_FLOOR = MIXTURE.weight_floor  # Poisson-like weights 1 / max(y, floor) of the fit and of rwp
+FIT_SCALES = np.round(np.linspace(1 - MIXTURE.fit_scale, 1 + MIXTURE.fit_scale, 15), 4)  # 0.5 % steps
 
 
 @dataclass
@@ -446,9 +450,10 @@ def _candidates(y, mask, residual, slots, db, found, xrd, step: int, kalpha2: fl
 
 
 def identify_phases(vector: np.ndarray, covered: np.ndarray | None, db, phases: str | int = "auto",
-                    elements: Sequence[str] | None = None, shortlist: int = 50, significance: float = 5.0,
-                    min_peak: float = 0.08, min_gain: float = 0.3, min_agreement: float = 0.5,
-                    kalpha2: float | None = None, beam: int = 3, structures: Callable | None = None,
+                    elements: Sequence[str] | None = None, shortlist: int = MIXTURE.shortlist,
+                    significance: float = MIXTURE.significance, min_peak: float = MIXTURE.min_peak,
+                    min_gain: float = MIXTURE.min_gain, min_agreement: float = MIXTURE.min_agreement,
+                    kalpha2: float | None = None, beam: int = MIXTURE.beam, structures: Callable | None = None,
                     xrd: XRDConfig | None = None) -> MixtureResult:
     """Name every phase of a (possibly multi-phase) pattern with its approximate weight fraction.
 

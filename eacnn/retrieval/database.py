@@ -41,7 +41,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from eacnn.config import SearchConfig
+from eacnn.config import MixtureConfig, SearchConfig
 from eacnn.errors import EACNNError
 from eacnn.integrity import sha256_of
 from eacnn.paths import DATA_DIR, atomic_write_bytes, cache_dir, output_folder
@@ -388,7 +388,8 @@ def _write_folder(folder: Path, tmp: Path, files: dict, emb: np.ndarray, calibra
     manifest = {
         "format": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoint_sha256": checkpoint_sha,
         "sources": list(sources), "n": int(len(emb)), "dim": int(emb.shape[1]), "calibration": calibration,
-        "index": index_info, **({"xrd": xrd} if xrd else {}), "skipped": n_skipped, "files": {name: file_sha256(tmp / name) for name in sorted(os.listdir(tmp))},
+        "index": index_info, **({"xrd": xrd} if xrd else {}), "skipped": n_skipped,
+        "mixture": MixtureConfig().to_dict(), "files": {name: file_sha256(tmp / name) for name in sorted(os.listdir(tmp))},
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     if folder.exists():
