@@ -2,6 +2,7 @@
 #   make book   -> executes every notebook (CPU, embedded data, no internet) and renders _build/html/index.html
 #   make test   -> the test suite (what .ci/run calls)
 PYTHON ?= python3
+SHELL  := /bin/bash
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.eacnn-installed
@@ -36,7 +37,9 @@ book-smoke: $(STAMP)
 results: results-quick
 	$(PY) scripts/ablation.py --epochs 4                              # ablation.csv: ~35 min
 	$(PY) -m eacnn train --profile cpu --set train.patience=0 --run-dir .cache/full-run --keep-epochs   # ~1 h
-	$(PY) scripts/select_rerank.py --checkpoints .cache/full-run/epoch_*.pt --out eacnn/data/epochs.csv   # ~1 h
+	$(PY) scripts/average_checkpoints.py .cache/full-run/epoch_{9,10,11,12,13,14,15,16}.pt --out .cache/full-run/avg_9-16.pt
+	cp eacnn/data/checkpoints/default.pt .cache/full-run/shipped.pt   # the column names are the files' stems
+	$(PY) scripts/select_rerank.py --checkpoints .cache/full-run/shipped.pt .cache/full-run/epoch_{3,6,9,12,16}.pt .cache/full-run/avg_9-16.pt --out eacnn/data/epochs.csv   # ~1 h
 	$(PY) scripts/select_rerank.py --cell-grid --out eacnn/data/cell_fit.csv     # ~1 h
 	$(PY) scripts/select_rerank.py --depth-grid --out eacnn/data/rerank_depth.csv   # ~40 min
 	$(PY) scripts/ship_database.py --calibrate-only                   # the verdict (embedded.json): ~15 min

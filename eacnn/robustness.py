@@ -216,10 +216,9 @@ def best_query(table: pd.DataFrame) -> pd.DataFrame:
 def book_numbers(table: pd.DataFrame) -> dict[str, str]:
     """The numbers chapter 5's prose quotes (Top-1, percent, one decimal; "n/a" where not computed): the current
     model (``rob_*``, multi-scale where computed; ``srch_*`` as ``eacnn search`` answers), search-match (``sm_*``;
-    ``sm_srch_*`` with the same refinement) and the previous default (``prev_*``)."""
+    ``sm_srch_*`` with the same refinement)."""
     methods = list(dict.fromkeys(table["method"]))
-    current = next((m for m in methods if m != "search-match" and "previous" not in m), None)
-    previous = next((m for m in methods if "previous" in m), None)
+    current = next((m for m in methods if m != "search-match"), None)
 
     def top1(method, condition, query):
         rows = table[(table["method"] == method) & (table["condition"] == condition) & (table["query"] == query)]
@@ -239,7 +238,6 @@ def book_numbers(table: pd.DataFrame) -> dict[str, str]:
                            ("window", "window 20–60°")]:
         out[f"rob_{key}"] = best(current, condition)
         out[f"sm_{key}"] = best("search-match", condition)
-        out[f"prev_{key}_raw"] = top1(previous, condition, "as measured") if previous else "n/a"
         out[f"rob_{key}_raw"] = top1(current, condition, "as measured")
         out[f"srch_{key}"] = top1(current, condition, "search")
         out[f"sm_srch_{key}"] = top1("search-match", condition, "search")

@@ -415,3 +415,22 @@ def test_shipped_checkpoints_load_safely_and_match_their_logs(kind):
         assert int(best_epoch(log)["epoch"]) == int(ckpt["epoch"]) + 1
     model = load_pretrained(SHIPPED[kind])
     assert model.model_config.kind == kind
+
+
+def test_averaging_epochs_gives_the_mean_weights(trained, tmp_path):
+    """scripts/average_checkpoints.py, as users run it: the element-wise mean of two epochs' weights."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, result = trained
+    a, b = result.run_dir / "epoch_1.pt", result.run_dir / "epoch_2.pt"
+    out = tmp_path / "avg_1-2.pt"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "average_checkpoints.py"
+    proc = subprocess.run([sys.executable, str(script), str(a), str(b), "--out", str(out)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    sa, sb, so = (torch.load(p, weights_only=True)["state_dict"] for p in (a, b, out))
+    for name in so:
+        if torch.is_floating_point(so[name]):
+            assert torch.allclose(so[name], (sa[name] + sb[name]) / 2, atol=1e-6), name
