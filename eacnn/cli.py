@@ -158,7 +158,13 @@ def _database_sources(sources: list[str] | None) -> list[str]:
 
     out = []
     for source in sources or ["embedded"]:
-        if source != "embedded":
+        if source.startswith("mp-api"):  # all of Materials Project: the user's key, checked before any work
+            from eacnn.datasets.mp import resolve_api_key
+            from eacnn.retrieval.database import mp_hull
+
+            mp_hull(source)
+            resolve_api_key()
+        elif source != "embedded":
             folder = Path(source)
             if is_cif_archive(folder):
                 pass  # read streaming at build time; unreadable members are reported, never fatal

@@ -161,3 +161,44 @@ def test_downloaded_table_builds_a_dataset(fixture, tmp_path, monkeypatch):
     ds = build_dataset(Config.smoke().replace(**{"data.val_fraction": 0.0}), table, progress=False, n_jobs=1)
     assert sorted(ds.ids) == sorted(d["material_id"] for d in fixture["docs"])
     assert set(ds.split) == {"train"} and ds.vectors.shape == (3, 140)
+
+
+def test_all_of_materials_project_becomes_a_database(fixture, tmp_path, monkeypatch):
+    """``eacnn database build mp-api`` as far as no live call goes: the recorded response through the same
+    download (the stand-in client records the hull filter asked for) into a saved, searchable database."""
+    from eacnn.retrieval import database
+    from eacnn.training.checkpoint import load_pretrained
+
+    monkeypatch.setenv("EACNN_CACHE", str(tmp_path / "cache"))
+    client = _client(fixture["docs"])
+    real = mp.download_table
+
+    def recorded(**kw):
+        return real(**kw, folder=tmp_path / "mp", client=client)
+
+    monkeypatch.setattr(mp, "download_table", recorded)
+    model = load_pretrained()
+    from eacnn.config import Config
+
+    cfg = Config.cpu().replace(**{"data.max_structures": 200})  # the verdict calibrated on a few structures, quickly
+    folder = database.model_database(model, cfg, ["mp-api:0.1"], tmp_path / "db", calibration_queries=12,
+                                     progress=False)
+    db = database.open_database(folder)
+    assert sorted(db.labels["material_id"]) == sorted(d["material_id"] for d in fixture["docs"])
+    assert set(db.labels["source"]) == {"mp-api:0.1"}
+    assert client.materials.summary.calls[0]["energy_above_hull"] == (0.0, 0.1)
+    assert database.mp_hull("mp-api") == 0.05 and database.mp_hull("mp-api:all") is None
+    with pytest.raises(Exception, match="mp-api:E"):
+        database.mp_hull("mp-api:lots")
+
+
+def test_database_build_from_mp_api_without_a_key_is_refused_first(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != mp.API_KEY_VAR}
+    proc = subprocess.run([sys.executable, "-m", "eacnn", "database", "build", "mp-api", "--out", str(tmp_path / "db")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and "MP_API_KEY" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "db").exists()

@@ -145,6 +145,7 @@ def download_table(
     max_sites: int = 20,
     spacegroups: Sequence[int] | None = None,
     material_ids: Sequence[str] | None = None,
+    energy_above_hull_max: float | None = None,
     split: str = "train",
     chunk_size: int = 1000,
     folder: str | Path | None = None,
@@ -160,6 +161,8 @@ def download_table(
         max_sites: at most this many sites in the cell (1..max_sites; MP-20 uses 20).
         spacegroups: keep only these space group numbers (1–230).
         material_ids: fetch exactly these ids (e.g. the MP-20 train split, which ships without coordinates).
+        energy_above_hull_max: keep only entries at most this far above the convex hull (eV/atom): 0 the stable
+            ones, 0.05 the stable and near-stable ones a sample may hold; None: no filter.
         split: MP-20 split name given to every row (``"train"``: training pool; ``"test"``: retrieval pool).
         chunk_size: structures per request and per cached chunk file.
         folder: where chunks are kept; ``cache_dir() / "mp_api"`` when None.
@@ -180,8 +183,8 @@ def download_table(
         with MPRester(key, use_document_model=False, mute_progress_bars=True) as rester:
             return download_table(
                 elements=elements, exclude_elements=exclude_elements, max_sites=max_sites, spacegroups=spacegroups,
-                material_ids=material_ids, split=split, chunk_size=chunk_size, folder=folder, progress=progress,
-                client=rester,
+                material_ids=material_ids, energy_above_hull_max=energy_above_hull_max, split=split,
+                chunk_size=chunk_size, folder=folder, progress=progress, client=rester,
             )  # fmt: skip
     if max_sites < 1 or chunk_size < 1:
         raise ValueError(f"max_sites and chunk_size must be >= 1, got {max_sites!r}, {chunk_size!r}")
@@ -192,9 +195,11 @@ def download_table(
         "num_sites": [1, int(max_sites)],
         "spacegroup_number": sorted(int(n) for n in spacegroups) if spacegroups else None,
         "material_ids": sorted(material_ids) if material_ids else None,
+        "energy_above_hull": [0.0, float(energy_above_hull_max)] if energy_above_hull_max is not None else None,
         "deprecated": False,
     }
-    filters = {k: (tuple(v) if k == "num_sites" else v) for k, v in query.items() if v is not None}
+    filters = {k: (tuple(v) if k in ("num_sites", "energy_above_hull") else v) for k, v in query.items()
+               if v is not None}
     root = Path(folder) if folder is not None else cache_dir() / "mp_api"
     where = root / f"{version}-{_query_key({**query, 'split': split, 'chunk_size': chunk_size})}"
 

@@ -135,6 +135,8 @@ def database_key(checkpoint_sha: str, sources: Sequence[str]) -> str:
             h.update(file_sha256(EMBEDDED_FILE).encode())
             if (SHIPPED_DIR / "embedded.json").is_file():
                 h.update(file_sha256(SHIPPED_DIR / "embedded.json").encode())
+        elif source.startswith("mp-api"):
+            pass  # the download itself is cached by the Materials Project's database version (datasets.mp)
         else:
             from eacnn.datasets.structures import cif_files, is_cif_archive
 
@@ -478,6 +480,31 @@ def _embedded_from_shipped(ids: np.ndarray, emb: np.ndarray, cfg, progress: bool
     return labels.reset_index(drop=True), emb[ok], sticks, sim.vectors[ok], reflections
 
 
+#: the largest cell a Materials Project database keeps (sites); MP's largest entries are a few hundred sites
+MP_MAX_SITES = 500
+
+
+def mp_hull(source: str) -> float | None:
+    """The hull distance (eV/atom) of an ``mp-api`` source: ``mp-api`` 0.05 (stable and near-stable), ``mp-api:E``
+    E, ``mp-api:all`` no filter.
+
+    Raises:
+        EACNNError: another form (the message shows the value)."""
+    _, _, tail = source.partition(":")
+    if not tail:
+        return 0.05
+    if tail == "all":
+        return None
+    try:
+        value = float(tail)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 10:
+        raise EACNNError(f"--database {source!r}: give mp-api, mp-api:E (E eV/atom above the hull, 0..10) or "
+                         f"mp-api:all")
+    return value
+
+
 def _source_dataset(source: str, cfg, progress: bool, cluster: str | None = None):
     """The data set of one source: the embedded MP-20 structures, or a folder of CIF files (unreadable files are
     logged and skipped; reference cells larger than MP-20's 20 atoms are kept)."""
@@ -487,6 +514,13 @@ def _source_dataset(source: str, cfg, progress: bool, cluster: str | None = None
     if source == "embedded":
         return build_dataset(cfg.replace(**{"data.source": "embedded", "data.max_structures": 0}), progress=progress,
                              cluster=cluster), None
+    if source.startswith("mp-api"):  # all of Materials Project, or its entries within E eV/atom of the hull
+        from eacnn.datasets.mp import download_table
+
+        table = download_table(energy_above_hull_max=mp_hull(source), max_sites=MP_MAX_SITES, split="test",
+                               progress=progress)
+        big = cfg.replace(**{"data.max_sites": MP_MAX_SITES})
+        return build_dataset(big, structures_table=table, progress=progress, cluster=cluster), table
     from eacnn.datasets.structures import is_cif_archive
 
     folder = Path(source)
