@@ -598,7 +598,7 @@ def _cmd_database(args: argparse.Namespace) -> int:
     with contextlib.redirect_stdout(sys.stderr):
         from eacnn.retrieval.database import build_database, open_database
 
-        folder = build_database(sources, out, checkpoint, progress=True, cluster=args.cluster)
+        folder = build_database(sources, out, checkpoint, progress=True, cluster=args.cluster, dedupe=args.dedupe)
         db = open_database(folder)
     index = db.manifest["index"]
     extra = (f", IVF index (nprobe {index['nprobe']} of {index['nlist']} lists, recall@10 "
@@ -752,6 +752,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build the structures' patterns and graphs on a Dask cluster: a scheduler address "
                         "(tcp://host:8786) or local:N for N local worker processes (pip install \"eacnn[cluster]\"); "
                         "the database is identical to a local build")
+    b.add_argument("--dedupe", action="store_true",
+                   help="keep one entry of each crystal: among entries of equal reduced formula and space group, those "
+                        "pymatgen's StructureMatcher calls the same are listed in skipped.csv as duplicates")
     b.set_defaults(func=_cmd_database)
 
     p = sub.add_parser("book", help="execute every notebook (papermill) and render the book (Jupyter Book 1)")

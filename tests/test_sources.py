@@ -74,3 +74,28 @@ def test_database_build_from_an_archive_names_what_it_skipped(collections, tmp_p
     assert manifest["n"] == len(GOOD) + 2 and manifest["skipped"] == 3
     report = (out / "skipped.csv").read_text()
     assert all(name in report for name in ("empty", "garbage", "no_cell")) and "skipped.csv" in proc.stdout
+
+
+def test_dedupe_keeps_one_entry_of_each_crystal(tmp_path):
+    """Two files of one crystal (one in a supercell setting) and a different crystal: ``--dedupe`` keeps two entries
+    and names the duplicate in skipped.csv."""
+    from pymatgen.io.cif import CifWriter
+
+    from eacnn.datasets.structures import read_cif
+
+    src = tmp_path / "cifs"
+    src.mkdir()
+    first = GOOD[0]
+    (src / first.name).write_bytes(first.read_bytes())
+    bigger = read_cif(first)
+    bigger.make_supercell([1, 1, 2])
+    CifWriter(bigger).write_file(src / f"{first.stem}_supercell.cif")
+    (src / GOOD[1].name).write_bytes(GOOD[1].read_bytes())
+    out = tmp_path / "db"
+    proc = subprocess.run([sys.executable, "-m", "eacnn", "database", "build", str(src), "--out", str(out), "--dedupe"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["n"] == 2 and manifest["skipped"] == 1
+    report = (out / "skipped.csv").read_text()
+    assert "duplicate" in report and f"the same crystal as {first.stem}" in report

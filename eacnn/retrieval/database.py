@@ -40,6 +40,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from eacnn.config import MixtureConfig, SearchConfig
 from eacnn.errors import EACNNError
@@ -541,9 +542,10 @@ def _from_datasets(sources: Sequence[str], model, cfg, progress: bool, cluster: 
     from eacnn.datasets.structures import load_embedded
     from eacnn.retrieval.embed import embed_dataset
 
-    labels, emb, two_theta, area, vectors, reflections, skipped = [], [], [], [], [], [], []
+    labels, emb, two_theta, area, vectors, reflections, skipped, getters = [], [], [], [], [], [], [], []
     for source in sources:
         ds, table = _source_dataset(source, cfg, progress, cluster)
+        getters += [(ds, i) for i in range(len(ds))]
         skipped += [(source, name, "unreadable", reason) for name, reason in getattr(ds, "read_skipped", [])]
         skipped += [(source, r.material_id, r.reason, r.detail) for r in ds.skipped.itertuples()]
         z = np.zeros((len(ds), model.model_config.embed_dim), dtype=np.float32)  # [n, d]
@@ -564,7 +566,7 @@ def _from_datasets(sources: Sequence[str], model, cfg, progress: bool, cluster: 
             reflections.append(ds.reflections(i))
         vectors.append(ds.vectors)
     return (pd.concat(labels, ignore_index=True), np.concatenate(emb), _sticks_arrays(two_theta, area),
-            np.concatenate(vectors), reflections, skipped)
+            np.concatenate(vectors), reflections, skipped, [lambda ds=ds, i=i: ds.structure(i) for ds, i in getters])
 
 
 def model_calibration(model, cfg, checkpoint_sha: str, progress: bool = True) -> dict:
@@ -595,7 +597,7 @@ def _fit_calibration(model, cfg, progress: bool, full_data: bool = False, n_quer
 
 
 def build_database(sources: Sequence[str], out: str | Path, checkpoint: str | Path | None = None,
-                   progress: bool = True, cluster: str | None = None) -> Path:
+                   progress: bool = True, cluster: str | None = None, dedupe: bool = False) -> Path:
     """Embed every structure of ``sources`` (``"embedded"``, folders of CIF files) with a checkpoint's model and
     write the database folder ``out``."""
     from eacnn.config import Config
@@ -604,11 +606,12 @@ def build_database(sources: Sequence[str], out: str | Path, checkpoint: str | Pa
     path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
     ckpt = load_checkpoint(path)
     return model_database(model_from_checkpoint(ckpt), Config.from_dict(ckpt["config"]), sources, out,
-                          file_sha256(path), progress, cluster=cluster)
+                          file_sha256(path), progress, cluster=cluster, dedupe=dedupe)
 
 
 def model_database(model, cfg, sources: Sequence[str], out: str | Path, model_sha: str | None = None,
-                   progress: bool = True, calibration_queries: int | None = None, cluster: str | None = None) -> Path:
+                   progress: bool = True, calibration_queries: int | None = None, cluster: str | None = None,
+                   dedupe: bool = False) -> Path:
     """:func:`build_database` for a model in memory (``model_sha``: its checkpoint's SHA-256, which selects shipped
     embeddings and caches the calibration; None for a model without a checkpoint file)."""
     from eacnn.retrieval.pattern_tower import export_tower
@@ -627,10 +630,55 @@ def model_database(model, cfg, sources: Sequence[str], out: str | Path, model_sh
     vectors = np.concatenate([p[3] for p in parts])
     calibration = (model_calibration(model, cfg, sha, progress) if model_sha else
                    _fit_calibration(model, cfg, progress, n_queries=calibration_queries))
-    reflections = reflections_arrays([r for p in parts for r in p[4]])
+    reflections = [r for p in parts for r in p[4]]
     skipped = [row for p in parts if len(p) > 5 for row in p[5]]
+    if dedupe:
+        getters = [g for p in parts for g in (p[6] if len(p) > 6 else _embedded_getters(p[0]))]
+        drop, notes = duplicate_rows(labels, getters, progress)
+        skipped += [(labels["source"].iloc[i], labels["material_id"].iloc[i], "duplicate", note)
+                    for i, note in zip(drop, notes)]
+        keep = np.setdiff1d(np.arange(len(labels)), drop)
+        tt, ar = _split(sticks)
+        labels, emb, vectors = labels.iloc[keep].reset_index(drop=True), emb[keep], vectors[keep]
+        sticks = _sticks_arrays([tt[i] for i in keep], [ar[i] for i in keep])
+        reflections = [reflections[i] for i in keep]
+    reflections = reflections_arrays(reflections)
     return write_database(out, labels, emb, export_tower(model), calibration, sha, sources, sticks, vectors,
                           dataclasses.asdict(cfg.xrd), reflections, skipped)
+
+
+def _embedded_getters(labels: pd.DataFrame) -> list:
+    """A structure getter per row of the embedded part (its material ids looked up in the shipped table)."""
+    from eacnn.datasets.structures import load_embedded, row_to_structure
+
+    table = load_embedded().set_index("material_id")
+    return [lambda m=m: row_to_structure({"material_id": m, **table.loc[m].to_dict()}) for m in labels["material_id"]]
+
+
+def duplicate_rows(labels: pd.DataFrame, structures: Sequence, progress: bool = False) -> tuple[list[int], list[str]]:
+    """Rows that are the same crystal as an earlier row: among rows of equal reduced formula and space group only,
+    pymatgen's ``StructureMatcher`` (default tolerances) groups the structures (``structures[i]()`` builds row i's);
+    every member of a group but the first is returned with a note naming the one kept."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Composition
+
+    key = [f"{Composition(f).reduced_formula}|{sg}" for f, sg in zip(labels["formula"], labels["spacegroup_number"])]
+    groups: dict[str, list[int]] = {}
+    for i, k in enumerate(key):
+        groups.setdefault(k, []).append(i)
+    matcher = StructureMatcher()
+    drop, notes = [], []
+    for rows in tqdm(groups.values(), desc="finding duplicates", disable=not progress):
+        if len(rows) < 2:
+            continue
+        built = [structures[i]() for i in rows]
+        for group in matcher.group_structures(built):
+            members = sorted(rows[next(j for j, s in enumerate(built) if s is g)] for g in group)
+            for i in members[1:]:
+                drop.append(i)
+                notes.append(f"the same crystal as {labels['material_id'].iloc[members[0]]} (StructureMatcher)")
+    order = np.argsort(drop, kind="stable")
+    return [drop[j] for j in order], [notes[j] for j in order]
 
 
 def default_database(sources: Sequence[str] = ("embedded",), checkpoint: str | Path | None = None,
