@@ -173,7 +173,7 @@ def _database_sources(sources: list[str] | None) -> list[str]:
                 raise EACNNError(f"--database {source!r}: give 'embedded', a folder of CIF files or a zip/tar "
                                  f"archive of them ({source} is {what})")
             elif not cif_files(folder):
-                raise EACNNError(f"--database {source!r}: the folder holds no .cif file (searched recursively)")
+                raise EACNNError(f"--database {source!r}: the folder holds no .cif file (nor a pymatgen .json structure; searched recursively)")
         if source not in out:
             out.append(source)
     return out

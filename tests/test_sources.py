@@ -33,6 +33,10 @@ def _messy() -> dict[str, bytes]:
     out["3/garbage.cif"] = b"\x00\x01 not a cif at all"
     out["3/no_cell.cif"] = "\n".join(l for l in first.splitlines() if "_cell_length_a" not in l).encode()
     out["README.txt"] = b"not a structure"
+    from eacnn.datasets.structures import read_cif
+
+    out[f"4/{stem}_pymatgen.json"] = json.dumps(read_cif(GOOD[0]).as_dict()).encode()  # pymatgen JSON
+    out["4/not_a_structure.json"] = b'{"a": 1}'
     return out
 
 
@@ -58,8 +62,8 @@ def collections(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["folder", "zip", "tar"])
 def test_every_cif_is_read_and_every_broken_one_reported(collections, kind):
     found = read_cif_folder(collections[kind], progress=False)
-    assert len(found.table) == len(GOOD) + 2  # the good files, the gzipped copy and the upper-case copy
-    assert sorted(name for name, _ in found.skipped) == ["empty", "garbage", "no_cell"]
+    assert len(found.table) == len(GOOD) + 3  # the good files, the gzipped, upper-case and JSON copies
+    assert sorted(name for name, _ in found.skipped) == ["empty", "garbage", "no_cell", "not_a_structure"]
     reasons = dict(found.skipped)
     assert "_cell_length_a is missing" in reasons["no_cell"] and "not a CIF" in reasons["garbage"]
     assert not any(name.endswith(".txt") for name, _ in cif_entries(collections[kind]))
@@ -71,9 +75,10 @@ def test_database_build_from_an_archive_names_what_it_skipped(collections, tmp_p
                            str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["n"] == len(GOOD) + 2 and manifest["skipped"] == 3
+    assert manifest["n"] == len(GOOD) + 3 and manifest["skipped"] == 4
     report = (out / "skipped.csv").read_text()
-    assert all(name in report for name in ("empty", "garbage", "no_cell")) and "skipped.csv" in proc.stdout
+    assert all(name in report for name in ("empty", "garbage", "no_cell", "not_a_structure"))
+    assert "skipped.csv" in proc.stdout
 
 
 def test_dedupe_keeps_one_entry_of_each_crystal(tmp_path):

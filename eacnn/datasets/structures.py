@@ -53,6 +53,7 @@ __all__ = [
     "cif_stem",
     "is_cif_archive",
     "parse_cif",
+    "parse_structure_file",
     "EMBEDDED_FILE",
     "TABLE_COLUMNS",
     "CifFolder",
@@ -365,7 +366,7 @@ class CifFolder(NamedTuple):
     skipped: list  # (id, reason) for every file that could not be read
 
 
-CIF_SUFFIXES = (".cif", ".cif.gz")  # any case
+CIF_SUFFIXES = (".cif", ".cif.gz", ".json", ".json.gz")  # any case; .json: a pymatgen Structure (Structure.as_dict)
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")  # any case
 
 
@@ -374,8 +375,33 @@ def _is_cif_name(name: str) -> bool:
 
 
 def cif_stem(name: str) -> str:
+    """The id of a structure file: its name without the directory and the .cif/.json(.gz) ending."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    return base[: -len(".cif.gz")] if base.lower().endswith(".cif.gz") else base[: -len(".cif")]
+    for suffix in (".cif.gz", ".json.gz", ".cif", ".json"):
+        if base.lower().endswith(suffix):
+            return base[: -len(suffix)]
+    return base
+
+
+def parse_structure_file(text: str, name: str) -> "Structure":  # noqa: F821
+    """A structure from a file's text: pymatgen JSON (``Structure.as_dict()``, as MP and pymatgen write it) when
+    the name ends in ``.json``/``.json.gz``, else CIF (:func:`parse_cif`).
+
+    Raises:
+        StructureError: unreadable JSON, not a structure, or the CIF checks; the message names the file.
+    """
+    if not name.lower().endswith((".json", ".json.gz")):
+        return parse_cif(text, name)
+    from pymatgen.core import Structure
+
+    try:
+        structure = Structure.from_dict(json.loads(text))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise StructureError(f"{name}: not a pymatgen Structure in JSON ({type(err).__name__}: {err})") from None
+    if len(structure) == 0:
+        raise StructureError(f"{name}: the structure has no sites")
+    _check_overlap(structure, name)
+    return structure
 
 
 def is_cif_archive(path: str | Path) -> bool:
@@ -424,8 +450,9 @@ def cif_entries(source: str | Path):
 def read_cif_folder(
     folder: str | Path, split: str = "test", pattern: str | None = None, progress: bool = True
 ) -> CifFolder:
-    """Every CIF of a folder (recursive) or an archive as a structure table; ids are the file stems (the relative
-    path, ``/`` as ``__``, where two files share a stem).
+    """Every structure file (CIF, or pymatgen JSON: :func:`parse_structure_file`) of a folder (recursive) or an
+    archive as a structure table; ids are the file stems (the relative path, ``/`` as ``__``, where two files share
+    a stem).
 
     Unreadable files are logged with their name and reason and listed in ``skipped``, never dropped silently.
 
@@ -446,7 +473,7 @@ def read_cif_folder(
     names, structures, skipped = [], [], []
     for name, text in tqdm(entries, desc="reading CIFs", unit="file", disable=not progress):
         try:
-            structures.append(parse_cif(text, f"{folder}/{name}" if folder.is_dir() else f"{folder}:{name}"))
+            structures.append(parse_structure_file(text, f"{folder}/{name}" if folder.is_dir() else f"{folder}:{name}"))
             names.append(name)
         except StructureError as err:
             log.warning("skipping %s: %s", name, err)

@@ -70,8 +70,8 @@ from scipy.optimize import nnls
 from threadpoolctl import threadpool_limits
 
 from eacnn.config import MixtureConfig, XRDConfig
-from eacnn.datasets.structures import (cif_stem, cif_entries, cif_files, is_cif_archive, load_embedded,
-                                      parse_cif, read_cif, row_to_structure)
+from eacnn.datasets.structures import (cif_entries, cif_stem, is_cif_archive, load_embedded, parse_structure_file,
+                                      row_to_structure)
 from eacnn.errors import ConfigError, EACNNError, PatternError
 from eacnn.physics.perturb import binned_variants
 from eacnn.retrieval.identify import identify
@@ -325,13 +325,10 @@ def phase_structure(db, row: int):
             hit = table[table["material_id"] == label["material_id"]]
             return row_to_structure(hit.iloc[0].to_dict()) if len(hit) else None
         folder = Path(label["source"])
-        if folder.is_dir():
-            found = [p for p in cif_files(folder) if cif_stem(p.name) == label["material_id"]]
-            return read_cif(found[0]) if found else None
-        if is_cif_archive(folder):  # the member of that name, read streaming
+        if folder.is_dir() or is_cif_archive(folder):  # the file of that name (read streaming from an archive)
             for name, text in cif_entries(folder):
                 if cif_stem(name) == label["material_id"]:
-                    return parse_cif(text, f"{folder}:{name}")
+                    return parse_structure_file(text, f"{folder}:{name}")
         return None
     except EACNNError as err:
         log.warning("no structure for %s (%s): its weight fraction is unknown", label["material_id"], err)
