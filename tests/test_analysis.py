@@ -647,3 +647,20 @@ def test_embedding_collisions_count_only_other_phases():
     phase = np.array(["A", "B", "C", "C", "D"])  # rows 0/1 collide across phases; 2/3 are one phase
     share, pairs = embedding_collisions(z, phase, threshold=0.999)
     assert share == 0.4 and pairs[["i", "j"]].values.tolist() == [[0, 1]]
+
+
+def test_the_collision_report_names_pairs_and_their_pattern_similarity():
+    import numpy as np
+    import pandas as pd
+
+    from eacnn.analysis.curves import collision_report
+
+    z = np.array([[1, 0, 0], [1, 1e-4, 0], [0, 1, 0]], np.float32)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    labels = pd.DataFrame({"formula": ["MoS2", "MoS2", "NaCl"], "spacegroup_number": [164, 194, 225],
+                           "spacegroup_symbol": ["P-3m1", "P6_3/mmc", "Fm-3m"]})
+    patterns = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    numbers, table = collision_report({"paper": z, "ours": np.eye(3, dtype=np.float32)}, labels, patterns)
+    assert numbers["paper"]["share"] == pytest.approx(2 / 3) and numbers["paper"]["pattern_cosine"] == 0.0
+    assert numbers["ours"]["share"] == 0 and np.isnan(numbers["ours"]["pattern_cosine"])
+    assert table.loc[0, "structure"] == "MoS2 (P-3m1)" and table.loc[0, "taken for"] == "MoS2 (P6_3/mmc)"

@@ -81,3 +81,22 @@ def test_the_summary_counts_a_confident_wrong_answer():
     assert s.loc["eacnn search", "Top-1 (%)"] == 50 and s.loc["eacnn search", "confident wrong (%)"] == 50
     assert s.loc["search-match", "Top-5 (%)"] == 50 and np.isnan(s.loc["search-match", "match (%)"])
     assert len(UNSEEN_CONDITIONS) >= 6
+
+
+def test_the_chapter_table_and_phrases_come_from_the_answers():
+    import pandas as pd
+
+    from eacnn.measured.report import unseen_numbers, unseen_summary, unseen_table
+
+    rows = []
+    for condition, ours, sm in (("unstrained", [1, 1], [1, 1]), ("texture r=0.6", [1, 4], [1, 1])):
+        for search, ranks in (("eacnn search", ours), ("eacnn search, elements given", [1, 1]), ("search-match", sm)):
+            rows += [{"condition": condition, "search": search, "rank": r, "verdict": "match" if r == 1 else ""}
+                     for r in ranks]
+    summary = unseen_summary(pd.DataFrame(rows))
+    table = unseen_table(summary)
+    assert list(table.index) == ["unstrained", "texture r=0.6"] and table.loc["texture r=0.6", "Top-1 %"] == 50
+    words = unseen_numbers(summary)
+    assert words["unseen_worst"] == "texture r=0.6" and "misses the ≥ 85 % target by 35.0 points" in words[
+        "unseen_worst_phrase"]
+    assert words["unseen_sm_beats"].startswith('"texture r=0.6" (100 against 50 %)')

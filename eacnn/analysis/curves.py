@@ -17,7 +17,7 @@ from eacnn.paths import DATA_DIR
 from eacnn.published import published
 
 __all__ = ["curves_table", "curves_summary", "curve_status", "scaling_fit", "reproduction_sentence",
-           "embedding_collisions", "MP20_TRAIN", "PAPER_TRAIN"]
+           "embedding_collisions", "collision_report", "MP20_TRAIN", "PAPER_TRAIN"]
 
 MP20_TRAIN = 27_136  # structures in MP-20's train split (Xie et al. 2022), not shipped here
 #: the paper's data set (train and test together: its training share is not stated), from eacnn.published
@@ -149,3 +149,38 @@ def embedding_collisions(z: np.ndarray, phase: np.ndarray, threshold: float = 0.
     pairs = pd.DataFrame({"i": np.minimum(i, j), "j": np.maximum(i, j), "cosine": best[hit]})
     pairs = pairs.drop_duplicates(["i", "j"]).sort_values("cosine", ascending=False, ignore_index=True)
     return (float(hit.mean()) if len(z) else float("nan")), pairs
+
+
+def collision_report(z: dict[str, np.ndarray], labels: pd.DataFrame, patterns: np.ndarray, threshold: float = 0.999,
+                     top: int = 8) -> tuple[dict[str, dict], pd.DataFrame]:
+    """Chapter 4's design-limit numbers for several towers at once.
+
+    Args:
+        z: tower name -> [n, d] L2-normalised structure embeddings of the same n structures.
+        labels: their rows (formula, spacegroup_number, spacegroup_symbol), in the same order.
+        patterns: [n, n_bins] their clean simulated patterns.
+
+    Returns:
+        per tower ``{"share": fraction colliding, "pattern_cosine": median pattern cosine of its colliding pairs}``,
+        and the first tower's ``top`` closest pairs: structure, taken for, embedding cosine, pattern cosine.
+    """
+    labels = labels.reset_index(drop=True)
+    phase = (labels["formula"].astype(str) + "|" + labels["spacegroup_number"].astype(str)).to_numpy()
+    clean = np.asarray(patterns, np.float32)
+    clean = clean / np.maximum(np.linalg.norm(clean, axis=1, keepdims=True), 1e-12)
+    numbers, first = {}, None
+    for name, emb in z.items():
+        share, pairs = embedding_collisions(emb, phase, threshold)
+        cos = [float(clean[i] @ clean[j]) for i, j in zip(pairs["i"], pairs["j"])]
+        numbers[name] = {"share": share, "pattern_cosine": float(np.median(cos)) if cos else float("nan")}
+        first = pairs if first is None else first
+
+    def name_of(i: int) -> str:
+        return f"{labels['formula'][i]} ({labels['spacegroup_symbol'][i]})"
+
+    head = first.head(top) if first is not None else pd.DataFrame(columns=["i", "j", "cosine"])
+    table = pd.DataFrame({"structure": [name_of(i) for i in head["i"]], "taken for": [name_of(j) for j in head["j"]],
+                          "embedding cosine": head["cosine"].round(5).to_numpy(),
+                          "pattern cosine": [round(float(clean[i] @ clean[j]), 3) for i, j in zip(head["i"], head["j"])],
+                          "i": head["i"].to_numpy(), "j": head["j"].to_numpy()})
+    return numbers, table

@@ -13,7 +13,7 @@ from eacnn.retrieval.identify import RERANK_DEPTH, identify
 
 __all__ = ["identification_report", "verdict_quality", "mixture_summary", "mixture_numbers", "mixture_rows",
            "mixture_table", "shipped_mixtures_path", "SEPARATED", "AUTOANALYZER_MIXTURES", "reduced_formula", "phase_in",
-           "score_phases", "unseen_summary", "shipped_unseen_path"]
+           "score_phases", "unseen_summary", "shipped_unseen_path", "unseen_table", "unseen_numbers"]
 
 #: The four measured XRD-AutoAnalyzer mixtures shipped in ``eacnn/data/measured/mixtures`` and their phases (the
 #: file names; polymorphs and fractions are not stated).
@@ -220,3 +220,42 @@ def unseen_summary(df: pd.DataFrame) -> pd.DataFrame:
                     "confident wrong (%)": 100 * (match & (part["rank"] != 1)).mean()
                     if search != "search-match" else np.nan})
     return pd.DataFrame(out)
+
+
+def unseen_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Chapter 5's table of :func:`unseen_summary`: per condition (rows in the script's order), Top-1 and Top-5 of the
+    search, Top-1 with the elements given, Top-1 of search-match, and the confident wrong answers (%)."""
+    by = summary.set_index(["condition", "search"])
+
+    def col(search: str, value: str) -> pd.Series:
+        return by.xs(search, level="search")[value]
+
+    return pd.DataFrame({
+        "Top-1 %": col("eacnn search", "Top-1 (%)"), "Top-5 %": col("eacnn search", "Top-5 (%)"),
+        "elements given, Top-1 %": col("eacnn search, elements given", "Top-1 (%)"),
+        "search-match, Top-1 %": col("search-match", "Top-1 (%)"),
+        "confident wrong %": col("eacnn search", "confident wrong (%)"),
+    }).loc[list(summary["condition"].unique())].round(1)
+
+
+def unseen_numbers(summary: pd.DataFrame, target: float = 85.0) -> dict[str, str]:
+    """The phrases chapter 5 glues about :func:`unseen_summary`: the unstrained and the weakest condition's Top-1,
+    how that stands against ``target``, the least Top-1 with the elements given, search-match's range and where it
+    beats the search, the most confident wrong answers."""
+    from eacnn.robustness import target_phrase
+
+    table = unseen_table(summary)
+    ours = table["Top-1 %"].drop("unstrained", errors="ignore")
+    sm = table["search-match, Top-1 %"].drop("unstrained", errors="ignore")
+    beats = [c for c in table.index if table.loc[c, "search-match, Top-1 %"] > table.loc[c, "Top-1 %"]]
+    return {
+        "unseen_n": f"{int(summary['queries'].max())}",
+        "unseen_clean": f"{table.loc['unstrained', 'Top-1 %']:.1f}" if "unstrained" in table.index else "n/a",
+        "unseen_worst": str(ours.idxmin()), "unseen_worst_top1": f"{ours.min():.1f}",
+        "unseen_worst_phrase": target_phrase(f"{ours.min():.1f}", target),
+        "unseen_elements_min": f"{table['elements given, Top-1 %'].min():.1f}",
+        "unseen_sm_range": f"{sm.min():.0f}–{sm.max():.0f}",
+        "unseen_sm_beats": ", ".join(f'"{c}" ({table.loc[c, "search-match, Top-1 %"]:.0f} against '
+                                     f'{table.loc[c, "Top-1 %"]:.0f} %)' for c in beats) or "nowhere",
+        "unseen_wrong_max": f"{table['confident wrong %'].max():.1f}",
+    }
