@@ -165,7 +165,8 @@ def cod_like_archive(n: int, tmp: Path) -> dict:
     ds = build_dataset(Config.cpu().replace(**{"data.max_sites": 512}), structures_table=found.table,
                        progress=False, n_jobs=-1)
     built = time.perf_counter() - t0
-    reasons = Counter(reason.split(":", 1)[1].split("(")[0].strip()[:40] for _, reason in found.skipped)
+    reasons = Counter(reason.split(".cif: ", 1)[-1].split(";")[0].split(" (")[0].strip()[:40]
+                      for _, reason in found.skipped)
     return {"files": n, "read": read, "unreadable": len(found.skipped), "built": built, "in_dataset": len(ds),
             "not_simulated": len(ds.skipped), "reasons": dict(reasons.most_common(4))}
 
