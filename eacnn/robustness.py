@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from eacnn.measured.report import target_phrase
 from eacnn.physics.conditions import CONDITIONS, condition_queries
 from eacnn.retrieval.query import SCALES, rescale_many, scale_prior
 from eacnn.training.metrics import true_rank
@@ -246,12 +247,3 @@ def book_numbers(table: pd.DataFrame) -> dict[str, str]:
     out["iso_target"] = target_phrase(worst_iso, 95.0)
     out["aniso_target"] = target_phrase(out["srch_aniso"], 90.0)
     return out
-
-
-def target_phrase(top1: str, target: float) -> str:
-    """How a Top-1 (percent, as text; "n/a" when not computed) stands against a target: "meets the ≥ 95 % target"
-    or "misses the ≥ 95 % target by 3.1 points"."""
-    if top1 == "n/a":
-        return f"was not computed against the ≥ {target:g} % target"
-    gap = target - float(top1)
-    return f"meets the ≥ {target:g} % target" if gap <= 0 else f"misses the ≥ {target:g} % target by {gap:.1f} points"

@@ -13,7 +13,7 @@ from eacnn.retrieval.identify import RERANK_DEPTH, identify
 
 __all__ = ["identification_report", "verdict_quality", "mixture_summary", "mixture_numbers", "mixture_rows",
            "mixture_table", "shipped_mixtures_path", "SEPARATED", "AUTOANALYZER_MIXTURES", "reduced_formula", "phase_in",
-           "score_phases", "unseen_summary", "shipped_unseen_path", "unseen_table", "unseen_numbers"]
+           "score_phases", "unseen_summary", "shipped_unseen_path", "unseen_table", "unseen_numbers", "target_phrase"]
 
 #: The four measured XRD-AutoAnalyzer mixtures shipped in ``eacnn/data/measured/mixtures`` and their phases (the
 #: file names; polymorphs and fractions are not stated).
@@ -242,8 +242,6 @@ def unseen_numbers(summary: pd.DataFrame, target: float = 85.0) -> dict[str, str
     """The phrases chapter 5 glues about :func:`unseen_summary`: the unstrained and the weakest condition's Top-1,
     how that stands against ``target``, the least Top-1 with the elements given, search-match's range and where it
     beats the search, the most confident wrong answers."""
-    from eacnn.robustness import target_phrase
-
     table = unseen_table(summary)
     ours = table["Top-1 %"].drop("unstrained", errors="ignore")
     sm = table["search-match, Top-1 %"].drop("unstrained", errors="ignore")
@@ -259,3 +257,12 @@ def unseen_numbers(summary: pd.DataFrame, target: float = 85.0) -> dict[str, str
                                      f'{table.loc[c, "Top-1 %"]:.0f} %)' for c in beats) or "nowhere",
         "unseen_wrong_max": f"{table['confident wrong %'].max():.1f}",
     }
+
+
+def target_phrase(top1: str, target: float) -> str:
+    """How a Top-1 (percent, as text; "n/a" when not computed) stands against a target: "meets the ≥ 95 % target"
+    or "misses the ≥ 95 % target by 3.1 points"."""
+    if top1 == "n/a":
+        return f"was not computed against the ≥ {target:g} % target"
+    gap = target - float(top1)
+    return f"meets the ≥ {target:g} % target" if gap <= 0 else f"misses the ≥ {target:g} % target by {gap:.1f} points"
