@@ -31,6 +31,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=0.0, help="stop after the epoch passing this many minutes")
     parser.add_argument("--run-dir", type=Path, default=None, help="default: $EACNN_RUNS/gpu-paper-<epochs>")
     parser.add_argument("--out", type=Path, default=ROOT / "eacnn" / "data" / "gpu_runs.csv")
+    parser.add_argument("--train-subset", type=int, default=0, help="train on this many structures (0: all)")
     parser.add_argument("--allow-cpu", action="store_true", help="run without CUDA (a check of the script only)")
     args = parser.parse_args()
     if args.epochs < 1 or args.minutes < 0:
@@ -52,7 +53,7 @@ def main() -> int:
         return 2
     torch.set_flush_denormal(True)
     cfg = Config.paper().replace(**{"model.kind": "paper", "train.epochs": args.epochs,
-                                    "train.max_minutes": args.minutes,
+                                    "train.max_minutes": args.minutes, "train.train_subset": args.train_subset,
                                     "train.device": "cuda" if torch.cuda.is_available() else "cpu"})
     data = build_dataset(cfg)
     run = args.run_dir or runs_dir() / f"gpu-paper-{args.epochs}"
@@ -63,8 +64,10 @@ def main() -> int:
         test = evaluate_test(cfg, result.model, data)
     log = result.history
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    from eacnn.training.loop import training_indices
+
     row = {"date": time.strftime("%Y-%m-%d"), "device": device, "profile": "paper", "tower": "paper",
-           "n_train": int(len(data.indices("train"))), "epochs_run": int(log.epoch.max()),
+           "n_train": int(len(training_indices(cfg, data))), "epochs_run": int(log.epoch.max()),
            "epochs_budget": args.epochs, "minutes_this_call": round(minutes, 2),
            "minutes_training": round(float(log.seconds.sum()) / 60, 2), "best_epoch": int(log.loc[log.val_score.idxmax(),
                                                                                                    "epoch"]),
