@@ -32,6 +32,8 @@ def main() -> int:
     parser.add_argument("--run-dir", type=Path, default=None, help="default: $EACNN_RUNS/gpu-paper-<epochs>")
     parser.add_argument("--out", type=Path, default=ROOT / "eacnn" / "data" / "gpu_runs.csv")
     parser.add_argument("--train-subset", type=int, default=0, help="train on this many structures (0: all)")
+    parser.add_argument("--max-structures", type=int, default=0,
+                        help="the first N structures of each split only (0: all): a quick check of the script")
     parser.add_argument("--allow-cpu", action="store_true", help="run without CUDA (a check of the script only)")
     args = parser.parse_args()
     if args.epochs < 1 or args.minutes < 0:
@@ -54,6 +56,7 @@ def main() -> int:
     torch.set_flush_denormal(True)
     cfg = Config.paper().replace(**{"model.kind": "paper", "train.epochs": args.epochs,
                                     "train.max_minutes": args.minutes, "train.train_subset": args.train_subset,
+                                    "data.max_structures": args.max_structures,
                                     "train.device": "cuda" if torch.cuda.is_available() else "cpu"})
     data = build_dataset(cfg)
     run = args.run_dir or runs_dir() / f"gpu-paper-{args.epochs}"
