@@ -386,14 +386,9 @@ CONFIDENT_MEANS = ("a phase is confident only when the verdict is 'match', the f
 def ambiguity_note(candidates: list[dict], coverage: float) -> str:
     """What would separate phases the pattern cannot tell apart (``candidates``: formula, spacegroup each): their
     chemistry when their compositions differ (``--elements``), a wider or finer scan when they are polymorphs."""
-    from eacnn.datasets.structures import normalize_elements
+    from pymatgen.core import Composition  # the database is open by now: pymatgen is loaded
 
-    def elements(formula: str) -> set:
-        import re
-
-        return set(normalize_elements(re.findall(r"[A-Z][a-z]?", formula)))
-
-    sets = [elements(c["formula"]) for c in candidates]
+    sets = [{el.symbol for el in Composition(c["formula"]).elements} for c in candidates]
     notes = []
     if len({frozenset(e) for e in sets}) > 1:
         common = set.intersection(*sets)
