@@ -405,20 +405,25 @@ class SearchConfig:
     fine_steps: tuple = ((0.001, 0.05), (0.00025, 0.0125))  # finer (Δd/d, degrees) grids, ±2 steps each
     cell_widths: tuple = (3.0, 1.0)  # the cell fit's profile widths, in units of the isotropic fit's
     cell_evaluations: tuple = (20, 30)  # most profile evaluations of the cell fit at each of cell_widths
+    texture_fits: int = 0  # of the cell-fitted, the best whose preferred orientation is fitted too; validation
+    texture_min_gain: float = 2.0  # a texture fit is kept when it lowers 1 - agreement² this many times; validation
+    texture_penalty: float = 0.0  # score lost per unit |ln r| of a kept March–Dollase r; validation
+    texture_r: tuple = (0.5, 2.0, 15)  # March–Dollase r tried: (lowest, highest, points, geometric)
     # -- the verdict's calibration ----------------------------------------------------------------------------------
     target_precision: float = 0.8  # a "match" is right at least this often on validation queries (present/absent)
     calibration_queries: int = 450  # validation structures asked, each with its phase present and absent
 
     def __post_init__(self) -> None:
-        for name in ("refine_widths", "fine_steps", "cell_widths", "cell_evaluations"):  # JSON gives lists
+        for name in ("refine_widths", "fine_steps", "cell_widths", "cell_evaluations", "texture_r"):  # JSON: lists
             value = getattr(self, name)
             object.__setattr__(self, name, tuple(tuple(v) if isinstance(v, list) else v for v in value))
         if not 0 < self.scale_min <= 1 <= self.scale_max < 2 or self.scale_steps < 1:
             raise ConfigError(f"search scales must bracket 1: scale_min={self.scale_min!r}, "
                               f"scale_max={self.scale_max!r}, scale_steps={self.scale_steps!r}")
-        if self.rerank_depth < 0 or self.cell_fits < 0 or self.calibration_queries < 3:
-            raise ConfigError(f"need rerank_depth >= 0, cell_fits >= 0, calibration_queries >= 3; got "
-                              f"{self.rerank_depth!r}, {self.cell_fits!r}, {self.calibration_queries!r}")
+        if self.rerank_depth < 0 or self.cell_fits < 0 or self.texture_fits < 0 or self.calibration_queries < 3:
+            raise ConfigError(f"need rerank_depth, cell_fits, texture_fits >= 0, calibration_queries >= 3; got "
+                              f"{self.rerank_depth!r}, {self.cell_fits!r}, {self.texture_fits!r}, "
+                              f"{self.calibration_queries!r}")
         if self.rerank_rule not in ("likelihood", "linear"):
             raise ConfigError(f"search.rerank_rule must be 'likelihood' or 'linear', got {self.rerank_rule!r}")
         if not 0 < self.target_precision < 1:
@@ -431,7 +436,8 @@ class SearchConfig:
 
     #: the settings that change what the verdict's thresholds mean: a search must use the calibrated ones
     VERDICT_FIELDS = ("scale_min", "scale_max", "scale_steps", "scale_penalty", "rerank_depth", "cell_fits",
-                      "rerank_rule", "rerank_weight", "anisotropy_penalty", "cell_min_gain")
+                      "rerank_rule", "rerank_weight", "anisotropy_penalty", "cell_min_gain", "texture_fits",
+                      "texture_min_gain", "texture_penalty")
 
     def differences(self, other: "SearchConfig") -> list[str]:
         """``"field: this -> other"`` for every verdict-relevant setting (:data:`VERDICT_FIELDS`) that differs."""
@@ -447,7 +453,9 @@ class SearchConfig:
         written before settings were recorded, what it did record (depth, cells, rule, priors); the rest default."""
         if isinstance(calibration.get("search"), dict):
             names = {f.name for f in dataclasses.fields(cls)}
-            return cls(**{k: v for k, v in calibration["search"].items() if k in names})
+            record = {k: v for k, v in calibration["search"].items() if k in names}
+            record.setdefault("texture_fits", 0)  # recorded before the texture fit existed: calibrated without it
+            return cls(**record)
         kw: dict[str, Any] = {}
         if "rerank" in calibration:
             kw["rerank_depth"] = int(calibration["rerank"])
@@ -464,7 +472,7 @@ class SearchConfig:
             kw["target_precision"] = float(calibration["target"])
         if "n_queries" in calibration:
             kw["calibration_queries"] = max(3, int(calibration["n_queries"]))
-        return cls(**kw)
+        return cls(texture_fits=0, **kw)
 
 
 @dataclass(frozen=True)

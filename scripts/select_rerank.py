@@ -48,7 +48,7 @@ SCORES = (("linear", 0.5), ("linear", 0.75), ("linear", 1.0), ("likelihood", 0.0
 
 
 def search_top1(model, ds, n_queries: int, penalties, rules, label: str = "", rerank: int | None = None,
-                conditions=CONDITIONS, extra=None, cell: bool = True) -> list[dict]:
+                conditions=CONDITIONS, extra=None, cell: bool = True, textures: int | None = None) -> list[dict]:
     """Top-1 (percent) of ``n_queries`` seeded validation queries per condition, penalty and rule, the validation and
     training structures the pool, answered as ``eacnn search`` does with ``model`` (its best ``rerank`` refined).
 
@@ -83,10 +83,12 @@ def search_top1(model, ds, n_queries: int, penalties, rules, label: str = "", re
             for k, q in enumerate(sel):
                 mask = None if masks is None else masks[k]
                 top, fits, _ = refine_shortlist(patterns[k], mask, best[k], pool, ds.sticks, ds.config.xrd,
-                                                SCALES[j[k]], ds.reflections if cell else None, depth=rerank)
+                                                SCALES[j[k]], ds.reflections if cell else None, depth=rerank,
+                                                textures=textures)
                 agree = fits["agreement"].to_numpy()
-                aniso = fits["anisotropy"].to_numpy()
-                scores = {f"{rule[0]} {rule[1]:g}": rerank_score(agree, best[k, top], rule, aniso) for rule in rules}
+                aniso, tex = fits["anisotropy"].to_numpy(), fits["texture"].to_numpy()
+                scores = {f"{rule[0]} {rule[1]:g}": rerank_score(agree, best[k, top], rule, aniso, tex)
+                          for rule in rules}
                 if extra is not None:
                     scores.update(extra(condition, patterns[k], mask, pool[top], fits, best[k, top]))
                 for name, score in scores.items():
@@ -176,6 +178,44 @@ def depth_grid(model, ds, n_queries: int, conditions=CONDITIONS) -> list[dict]:
     return [r for r in records if r["rule"].startswith("refine")]
 
 
+#: the texture fit's settings compared by ``--texture-grid``: candidates fitted × the residual gain it needs × score
+#: per unit |ln r| (:data:`eacnn.retrieval.refine.TEXTURE_FITS`, ``TEXTURE_MIN_GAIN``, ``TEXTURE_PENALTY``)
+TEXTURE_COUNTS = (5, 10, 30)
+TEXTURE_GAINS = (1.5, 2.0, 4.0, 8.0)
+TEXTURE_PRIORS = (0.0, 0.02, 0.05)
+
+
+def texture_grid(model, ds, n_queries: int, conditions=CONDITIONS) -> list[dict]:
+    """Top-1 per condition for the shipped rule, depth and cell fit with no texture fit ("no texture") and with it
+    under each (candidates, gain, prior) of :data:`TEXTURE_COUNTS` × :data:`TEXTURE_GAINS` × :data:`TEXTURE_PRIORS`
+    (every cell-fitted candidate's texture fitted once; each setting reads a prefix of them by their score before)."""
+    from eacnn.retrieval.query import SCALE_PENALTY
+    from eacnn.retrieval.refine import RERANK, cell_kept, rerank_score
+
+    def scores(condition, pattern, mask, rows, fits, similarity) -> dict:
+        before = fits["untextured"].to_numpy()
+        tried = np.isfinite(before)
+        before = np.where(tried, before, fits["agreement"].to_numpy())  # rows without a fit: their agreement
+        aniso = fits["anisotropy"].to_numpy()
+        first = rerank_score(before, similarity, RERANK, aniso)
+        rank = np.full(len(rows), len(rows))
+        order = np.flatnonzero(tried)[np.argsort(-first[tried], kind="stable")]
+        rank[order] = np.arange(len(order))
+        tex, lnr = fits["texture_agreement"].to_numpy(), np.abs(np.log(fits["texture_r"].to_numpy()))
+        out = {"no texture": first}
+        for count in TEXTURE_COUNTS:
+            for gain in TEXTURE_GAINS:
+                kept = (rank < count) & cell_kept(before, np.where(tried, tex, -1.0), gain)
+                for prior in TEXTURE_PRIORS:
+                    out[f"texture {count} gain {gain:g} prior {prior:g}"] = rerank_score(
+                        np.where(kept, tex, before), similarity, RERANK, aniso) - prior * np.where(kept, lnr, 0.0)
+        return out
+
+    records = search_top1(model, ds, n_queries, (SCALE_PENALTY,), (RERANK,), "default", conditions=conditions, extra=scores,
+                          textures=max(TEXTURE_COUNTS))
+    return [r for r in records if r["rule"].startswith(("texture", "no texture"))]
+
+
 def main() -> None:
     import torch
 
@@ -192,6 +232,8 @@ def main() -> None:
                         help="compare the cell fit's settings (and no cell fit) for the shipped model and rule")
     parser.add_argument("--depth-grid", action="store_true",
                         help="compare how many candidates are refined and how many cells fitted (shipped model, rule)")
+    parser.add_argument("--texture-grid", action="store_true",
+                        help="compare the texture fit's settings (and none) for the shipped model, rule and cell fit")
     parser.add_argument("--rerank", type=int, help="candidates refined per query (eacnn search's --rerank; default: "
                                                   "the shipped RERANK_DEPTH)")
     parser.add_argument("--out", help="also write the per-condition Top-1 table here (CSV)")
@@ -204,7 +246,10 @@ def main() -> None:
         parser.error(f"unknown condition(s) {unknown}; choose from {list(CONDITIONS)}")
     torch.set_flush_denormal(True)
     ds = build_dataset(Config.cpu(), progress=False)
-    if args.depth_grid:
+    if args.texture_grid:
+        records = texture_grid(load_pretrained(DEFAULT_CHECKPOINT), ds, args.queries, conditions)
+        table = pd.DataFrame(records).pivot_table(index="condition", columns="rule", values="top1")
+    elif args.depth_grid:
         records = depth_grid(load_pretrained(DEFAULT_CHECKPOINT), ds, args.queries, conditions)
         table = pd.DataFrame(records).pivot_table(index="condition", columns="rule", values="top1")
     elif args.cell_grid:

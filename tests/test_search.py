@@ -253,6 +253,33 @@ def test_cells_are_fitted_only_for_the_best_by_the_lattice_scale_fit():
     assert asked == [0, 1]
 
 
+def test_texture_fit_finds_the_preferred_direction_and_r_and_is_kept_only_when_it_helps():
+    """A cubic entry measured as platelets along [001] (March–Dollase r = 0.6 on the unmerged reflections): the
+    texture fit finds the direction and r, and lifts the agreement to ~1; on an untextured pattern it is not kept."""
+    from eacnn.config import XRDConfig
+    from eacnn.physics.measurement import march_dollase
+    from eacnn.physics.perturb import binned_variants
+    from eacnn.physics.xrd import indexed_reflections, metric_monomials
+    from eacnn.retrieval import refine as refinement
+
+    xrd = XRDConfig()
+    cubic, _ = _tetragonal_pair()
+    r = indexed_reflections([cubic], xrd)[0]
+    g2 = metric_monomials(r.hkl) @ r.metric  # [R] 1/d²
+    tt = np.degrees(2 * np.arcsin(xrd.wavelength / 2 * np.sqrt(g2)))
+    cos = np.abs(r.hkl[:, 2]) / np.sqrt(g2) * np.sqrt(r.metric[2])  # cubic: angle to c*
+    plates = binned_variants(tt, r.area * march_dollase(cos, 0.6), [0.0], [0.0], xrd.fwhm, xrd)[0]
+    powder = binned_variants(tt, r.area, [0.0], [0.0], xrd.fwhm, xrd)[0]
+    agreement, fitted_r, direction = refinement.refine_texture(plates, None, r, xrd, r.metric, 0.0, xrd.fwhm)
+    assert agreement > 0.9995 and fitted_r == pytest.approx(0.6, rel=0.1)
+    assert sorted(np.abs(direction)) == [0, 0, 1]  # one of the cube axes (all equivalent)
+    lookup = {0: (tt, r.area)}
+    for pattern, textured in ((plates, True), (powder, False)):
+        fit = refinement.refine(pattern, None, [0], lookup.get, xrd, reflections=lambda row: r, textures=1).iloc[0]
+        assert (fit.texture > 0) == textured and np.isfinite(fit.texture_agreement)
+        assert fit.agreement > 0.995 and (fit.untextured < 0.99) == textured
+
+
 def test_settings_other_than_the_calibrated_ones_are_named(saved):
     """A search refining fewer candidates than the calibration did says so; the calibrated depth says nothing."""
     from eacnn.config import SearchConfig

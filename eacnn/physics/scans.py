@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from eacnn.physics.conditions import random_strains, strain_cell
+from eacnn.physics.measurement import march_dollase
 from eacnn.physics.wavelengths import CU
 
 __all__ = ["ScanModel", "UNSEEN_CONDITIONS", "pymatgen_sticks", "unseen_structure", "texture_sticks", "measured_scan",
@@ -90,7 +91,7 @@ def _march(hkl: np.ndarray, lattice: np.ndarray, direction: np.ndarray, r: float
     g = hkl @ recip  # [p, 3]
     h = direction @ recip
     cos = np.abs(g @ h) / np.maximum(np.linalg.norm(g, axis=1) * np.linalg.norm(h), 1e-12)
-    return (r**2 * cos**2 + (1 - cos**2) / r) ** -1.5
+    return march_dollase(cos, r)
 
 
 def texture_sticks(intensity: np.ndarray, hkl: np.ndarray, lattice: np.ndarray, rng: np.random.Generator,

@@ -163,7 +163,7 @@ def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, 
     verdict = "match" if len(hits) and score >= threshold and stands_out else "no confident match"
     differ = ()
     if cal:
-        used = dataclasses.replace(SearchConfig.from_calibration(cal), rerank_depth=rerank,
+        used = dataclasses.replace(SEARCH, rerank_depth=rerank,
                                    cell_fits=min(CELL_FITS, rerank), scale_min=float(np.min(scales)),
                                    scale_max=float(np.max(scales)), scale_steps=len(scales))
         differ = tuple(SearchConfig.from_calibration(cal).differences(used)) if rerank else ()

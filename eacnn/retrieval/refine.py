@@ -19,6 +19,7 @@ from eacnn.physics.profile import split_on_grid
 log = logging.getLogger(__name__)
 
 __all__ = ["SEARCH", "RERANK", "ANISOTROPY_PENALTY", "CELL_MIN_GAIN", "RERANK_DEPTH", "CELL_FITS", "FIT_FLOOR",
+           "TEXTURE_FITS", "TEXTURE_MIN_GAIN", "TEXTURE_PENALTY", "TEXTURE_DIRECTIONS", "TEXTURE_R", "refine_texture",
            "rerank_score", "REFINE_OFFSETS", "REFINE_SHIFTS", "REFINE_WIDTHS", "REFINE_FINE_STEPS", "FINE", "refine",
            "refine_shortlist", "CELL_WIDTHS", "CELL_EVALUATIONS", "CELL_MAX_STRAIN", "refine_cell", "cell_kept"]
 
@@ -38,13 +39,25 @@ CELL_MIN_GAIN = SEARCH.cell_min_gain
 #: rest); chosen on the validation split (``scripts/select_rerank.py --depth-grid``, ``eacnn/data/rerank_depth.csv``)
 RERANK_DEPTH = SEARCH.rerank_depth
 CELL_FITS = SEARCH.cell_fits
+#: How many of the cell-fitted candidates (the best by their score so far) also get a preferred orientation fitted
+#: (:func:`refine_texture`), how much it must lower the residual to be kept, and the score it costs per unit |ln r|;
+#: chosen on the validation split (``scripts/select_rerank.py --texture-grid``, ``eacnn/data/texture_fit.csv``)
+TEXTURE_FITS = SEARCH.texture_fits
+TEXTURE_MIN_GAIN = SEARCH.texture_min_gain
+TEXTURE_PENALTY = SEARCH.texture_penalty
+#: [13, 3] the low-index reciprocal directions a preferred orientation is tried along (components in {-1, 0, 1},
+#: one of each ± pair): the plate or needle axes of most habits
+TEXTURE_DIRECTIONS = np.array([v for v in np.ndindex(3, 3, 3) if v > (1, 1, 1)], np.float64) - 1.0
+#: [n] the March–Dollase r tried (geometric; r < 1 platelets, r > 1 needles)
+TEXTURE_R = np.geomspace(SEARCH.texture_r[0], SEARCH.texture_r[1], int(SEARCH.texture_r[2]))
 #: 1 − agreement² below this counts as this (a fit cannot be better than the pattern's float32 rounding)
 FIT_FLOOR = 1e-6
 
 
-def rerank_score(agreement, similarity, rule: tuple[str, float] | None = None, anisotropy=0.0):
+def rerank_score(agreement, similarity, rule: tuple[str, float] | None = None, anisotropy=0.0, texture=0.0):
     """The re-ranking score of refined candidates (arrays or Series of one shape), by ``rule`` (:data:`RERANK` when
-    None), less :data:`ANISOTROPY_PENALTY` per 1 % of ``anisotropy`` (‖dev ε‖ of a fitted cell, :func:`refine`):
+    None), less :data:`ANISOTROPY_PENALTY` per 1 % of ``anisotropy`` (‖dev ε‖ of a fitted cell, :func:`refine`)
+    and :data:`TEXTURE_PENALTY` per unit of ``texture`` (|ln r| of a kept March–Dollase fit):
 
     - ``("linear", w)``: w · agreement + (1 − w) · similarity;
     - ``("likelihood", b)``: similarity − b · ln(1 − agreement²). For unit vectors, 1 − cos² is the residual of the
@@ -56,7 +69,7 @@ def rerank_score(agreement, similarity, rule: tuple[str, float] | None = None, a
     but a look-alike that needs a large anisotropic strain to fit is less likely than one that does not.
     """
     kind, value = RERANK if rule is None else rule
-    prior = ANISOTROPY_PENALTY * np.asarray(anisotropy, np.float64) / 0.01
+    prior = ANISOTROPY_PENALTY * np.asarray(anisotropy, np.float64) / 0.01 + TEXTURE_PENALTY * np.asarray(texture)
     if kind == "linear":
         return value * agreement + (1 - value) * similarity - prior
     if kind == "likelihood":
@@ -77,7 +90,7 @@ FINE = VARIANT_GRID  # degrees; the fine grid reflections are deposited on befor
 def refine(vector: np.ndarray, covered: np.ndarray | None, rows: Sequence[int], sticks: Callable, xrd: XRDConfig,
            scales: Sequence[float] | None = None, reflections: Callable | None = None,
            centres: Sequence[float] = (0.0,), similarity: Sequence[float] | None = None,
-           cells: int | None = None) -> pd.DataFrame:
+           cells: int | None = None, textures: int | None = None) -> pd.DataFrame:
     """Agreement of each candidate row with the pattern after a fitted lattice scale, zero shift and width, and,
     with ``reflections``, after a fit of the whole cell (:func:`refine_cell`) where that agrees better.
 
@@ -92,17 +105,24 @@ def refine(vector: np.ndarray, covered: np.ndarray | None, rows: Sequence[int], 
         similarity, cells: with both, the cells are fitted only for the ``cells`` rows that the lattice-scale fit
             scores best (:func:`rerank_score` of its agreement and the rows' ``similarity``): the cell fit costs
             about 17 times the lattice-scale fit (``benchmarks/bench_refine.py``). Otherwise every row's cell is fitted.
+        textures: of the cell-fitted rows, the best ``textures`` by their score so far (:data:`TEXTURE_FITS` when
+            None; 0: none) get a preferred orientation fitted at their fitted cell (:func:`refine_texture`), kept
+            when it lowers the residual 1 − agreement² :data:`TEXTURE_MIN_GAIN` times.
 
     Returns:
         one row per candidate: ``row``, ``agreement`` (cosine over the covered bins), ``strain`` (the fitted
         isotropic d-spacing change of the candidate, Δd/d), ``zero_shift`` (degrees), ``width`` (degrees FWHM),
         ``anisotropy`` (‖dev ε‖ of the fitted cell's strain; 0 where the lattice scale fitted as well, i.e. the
-        cell fit did not lower the residual 1 − agreement² by :data:`CELL_MIN_GAIN`).
+        cell fit did not lower the residual 1 − agreement² by :data:`CELL_MIN_GAIN`); ``untextured`` (the agreement
+        before the texture fit), ``texture_agreement``, ``texture_r`` and ``texture_hkl`` (the fit's, kept or not:
+        NaN, 1 and "" where none was tried), ``texture`` (|ln r| where the fit was kept, else 0).
     """
     # small products: one BLAS thread is as fast, and no spin-waiting when the other cores are busy (2.4x faster then)
     with threadpool_limits(1, "blas"):
         fits = _refine(vector, covered, rows, sticks, xrd, scales, centres)
         fits["anisotropy"] = 0.0
+        fits["untextured"], fits["texture_agreement"], fits["texture_r"], fits["texture_hkl"] = np.nan, np.nan, 1.0, ""
+        fits["texture"] = 0.0
         if reflections is None:
             return fits
         fitted = np.ones(len(fits), bool)
@@ -110,6 +130,7 @@ def refine(vector: np.ndarray, covered: np.ndarray | None, rows: Sequence[int], 
             first = rerank_score(fits["agreement"].to_numpy(), np.asarray(similarity, np.float64))
             fitted[:] = False
             fitted[np.argsort(-first, kind="stable")[:cells]] = True
+        metrics = {}
         for i, fit in enumerate(fits.itertuples()):
             if not fitted[i]:
                 continue
@@ -117,15 +138,87 @@ def refine(vector: np.ndarray, covered: np.ndarray | None, rows: Sequence[int], 
             if indexed is None:
                 continue
             cell = refine_cell(vector, covered, indexed, xrd, fit.strain, fit.zero_shift, fit.width)
+            metrics[i] = (indexed, np.asarray(indexed.metric, np.float64) / (1.0 + fit.strain) ** 2)
             if cell_kept(fit.agreement, cell[0]):
-                fits.loc[i, ["agreement", "anisotropy", "zero_shift", "width"]] = cell
+                fits.loc[i, ["agreement", "anisotropy", "zero_shift", "width"]] = cell[:4]
+                metrics[i] = (indexed, cell[4])
+        _fit_textures(fits, vector, covered, metrics, xrd, similarity,
+                      TEXTURE_FITS if textures is None else textures)
         return fits
+
+
+def _fit_textures(fits: pd.DataFrame, vector, covered, metrics: dict, xrd: XRDConfig, similarity, n: int) -> None:
+    """:func:`refine`'s texture step, in place: the best ``n`` cell-fitted rows (``metrics``: position ->
+    (reflections, fitted metric [6])) by their score so far get :func:`refine_texture`."""
+    if n <= 0 or not metrics:
+        return
+    where = np.array(sorted(metrics))
+    sim = np.zeros(len(fits)) if similarity is None else np.asarray(similarity, np.float64)
+    score = rerank_score(fits["agreement"].to_numpy()[where], sim[where], anisotropy=fits["anisotropy"].to_numpy()[where])
+    for i in where[np.argsort(-score, kind="stable")[:n]]:
+        indexed, metric = metrics[int(i)]
+        before = float(fits.at[i, "agreement"])
+        agreement, r, hkl = refine_texture(vector, covered, indexed, xrd, metric, float(fits.at[i, "zero_shift"]),
+                                           float(fits.at[i, "width"]))
+        fits.loc[i, ["untextured", "texture_agreement", "texture_r"]] = before, agreement, r
+        fits.at[i, "texture_hkl"] = " ".join(f"{int(v)}" for v in hkl)
+        if cell_kept(before, agreement, TEXTURE_MIN_GAIN):
+            fits.at[i, "agreement"], fits.at[i, "texture"] = agreement, abs(np.log(r))
+
+
+def refine_texture(vector: np.ndarray, covered: np.ndarray | None, reflections, xrd: XRDConfig, metric: np.ndarray,
+                   zero_shift: float = 0.0, width: float | None = None,
+                   directions: np.ndarray = TEXTURE_DIRECTIONS, r: np.ndarray = TEXTURE_R
+                   ) -> tuple[float, float, np.ndarray]:
+    """Agreement of one candidate with the pattern under the best March–Dollase preferred orientation along one
+    of its low-index reciprocal directions, its cell, zero shift and width held at a fit's.
+
+    Platelets or needles lying along one direction in the holder scale each reflection by
+    (r² cos²α + sin²α / r)^(−3/2) (:func:`eacnn.physics.measurement.march_dollase`), α its angle to the
+    preferred direction. With the peak positions fixed, the pattern is linear in the reflections' areas: the binned
+    profile of every reflection [R, n_bins] is built once and every (direction, r) of the grid costs one product.
+    The reflections are unmerged (:class:`eacnn.physics.xrd.IndexedReflections`), so symmetry-equivalent ones get
+    their own factors, as in a real textured sample.
+
+    Args:
+        vector: [n_bins] the pattern; covered: [n_bins] bool (all when None).
+        reflections: the candidate's indexed reflections; metric: [6] its fitted reciprocal metric (Å⁻²).
+        zero_shift, width: degrees, the fit's; directions: [D, 3] reciprocal directions; r: [n] values tried.
+
+    Returns:
+        (agreement, the cosine at the best (direction, r); r; the direction [3]).
+    """
+    from eacnn.physics.measurement import march_dollase
+    from eacnn.physics.xrd import metric_monomials
+
+    width = width or xrd.fwhm
+    mask = np.ones(len(vector), bool) if covered is None else np.asarray(covered, bool)
+    q = np.where(mask, np.asarray(vector, np.float64), 0.0)
+    q /= max(np.linalg.norm(q), 1e-12)
+    hkl = np.asarray(reflections.hkl, np.float64)  # [R, 3]
+    g = np.asarray(metric, np.float64)
+    gmat = np.array([[g[0], g[3], g[4]], [g[3], g[1], g[5]], [g[4], g[5], g[2]]])  # [3, 3] G*, Å⁻²
+    g2 = np.maximum(metric_monomials(hkl) @ g, 1e-12)  # [R] 1/d²
+    s = np.minimum(xrd.wavelength / 2 * np.sqrt(g2), 1.0 - 1e-9)
+    lo, kernel = variant_kernel(xrd, width)  # [n_fine, n_bins]
+    i0, w1 = split_on_grid((np.degrees(2 * np.arcsin(s)) + zero_shift - lo) / FINE, kernel.shape[0])
+    each = kernel[i0] * (1 - w1)[:, None] + kernel[i0 + 1] * w1[:, None]  # [R, n_bins] one reflection each
+    each = np.where(mask, each, 0.0)
+    dots = hkl @ gmat @ directions.T  # [R, D] g·d*
+    norms = np.sqrt(g2)[:, None] * np.sqrt(np.einsum("di,ij,dj->d", directions, gmat, directions))[None, :]
+    cos = dots / np.maximum(norms, 1e-12)  # [R, D]
+    area = np.asarray(reflections.area, np.float64)
+    factors = march_dollase(cos.T[:, None, :], np.asarray(r, np.float64)[None, :, None])  # [D, n, R]
+    y = (area * factors).reshape(-1, len(area)) @ each  # [D · n, n_bins]
+    agreement = (y @ q) / np.maximum(np.linalg.norm(y, axis=1), 1e-12)
+    j = int(np.argmax(agreement))
+    return float(agreement[j]), float(np.asarray(r)[j % len(r)]), directions[j // len(r)]
 
 
 def refine_shortlist(pattern: np.ndarray, mask: np.ndarray | None, similarity: np.ndarray, rows: np.ndarray,
                      sticks: Callable, xrd: XRDConfig, scale: np.ndarray | None = None,
                      reflections: Callable | None = None, depth: int = RERANK_DEPTH, cells: int = CELL_FITS,
-                     rule: tuple[str, float] | None = None, model_prior: bool = True
+                     rule: tuple[str, float] | None = None, model_prior: bool = True, textures: int | None = None
                      ) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
     """The search's second stage for one query, the one sequence every caller runs (``identify``, ``calibrate``,
     the robustness table, the selection grids): the ``depth`` candidates of highest ``similarity`` (the multi-scale
@@ -137,7 +230,8 @@ def refine_shortlist(pattern: np.ndarray, mask: np.ndarray | None, similarity: n
         similarity: [n] each candidate's similarity (-inf: left out); scale: [n] the lattice scale it was found at.
         rows: [n] each candidate's row for ``sticks(row)`` / ``reflections(row)``.
         model_prior: False for search-match: the cells are chosen by the agreement alone and the score takes no
-            anisotropy penalty.
+            anisotropy or texture penalty.
+        textures: candidates whose preferred orientation is fitted (:func:`refine`; :data:`TEXTURE_FITS` when None).
 
     Returns:
         (positions [k] of the shortlisted candidates, best similarity first; their fits (:func:`refine`'s table);
@@ -147,9 +241,11 @@ def refine_shortlist(pattern: np.ndarray, mask: np.ndarray | None, similarity: n
     top = np.argsort(-similarity, kind="stable")[: max(int(depth), 1)]
     top = top[np.isfinite(similarity[top])]
     fits = refine(pattern, mask, np.asarray(rows)[top], sticks, xrd, None if scale is None else np.asarray(scale)[top],
-                  reflections, similarity=similarity[top] if model_prior else np.zeros(len(top)), cells=cells)
+                  reflections, similarity=similarity[top] if model_prior else np.zeros(len(top)), cells=cells,
+                  textures=textures)
     anisotropy = fits["anisotropy"].to_numpy() if model_prior else 0.0
-    return top, fits, rerank_score(fits["agreement"].to_numpy(), similarity[top], rule, anisotropy)
+    texture = fits["texture"].to_numpy() if model_prior else 0.0
+    return top, fits, rerank_score(fits["agreement"].to_numpy(), similarity[top], rule, anisotropy, texture)
 
 
 def _refine(vector, covered, rows, sticks, xrd, scales, centres=(0.0,)) -> pd.DataFrame:
@@ -194,7 +290,8 @@ CELL_MAX_STRAIN = SEARCH.cell_max_strain  # a cell fit straining the cell more t
 
 
 def refine_cell(vector: np.ndarray, covered: np.ndarray | None, reflections, xrd: XRDConfig, strain: float = 0.0,
-                zero_shift: float = 0.0, width: float | None = None) -> tuple[float, float, float, float]:
+                zero_shift: float = 0.0, width: float | None = None
+                ) -> tuple[float, float, float, float, np.ndarray]:
     """Agreement of one candidate with the pattern after a least-squares fit of its whole cell and the zero shift.
 
     An isotropic lattice scale (:func:`refine`) cannot follow a cell strained differently along different
@@ -212,8 +309,9 @@ def refine_cell(vector: np.ndarray, covered: np.ndarray | None, reflections, xrd
 
     Returns:
         (agreement, the cosine at the fitted cell; anisotropy, the deviatoric part of the fitted strain relative to
-        the candidate's cell, ‖dev ε‖ (0 for a pure scale); zero shift, degrees; width, degrees FWHM). Agreement −1
-        when the fit moves the cell more than :data:`CELL_MAX_STRAIN` beyond the isotropic fit.
+        the candidate's cell, ‖dev ε‖ (0 for a pure scale); zero shift, degrees; width, degrees FWHM; the fitted
+        reciprocal metric [6], Å⁻²). Agreement −1 when the fit moves the cell more than :data:`CELL_MAX_STRAIN`
+        beyond the isotropic fit.
     """
     from scipy.optimize import least_squares
 
@@ -242,10 +340,11 @@ def refine_cell(vector: np.ndarray, covered: np.ndarray | None, reflections, xrd
         c = float(fun.normalised(y) @ q)
         if c > agreement:
             agreement, x, best_width = c, y, other
-    anisotropy, largest = _anisotropy(base, base + unit * x[:6])
+    fitted = base + unit * x[:6]
+    anisotropy, largest = _anisotropy(base, fitted)
     if not np.isfinite(agreement) or largest > CELL_MAX_STRAIN:
-        return -1.0, 0.0, float(0.1 * x[6]), best_width
-    return agreement, anisotropy, float(0.1 * x[6]), best_width
+        return -1.0, 0.0, float(0.1 * x[6]), best_width, fitted
+    return agreement, anisotropy, float(0.1 * x[6]), best_width, fitted
 
 
 def cell_kept(isotropic, cell, gain: float | None = None):
