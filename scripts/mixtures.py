@@ -157,12 +157,10 @@ def synthetic(db, k: int, n: int, family: str, seed: int, n_elements: int, out: 
     from tqdm.auto import tqdm
 
     from eacnn.analysis import score_phases, synthetic_mixture
-    from eacnn.datasets.structures import load_embedded
     from eacnn.measured.mixtures import cell_scattering, identify_phases, phase_structure, weight_fractions
 
     rng = np.random.default_rng([seed, k, 16])
-    test_ids = set(load_embedded("test")["material_id"])
-    pool = np.flatnonzero(db.labels["material_id"].isin(test_ids).to_numpy() & (db.labels["source"] == "embedded"))
+    pool = split_pool(db, "test")
     floor = 0.2 if k == 2 else 0.15
     kind = f"synthetic {k}-phase ({family})"
     for i in tqdm(range(n), desc=f"{k}-phase mixtures", unit="pattern"):
@@ -241,6 +239,117 @@ def measured(db, out: Rows) -> None:
                      "weight_errors": ";".join(f"{e:.3f}" for e in errs), **_found_columns(result)})
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Choosing the stopping rules on validation structures (--select-rules)
+# ---------------------------------------------------------------------------------------------------------------
+LAX = {"significance": 0.0, "min_peak": 0.0, "min_gain": -np.inf, "min_agreement": -1.0}  # rules that never stop
+RULE_GRID = {"significance": (3.0, 4.0, 5.0, 6.0, 8.0), "min_peak": (0.04, 0.08, 0.12),
+             "min_gain": (0.1, 0.2, 0.3, 0.4, 0.5), "min_agreement": (0.3, 0.5, 0.7)}
+
+
+def split_pool(db, split: str) -> np.ndarray:
+    """Rows of the database's embedded MP-20 entries in one of our splits: ``"val"`` (the shipped model's
+    validation carve-out of MP-20's val split, :func:`eacnn.datasets.dataset.assign_splits` with its data config)
+    or ``"test"`` (MP-20's test split, the retrieval pool: reported on, never chosen on)."""
+    import json
+
+    from eacnn.datasets.dataset import assign_splits
+    from eacnn.datasets.structures import load_embedded
+    from eacnn.paths import DATA_DIR
+
+    table = load_embedded()
+    data = json.loads((DATA_DIR / "checkpoints" / "default.json").read_text())["data"]
+    ours = assign_splits(table["split"].to_numpy(), table["material_id"].to_numpy(), data["val_fraction"],
+                         data["split_seed"])
+    ids = set(table["material_id"].to_numpy()[ours == split])
+    embedded = (db.labels["source"] == "embedded").to_numpy()
+    return np.flatnonzero(db.labels["material_id"].isin(ids).to_numpy() & embedded)
+
+
+def _phase(db, row: int) -> str:
+    from eacnn.measured.report import reduced_formula
+
+    label = db.labels.iloc[int(row)]
+    return f"{reduced_formula(label['formula'])} {label['spacegroup_number']}"
+
+
+def lax_paths(db, pool: np.ndarray, counts: dict[int, int], seed: int, path: Path) -> pd.DataFrame:
+    """Each validation mixture searched once with rules that never stop (greedy line only, up to the most phases):
+    one row per step with the quantities every stopping rule reads (residual height and its σ ratio, the new phase's
+    agreement and gain) and whether its phase is one of the pattern's. Resumable (rows kept in ``path``)."""
+    from tqdm.auto import tqdm
+
+    from eacnn.analysis import synthetic_mixture
+    from eacnn.measured.mixtures import identify_phases
+
+    done = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["pattern"])
+    rows = done.to_dict("records")
+    for k, n in counts.items():
+        rng = np.random.default_rng([seed, k, 61])
+        floor = {1: 1.0, 2: 0.2, 3: 0.15}[k]
+        for i in tqdm(range(n), desc=f"validation {k}-phase (lax rules)", unit="pattern"):
+            picks = rng.choice(pool, k, replace=False)
+            fractions = rng.dirichlet(np.ones(k))
+            while fractions.min() < floor - 1e-9:
+                fractions = rng.dirichlet(np.ones(k))
+            y, covered, _ = synthetic_mixture([db.sticks(int(r)) for r in picks], fractions, rng, family="train")
+            name = f"{k}-phase #{i}"
+            if name in set(done["pattern"]):
+                continue
+            truth = {_phase(db, r) for r in picks}
+            result = identify_phases(y, covered, db, beam=1, **LAX)
+            steps = result.steps[result.steps["branch"] == 1]
+            for s in steps.itertuples():
+                rows.append({"pattern": name, "k": k, "truth": ";".join(sorted(truth)), "step": s.step,
+                             "phase": _phase(db, s.row), "true": _phase(db, s.row) in truth, "snr": s.snr,
+                             "height": s.height, "agreement": s.agreement, "gain": s.gain})
+            if not len(steps):
+                rows.append({"pattern": name, "k": k, "truth": ";".join(sorted(truth)), "step": 0})
+            pd.DataFrame(rows).to_csv(path.with_suffix(".tmp"), index=False, float_format="%.5g")
+            os.replace(path.with_suffix(".tmp"), path)
+    return pd.DataFrame(rows)
+
+
+def replay(paths: pd.DataFrame, significance: float, min_peak: float, min_gain: float, min_agreement: float
+           ) -> pd.DataFrame:
+    """What each pattern's greedy search would have named under these rules: its lax path cut at the first step
+    that fails one (one row per pattern: exact = the found phases are the true ones, named, spurious)."""
+    out = []
+    for name, steps in paths.groupby("pattern", sort=False):
+        steps = steps.sort_values("step")
+        truth = set(str(steps["truth"].iloc[0]).split(";"))
+        found = []
+        for s in steps[steps["step"] > 0].itertuples():
+            if s.height < max(significance * s.height / max(s.snr, 1e-12), min_peak) or \
+                    s.agreement < min_agreement or s.gain < min_gain:
+                break
+            found.append(s.phase)
+        out.append({"pattern": name, "k": int(steps["k"].iloc[0]), "exact": set(found) == truth,
+                    "named": len(truth & set(found)), "spurious": sum(f not in truth for f in found)})
+    return pd.DataFrame(out)
+
+
+def select_rules(paths: pd.DataFrame) -> pd.DataFrame:
+    """Every rule set of :data:`RULE_GRID` replayed on the validation paths: the share of 1-, 2- and 3-phase patterns
+    whose found phases are exactly the true ones (and their mean, the criterion), spurious phases per pattern.
+    Sorted best first; ties go to the rule set nearest the previous defaults (fewest changed settings)."""
+    import itertools
+
+    from eacnn.config import MixtureConfig
+
+    before = MixtureConfig()
+    out = []
+    for values in itertools.product(*RULE_GRID.values()):
+        rules = dict(zip(RULE_GRID, values))
+        r = replay(paths, **rules)
+        by_k = r.groupby("k")["exact"].mean()
+        out.append({**rules, **{f"exact {k}-phase (%)": 100 * v for k, v in by_k.items()},
+                    "exact, mean (%)": 100 * by_k.mean(), "spurious per pattern": r["spurious"].mean(),
+                    "changed": sum(rules[key] != getattr(before, key) for key in rules)})
+    return pd.DataFrame(out).sort_values(["exact, mean (%)", "changed"], ascending=[False, True],
+                                         kind="stable").reset_index(drop=True)
+
+
 def main() -> None:
     from eacnn.paths import DATA_DIR
     from eacnn.retrieval.database import default_database, open_database
@@ -257,6 +366,10 @@ def main() -> None:
     parser.add_argument("--write-cifs", action="store_true", help=f"write the LITERATURE structures' CIFs to "
                         f"eacnn/data/{REFERENCE_CIFS_DARA_DIR.name} first")
     parser.add_argument("--resume", action="store_true", help="keep the rows already in --out, skip their patterns")
+    parser.add_argument("--select-rules", type=int, nargs=3, metavar=("N1", "N2", "N3"), default=None,
+                        help="choose the stopping rules instead: N1 single-phase, N2 2-phase and N3 3-phase mixtures "
+                        "of validation structures searched with lax rules, every rule set of RULE_GRID replayed on "
+                        "them; writes eacnn/data/mixture_rules.csv and prints the best")
     parser.add_argument("--out", default=str(DATA_DIR / "mixtures.csv"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -267,6 +380,16 @@ def main() -> None:
     # the shipped model's embedded database (its shipped embeddings and verdict) plus the folders, built once
     db = open_database(args.database) if args.database else default_database(["embedded", *map(str, folders)])
     print(f"database {db.folder}: {len(db)} candidates from {db.manifest['sources']}")
+    if args.select_rules:
+        paths = lax_paths(db, split_pool(db, "val"), dict(zip((1, 2, 3), args.select_rules)), args.seed,
+                          Path(os.environ.get("EACNN_RUNS", ".")) / "mixture_rule_paths.csv")
+        grid = select_rules(paths)
+        tmp = DATA_DIR / "mixture_rules.csv.tmp"
+        grid.to_csv(tmp, index=False, float_format="%.4g")
+        os.replace(tmp, DATA_DIR / "mixture_rules.csv")
+        print(grid.head(10).to_string())
+        print(f"{time.perf_counter() - t0:.0f} s -> {DATA_DIR / 'mixture_rules.csv'}")
+        return
     out = Rows(args.out, f"{len(db)} candidates: " + " + ".join(Path(s).name for s in db.manifest["sources"]),
                args.resume)
     if not args.skip_measured:
