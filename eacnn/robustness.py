@@ -246,4 +246,47 @@ def book_numbers(table: pd.DataFrame) -> dict[str, str]:
     worst_iso = min((out["srch_iso_m2"], out["srch_iso_p2"]), key=lambda v: float(v) if v != "n/a" else np.inf)
     out["iso_target"] = target_phrase(worst_iso, 95.0)
     out["aniso_target"] = target_phrase(out["srch_aniso"], 90.0)
+    out["vs_sm"] = versus_search_match(table)
+    out["vs_sm_short"] = versus_search_match(table, short=True)
     return out
+
+
+def versus_search_match(table: pd.DataFrame, z: float = 2.0, short: bool = False) -> str:
+    """Where the current model beats plain search-match, where it is on a par and where it loses, from the numbers
+    themselves: per condition the two methods' Top-1 for the same query (as ``eacnn search`` answers, with the same
+    refinement, where both were computed; else the multi-scale query; else as measured), called different only when
+    they differ by more than ``z`` standard errors of the difference (binomial, the two counted as independent).
+    ``short``: counts of conditions, naming only those on a par or worse."""
+    methods = list(dict.fromkeys(table["method"]))
+    current = next((m for m in methods if m != "search-match"), None)
+    if current is None or "search-match" not in methods:
+        return "was not compared with search-match in this build"
+    groups: dict[str, list[str]] = {"better": [], "par": [], "worse": []}
+    for condition in [c for c in CONDITIONS if c in set(table["condition"])]:
+        for query in ("search", "multi-scale", "as measured"):
+            rows = table[(table["condition"] == condition) & (table["query"] == query)].set_index("method")
+            if current in rows.index and "search-match" in rows.index:
+                break
+        else:
+            continue
+        (p1, n1), (p2, n2) = [(rows.loc[m, "top1"] / 100, rows.loc[m, "queries"]) for m in (current, "search-match")]
+        se = np.sqrt(p1 * (1 - p1) / max(n1, 1) + p2 * (1 - p2) / max(n2, 1))
+        kind = "par" if abs(p1 - p2) <= z * max(se, 1e-12) else "better" if p1 > p2 else "worse"
+        where = "" if query == "search" else f", {query}"
+        groups[kind].append(f"{condition} ({100 * p1:.1f} against {100 * p2:.1f} %{where})")
+    if short:
+        n = sum(map(len, groups.values()))
+        names = {k: [g.split(" (")[0] for g in v] for k, v in groups.items()}
+        text = f"better than search-match in {len(names['better'])} of {n} query conditions"
+        for kind, word in (("par", "on a par"), ("worse", "worse")):
+            if names[kind]:
+                text += f", {word} in {len(names[kind])} ({', '.join(names[kind])})"
+        return text
+    parts = []
+    if groups["better"]:
+        parts.append("better than search-match under " + "; ".join(groups["better"]))
+    if groups["par"]:
+        parts.append(f"on a par (within {z:g} standard errors) under " + "; ".join(groups["par"]))
+    if groups["worse"]:
+        parts.append("worse under " + "; ".join(groups["worse"]))
+    return ", ".join(parts) if parts else "was not compared with search-match in this build"

@@ -232,13 +232,15 @@ def test_glued_numbers_and_tables_read_as_numbers():
                                       "spacegroup_symbol": ["P2_1/c", "Fm-3m"]}))
     assert "9,046" in html and "9046.0" not in html and "NaN" not in html and "–" in html
     assert "95.10" in html and "P2₁/c" in html and "Fm3\u0305m" in html
+    assert ">space group<" in html and "spacegroup_symbol" not in html and "<th>0</th>" not in html  # no row count
+    assert "<th>a</th>" in format_table(pd.DataFrame({"n": [1]}, index=["a"]))  # a meaningful index stays
 
 
 @pytest.mark.slow
 def test_smoke_book_builds_with_warnings_as_errors(tmp_path, monkeypatch):
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(ROOT / name, tmp_path / name)
-    for name in ("book", "notebooks"):
+    for name in ("book", "notebooks", "_static"):  # _static: the book's CSS, which the browser check judges too
         shutil.copytree(ROOT / name, tmp_path / name)
     monkeypatch.setenv("EACNN_HOME", str(tmp_path / "home"))
     result = build_book("smoke", root=tmp_path)
@@ -318,7 +320,20 @@ def test_browser_check_catches_broken_pages(tmp_path):
     (tmp_path / "cdn.html").write_text(
         "<html><head><script src='https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js'></script></head>"
         "<body><main><p>x</p></main></body></html>")
-    pages = ["good.html", "bad.html", "fine.html", "math.html", "junk.html", "echo.html", "params.html", "cdn.html"]
+    # a 20-column table in a 690 px column; a repr, a pandas footer, a raw role and raw LaTeX; a '/./' launch URL
+    cells = "".join(f"<td>column number {i}</td>" for i in range(20))
+    (tmp_path / "wide.html").write_text(
+        "<html><body><div class='bd-article' style='width:690px'><main><div class='cell_output'>"
+        f"<table><tr>{cells}</tr></table></div></main></div></body></html>")
+    (tmp_path / "stray.html").write_text(
+        "<html><body><main><div class='cell_output'><pre>XRDConfig(wavelength=1.5406, step=0.5)</pre></div>"
+        "<div class='cell_output'><pre>a    1\nName: this build, dtype: object</pre></div>"
+        "<p>See :mod:`eacnn.physics` for Al$_2$O$_3$.</p></main></body></html>")
+    (tmp_path / "launch.html").write_text(
+        "<html><body><main><a href='https://colab.research.google.com/github/eacnn/eacnn/blob/main/./notebooks/"
+        "01.ipynb'>Colab</a></main></body></html>")
+    pages = ["good.html", "bad.html", "fine.html", "math.html", "junk.html", "echo.html", "params.html", "cdn.html",
+             "wide.html", "stray.html", "launch.html"]
     report = check_book(tmp_path, pages)
     problems = "\n".join(report.problems)
     assert "good.html" not in problems and "fine.html" not in problems, problems
@@ -329,6 +344,11 @@ def test_browser_check_catches_broken_pages(tmp_path):
     assert "echo.html: NumPy scalar echoed" in problems
     assert "params.html: duplicate parameters cells" in problems
     assert "cdn.html: script from another host" in problems
+    assert "wide.html: wide table" in problems
+    for what in ("an object's repr", "a pandas dtype footer", "a pandas Series name footer", "a raw Sphinx role",
+                 "raw LaTeX outside math"):
+        assert f"stray.html: stray output, {what}" in problems, what
+    assert "launch.html: launch link with '/./'" in problems
 
 
 def test_run_times_page_reads_this_builds_timings(tmp_path, monkeypatch):
@@ -336,12 +356,14 @@ def test_run_times_page_reads_this_builds_timings(tmp_path, monkeypatch):
 
     monkeypatch.setenv("EACNN_BOOK_STAGING", str(tmp_path))
     assert build_timings()[0].empty
-    _record_timing(tmp_path, "notebooks/01.ipynb", 12.34, "smoke")
-    _record_timing(tmp_path, "notebooks/02.ipynb", 5.0, "smoke")
+    _record_timing(tmp_path, "notebooks/01.ipynb", 12.34, "smoke", (1000.0, 1012.3))
+    _record_timing(tmp_path, "notebooks/02.ipynb", 5.0, "smoke", (1002.0, 1007.0))  # side by side with 01
     df, machine = build_timings()
     assert df.notebook.tolist() == ["notebooks/01.ipynb", "notebooks/02.ipynb"]
     assert df.seconds.tolist() == [12.3, 5.0]
     assert machine["profile"] == "smoke" and machine["cpu cores"] >= 1
+    assert machine["wall clock (s)"] == 12.3 < df.seconds.sum()  # the chapters overlapped: not their sum
+    assert df["started (min)"].tolist() == [0.0, 2.0 / 60]
 
 
 def test_stages_keep_dependencies_in_order():

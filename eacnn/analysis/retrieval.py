@@ -16,7 +16,7 @@ from eacnn.retrieval.index import Index, normalize, pool_accuracies
 
 log = logging.getLogger(__name__)
 
-__all__ = ["retrieval_table", "equivalent_hits", "per_spacegroup_accuracy", "case_study", "top_candidates", "neighbour_purity", "bravais_lattice", "neighbour_symmetry", "pattern_neighbour_symmetry", "symmetry_chance", "spacegroup_predictions", "spacegroup_summary", "accuracy_by_training_frequency", "whole_pool", "table1_comparison", "chance_purity", "PERTURBATION_LEVELS", "FREQUENCY_BINS", "PUBLISHED_RETRIEVAL"]
+__all__ = ["retrieval_table", "equivalent_hits", "per_spacegroup_accuracy", "case_study", "top_candidates", "neighbour_purity", "bravais_lattice", "neighbour_symmetry", "pattern_neighbour_symmetry", "symmetry_chance", "spacegroup_predictions", "spacegroup_summary", "accuracy_by_training_frequency", "whole_pool", "table1_layout", "pool_sizes", "table1_comparison", "chance_purity", "PERTURBATION_LEVELS", "FREQUENCY_BINS", "PUBLISHED_RETRIEVAL"]
 
 #: The query conditions reported everywhere: 0 = clean simulated (the paper's protocol), 1–3 = perturbed.
 PERTURBATION_LEVELS = {0: "clean", 1: "mild", 2: "moderate", 3: "strong"}
@@ -283,6 +283,27 @@ def whole_pool(table: pd.DataFrame) -> pd.DataFrame:
     """The rows of a :func:`retrieval_table` scored over each method's whole pool, indexed by (method, condition)."""
     largest = table.groupby("method")["candidates"].transform("max")
     return table[table["candidates"] == largest].set_index(["method", "condition"])
+
+
+def table1_layout(table: pd.DataFrame) -> pd.DataFrame:
+    """The paper's Table 1 layout of a :func:`retrieval_table`: one row per method and query condition over each
+    method's whole pool, columns Top-1 / 3 / 5 / 10 (%) and, where computed, the right space group and a crystal
+    ``StructureMatcher`` calls the same at rank 1 (%)."""
+    full = whole_pool(table).reset_index()
+    cols = {"method": "method", "condition": "condition", "top1": "Top-1 (%)", "top3": "Top-3 (%)",
+            "top5": "Top-5 (%)", "top10": "Top-10 (%)", "equivalent top1": "same crystal at 1 (%)",
+            "same SG top1": "right SG at 1 (%)"}
+    return full[[c for c in cols if c in full]].rename(columns=cols)
+
+
+def pool_sizes(table: pd.DataFrame, condition: str = "clean") -> pd.DataFrame:
+    """Top-1 (%) of each method at ``condition`` against the number of candidates it is ranked among (one column
+    per pool of the :func:`retrieval_table`, largest first): the same model scores higher among fewer."""
+    part = table[table["condition"] == condition]
+    wide = part.pivot_table(index="method", columns="candidates", values="top1", sort=False)
+    wide = wide[sorted(wide.columns, reverse=True)]
+    wide.columns = [f"Top-1 among {int(c):,} (%)" for c in wide.columns]
+    return wide.reset_index()
 
 
 def table1_comparison(table: pd.DataFrame, condition: str = "clean", ks=(1, 3, 5, 10)) -> pd.DataFrame:

@@ -3,7 +3,9 @@
 For every page of the book: each image has loaded (``naturalWidth > 0``), no executed cell shows an error or a
 traceback, no glued value is missing, every internal link (and its ``#anchor``) resolves, the math is typeset
 (no raw ``\\(`` or ``$$`` left in the prose) by a MathJax served with the book (no script from another host), no
-output shows a library's stdout or warning lines (:data:`JUNK`) or a NumPy scalar echo (``np.float64(``), and
+output shows a library's stdout or warning lines (:data:`JUNK`) or a NumPy scalar echo (``np.float64(``), nothing
+stray reaches prose or outputs (:data:`STRAY`: reprs, pandas footers, raw roles or LaTeX), no table is wider than its
+column (hidden columns), no launch button's URL holds ``/./``, and
 no page shows two parameters cells (papermill's injected one beside the notebook's own). Screenshots of chosen
 pages are saved, at each width asked for. Used by the tests and by ``.ci/run``; needs Debian's ``chromium`` (no
 browser download).
@@ -35,10 +37,17 @@ JUNK = [
 ]
 #: NumPy scalars echoed as reprs instead of numbers (a glue or an expression ending a cell).
 NUMPY_ECHO = r"\bnp\.(float|int|uint|bool|str|complex)\w*\("
+#: What a reader should never see in prose or outputs: an object's repr (``XRDConfig(...)``), pandas' footer of
+#: a printed Series ("Name: …, dtype: object"), a Sphinx role or LaTeX left raw outside math, a cache-key log line.
+STRAY = [
+    (r"\b[A-Z]\w*Config\(\w+=", "an object's repr"), (r"\bdtype: \w+", "a pandas dtype footer"),
+    (r"(^|\n)Name: [^\n]*", "a pandas Series name footer"), (r":(mod|func|class|data|meth|attr):`?", "a raw Sphinx role"),
+    (r"\$[_^]\{?\w+\}?\$", "raw LaTeX outside math"), (r"\bcache key\b|\bkey=[0-9a-f]{12}", "a cache-key log line"),
+]
 
 # Runs in the page: what a reader would notice is broken. Waits for MathJax to finish typesetting (if the page has
 # math), then reads the prose with code cells' inputs taken out (code may contain anything).
-_PAGE_PROBE = r"""async ([junk, numpyEcho]) => {
+_PAGE_PROBE = r"""async ([junk, numpyEcho, stray]) => {
   if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
     await Promise.race([MathJax.startup.promise, new Promise(r => setTimeout(r, 15000))]);
   }
@@ -69,8 +78,22 @@ _PAGE_PROBE = r"""async ([junk, numpyEcho]) => {
       .filter(e => /^\s*smoke\s*=/m.test(e.innerText)).length;
   const external = [...document.querySelectorAll('script[src]')].map(e => e.getAttribute('src'))
       .filter(src => /^(https?:)?\/\//.test(src) && !src.includes(location.host));
+  const strays = [];
+  const visible = [proseText, ...outputs].join('\n');
+  for (const [pattern, what] of stray) {
+    const m = visible.match(new RegExp(pattern, 'm'));
+    if (m) strays.push(what + ': ' + JSON.stringify(m[0].trim().slice(0, 60)));
+  }
+  // a table wider than the column it sits in hides columns behind a scroll bar
+  const wide = [...root.querySelectorAll('table')].map(t => {
+    const box = (t.closest('.cell_output, .output, figure, .table-wrapper, .pasted-inline, p, div') || root);
+    const column = (document.querySelector('.bd-article') || root).clientWidth;
+    return {width: t.scrollWidth, column: Math.min(column, box.clientWidth || column),
+            head: (t.querySelector('tr') || t).innerText.replace(/\s+/g, ' ').slice(0, 60)};
+  }).filter(t => t.width > t.column + 2).map(t => `${t.width} px in a ${t.column} px column: ${t.head}`);
+  const launch = links.filter(h => /colab\.research|mybinder|\/blob\//.test(h) && /\/\.\//.test(h));
   return {n_images: imgs.length, broken, errors, missingGlue, links, title: document.title, rawMath,
-          junkLines, echoes, paramCells: Math.max(paramCells, smokeCells), injected, external};
+          junkLines, echoes, paramCells: Math.max(paramCells, smokeCells), injected, external, strays, wide, launch};
 }"""
 
 
@@ -144,7 +167,7 @@ def check_book(html_dir: Path, pages: list[str], screenshot_dir: Path | None = N
                     continue
                 page.wait_for_load_state("networkidle")  # index.html redirects to the root page
                 url = page.url.split("#")[0]
-                probe = page.evaluate(_PAGE_PROBE, [JUNK, NUMPY_ECHO])
+                probe = page.evaluate(_PAGE_PROBE, [JUNK, NUMPY_ECHO, STRAY])
                 report.pages.append((rel, probe["n_images"]))
                 report.problems += [f"{rel}: broken image {src}" for src in probe["broken"]]
                 report.problems += [f"{rel}: error output: {e}" for e in probe["errors"]]
@@ -158,6 +181,9 @@ def check_book(html_dir: Path, pages: list[str], screenshot_dir: Path | None = N
                                            f"{probe['injected']} injected by papermill shown)")
                 report.problems += [f"{rel}: script from another host {src} (the page needs the network)"
                                     for src in probe["external"]]
+                report.problems += [f"{rel}: stray output, {what}" for what in probe["strays"]]
+                report.problems += [f"{rel}: wide table, {what}" for what in probe["wide"]]
+                report.problems += [f"{rel}: launch link with '/./' {href}" for href in probe["launch"]]
                 checked_anchors[url] = set(page.evaluate("() => [...document.querySelectorAll('[id]')].map(e => e.id)"))
                 for href in probe["links"]:
                     target, anchor = urldefrag(urljoin(url, href))

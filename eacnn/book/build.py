@@ -140,7 +140,7 @@ def execute_notebooks(
         out = staging / rel
         out.parent.mkdir(parents=True, exist_ok=True)
         log.info("executing %s (%s)", rel, profile)
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.time()
         try:
             for attempt in range(KERNEL_START_ATTEMPTS):
                 try:
@@ -158,7 +158,7 @@ def execute_notebooks(
         with lock:
             timings[str(rel)] = time.perf_counter() - t0
             log.info("  %s: %.1f s", rel, timings[str(rel)])
-            _record_timing(staging, str(rel), timings[str(rel)], profile)
+            _record_timing(staging, str(rel), timings[str(rel)], profile, (started, time.time()))
 
     try:
         chosen = [rel for rel in notebooks_in_toc(root) if not only or any(s in rel.name for s in only)]
@@ -346,20 +346,27 @@ def _machine() -> dict:
     return info
 
 
-def _record_timing(staging: Path, notebook: str, seconds: float, profile: str) -> None:
-    """Append one notebook's execution time to the staging folder's timing file (read by the run-times page)."""
+def _record_timing(staging: Path, notebook: str, seconds: float, profile: str,
+                   span: tuple[float, float] | None = None) -> None:
+    """Append one notebook's execution time (and its (start, end) wall-clock span, Unix seconds) to the staging
+    folder's timing file (read by the run-times page)."""
     import json
 
     path = staging / TIMINGS_FILE
     data = json.loads(path.read_text()) if path.is_file() else {"machine": _machine(), "notebooks": {}}
     data["profile"] = profile
     data["notebooks"][notebook] = round(seconds, 1)
+    if span is not None:
+        data.setdefault("spans", {})[notebook] = [round(span[0], 1), round(span[1], 1)]
     atomic_write_bytes(path, json.dumps(data, indent=1).encode())
 
 
 def build_timings(root: Path | None = None):
     """(DataFrame of notebook execution times in this build so far, machine and profile dict) from the staging
-    folder's timing file; an empty DataFrame when no build has run."""
+    folder's timing file; an empty DataFrame when no build has run. Chapters of one stage run side by side, so
+    their seconds add up to more than the build took: the dict's ``"wall clock (s)"`` is the time from the first
+    chapter's start to the last one's end (where the spans were recorded), and the frame's ``started (min)`` says
+    when each began after the first."""
     import json
 
     import pandas as pd
@@ -372,4 +379,10 @@ def build_timings(root: Path | None = None):
     data = json.loads(path.read_text())
     names = sorted(data["notebooks"])  # chapters of one stage finish in any order
     df = pd.DataFrame({"notebook": names, "seconds": [data["notebooks"][n] for n in names]})
-    return df, {"profile": data.get("profile"), **data.get("machine", {})}
+    info = {"profile": data.get("profile"), **data.get("machine", {})}
+    spans = data.get("spans", {})
+    if names and all(n in spans for n in names):
+        first = min(spans[n][0] for n in names)
+        df["started (min)"] = [(spans[n][0] - first) / 60 for n in names]
+        info["wall clock (s)"] = round(max(spans[n][1] for n in names) - first, 1)
+    return df, info

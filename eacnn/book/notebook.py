@@ -216,14 +216,26 @@ def _apply_book_style() -> None:
 _SYMBOL_COLUMNS = ("spacegroup", "space group", "spacegroup_symbol", "symbol")
 
 
-def format_table(df) -> str:
+#: column names of the package's tables as a reader wants them (the rest: underscores become spaces)
+HEADERS = {"material_id": "id", "spacegroup_symbol": "space group", "spacegroup_number": "SG no.",
+           "crystal_system": "system", "spacegroup": "space group", "test_samples": "test structures",
+           "weight_fraction": "wt fraction", "intensity_fraction": "intensity fraction", "zero_shift": "zero shift (°)",
+           "n_sites": "sites", "top1": "Top-1", "top3": "Top-3", "top5": "Top-5", "top10": "Top-10"}
+
+
+def format_table(df, index: bool | None = None, headers: dict | None = None) -> str:
     """HTML of a DataFrame as the book shows it: integers (and float columns holding only whole numbers) with
     thousands separators and no ".0", other floats with the decimals the column needs (at most 6), missing values
-    as "–", space-group symbols as printed (P2₁/c, Fm3̄m)."""
+    as "–", space-group symbols as printed (P2₁/c, Fm3̄m), headers readable (:data:`HEADERS`, then ``headers``;
+    underscores as spaces), and no index where it only counts rows (``index`` None: hidden when it is a plain
+    0, 1, 2, …; True/False: shown/hidden)."""
     import numpy as np
     import pandas as pd
 
     from eacnn.book.plots import pretty_spacegroup
+
+    plain = isinstance(df.index, pd.RangeIndex) and df.index.name is None
+    show_index = (not plain) if index is None else index
 
     formatters = []
     for position in range(df.shape[1]):
@@ -245,9 +257,28 @@ def format_table(df) -> str:
                 fmt = _float_text(decimals)
         elif name.lower() in _SYMBOL_COLUMNS:
             fmt = pretty_spacegroup
+        elif pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col):
+            fmt = _pretty_text
         formatters.append(fmt)
-    return df.to_html(formatters=formatters, na_rep="–", notebook=True, border=0,
-                      max_rows=pd.get_option("display.max_rows"), max_cols=pd.get_option("display.max_columns"))
+    names = {**HEADERS, **(headers or {})}
+
+    def header(name):
+        if isinstance(name, tuple):
+            return tuple(header(n) for n in name)
+        return names.get(name, str(name).replace("_", " ")) if isinstance(name, str) else name
+
+    shown = df.copy()
+    shown.columns = pd.Index([header(c) for c in df.columns]) if not isinstance(df.columns, pd.MultiIndex) else \
+        pd.MultiIndex.from_tuples([header(c) for c in df.columns])
+    return shown.to_html(formatters=formatters, na_rep="–", notebook=True, border=0, index=show_index,
+                         max_rows=pd.get_option("display.max_rows"), max_cols=pd.get_option("display.max_columns"))
+
+
+def _pretty_text(value) -> str:
+    """Text cells: space-group symbols among the words printed as in crystallography (``P4_2/mnm`` -> P4₂/mnm)."""
+    from eacnn.book.plots import pretty_spacegroups_in
+
+    return pretty_spacegroups_in(value) if isinstance(value, str) else str(value)
 
 
 def _int_text(value) -> str:

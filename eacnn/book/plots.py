@@ -17,6 +17,7 @@ __all__ = [
     "STYLE",
     "apply_style",
     "pretty_spacegroup",
+    "hkl_label",
     "pretty_spacegroups_in",
     "SYSTEM_COLORS",
     "save_figure",
@@ -112,32 +113,49 @@ def plot_vector(vector: np.ndarray, ax=None, config: XRDConfig | None = None, la
 
 
 def plot_sticks(two_theta: np.ndarray, intensity: np.ndarray, ax=None, scale: float = 1.0, label: str | None = None,
-                hkls: Sequence | None = None, annotate: int = 0, **kwargs):
-    """Stick pattern (one vertical line per reflection); the ``annotate`` strongest get their (hkl)."""
+                hkls: Sequence | None = None, annotate: int = 0, min_gap: float = 2.5, **kwargs):
+    """Stick pattern (one vertical line per reflection); the ``annotate`` strongest that lie at least ``min_gap``
+    degrees from a stronger labelled one get their (hkl), negative indices with a bar (1̄), so labels never collide."""
     ax = _ax(ax)
     inten = np.asarray(intensity, dtype=float) * scale
     ax.vlines(two_theta, 0, inten, label=label, **kwargs)
     if annotate and hkls is not None:
-        for i in np.argsort(inten)[::-1][:annotate]:
-            fam = hkls[i][0]["hkl"] if hkls[i] else ()
-            ax.annotate("".join(str(v) for v in fam), (two_theta[i], inten[i]), textcoords="offset points",
+        placed: list[float] = []
+        for i in np.argsort(inten)[::-1]:
+            if len(placed) == annotate:
+                break
+            if any(abs(two_theta[i] - t) < min_gap for t in placed) or not hkls[i]:
+                continue
+            placed.append(float(two_theta[i]))
+            ax.annotate(hkl_label(hkls[i][0]["hkl"]), (two_theta[i], inten[i]), textcoords="offset points",
                         xytext=(0, 2), ha="center", fontsize=SMALL_FONT)
     ax.set_xlabel("2θ (°)")
     return ax
 
 
+def hkl_label(hkl: Sequence[int]) -> str:
+    """Miller indices as crystallographers write them: ``(11̄1)`` for (1, −1, 1), spaces between indices ≥ 10."""
+    digits = [f"{abs(int(v))}" + ("\u0305" if v < 0 else "") for v in hkl]
+    sep = " " if any(abs(int(v)) >= 10 for v in hkl) else ""
+    return "(" + sep.join(digits) + ")"
+
+
 def plot_pattern_comparison(ours, reference, vector: np.ndarray | None = None, ax=None, title: str | None = None,
                             config: XRDConfig | None = None):
-    """Our sticks (up) against pymatgen's (down, mirrored), optionally with the binned vector on top."""
+    """Our sticks (up) against pymatgen's (down, mirrored), each scaled to its strongest = 1, optionally with the
+    binned vector (max 1) on top: one normalised scale, so that agreement shows as mirror symmetry."""
     ax = _ax(ax, figsize=(8, 3.5))
-    plot_sticks(ours.two_theta, ours.intensity / 100, ax=ax, color="C0", label="eacnn", lw=1.2,
-                hkls=ours.hkls, annotate=5)
-    plot_sticks(reference.x, -np.asarray(reference.y) / 100, ax=ax, color="C3", label="pymatgen XRDCalculator",
-                lw=1.2)
+    ours_i = np.asarray(ours.intensity, dtype=float)
+    ref_i = np.asarray(reference.y, dtype=float)
+    plot_sticks(ours.two_theta, ours_i / max(ours_i.max(initial=0.0), 1e-300), ax=ax, color="C0", label="eacnn",
+                lw=1.2, hkls=ours.hkls, annotate=5)
+    plot_sticks(reference.x, -ref_i / max(ref_i.max(initial=0.0), 1e-300), ax=ax, color="C3",
+                label="pymatgen XRDCalculator (mirrored)", lw=1.2)
     if vector is not None:
         plot_vector(vector, ax=ax, config=config, color="k", lw=0.8, label="140-bin model input")
     ax.axhline(0, color="k", lw=0.5)
-    ax.set_ylabel("relative intensity")
+    ax.set_ylim(-1.1, 1.25)
+    ax.set_ylabel("intensity / strongest")
     ax.legend(fontsize=SMALL_FONT, loc="lower right")
     if title:
         ax.set_title(title)

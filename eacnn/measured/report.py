@@ -11,7 +11,7 @@ import pandas as pd
 
 from eacnn.retrieval.identify import RERANK_DEPTH, identify
 
-__all__ = ["identification_report", "verdict_quality", "mixture_summary", "mixture_numbers", "mixture_rows",
+__all__ = ["identification_report", "verdict_quality", "mixture_summary", "mixture_numbers", "mixture_rows", "scan_name",
            "mixture_table", "shipped_mixtures_path", "SEPARATED", "AUTOANALYZER_MIXTURES", "reduced_formula", "phase_in",
            "score_phases", "unseen_summary", "shipped_unseen_path", "unseen_table", "unseen_numbers", "target_phrase"]
 
@@ -112,6 +112,14 @@ def shipped_mixtures_path():
 
 
 def _kind_label(kind: str) -> str:
+    """A set of ``scripts/mixtures.py`` as the book names it: ``synthetic 2-phase (train)`` is a mixture of MP-20 test
+    structures under the measurement family training draws from."""
+    import re
+
+    m = re.fullmatch(r"synthetic (\d)-phase \((\w+)\)", kind)
+    if m:
+        family = {"train": "training", "heldout": "second"}.get(m.group(2), m.group(2))
+        return f"synthetic {m.group(1)}-phase (test structures, {family} measurement family)"
     return {"xrd_autoanalyzer": "XRD-AutoAnalyzer scans", "dara": "Dara lab scans"}.get(kind, kind)
 
 
@@ -146,13 +154,21 @@ def mixture_rows(df: pd.DataFrame, kind: str, search: str = "any") -> pd.DataFra
         return " / ".join(f"{100 * float(x):.0f}" for x in str(text).split(";")) if isinstance(text, str) and text else "–"
 
     return pd.DataFrame({
-        "pattern": part["pattern"].to_numpy(), "true phases": part["truth"].str.replace(";", " + ").to_numpy(),
+        "scan": [scan_name(p) for p in part["pattern"]], "true phases": part["truth"].str.replace(";", " + ").to_numpy(),
         "true wt %": [pct(t) for t in part["truth_weight_fractions"].fillna("")],
         "found": [" + ".join(f"{f} {g}" for f, g in zip(str(a).split(";"), str(b).split(";"))) if a == a and a else "–"
                   for a, b in zip(part["found"], part["found_spacegroups"])],
         "found wt % (approx.)": [pct(t) for t in part["found_weight_fractions"].fillna("")],
         "all named": part["all"].to_numpy(), "spurious": part["spurious"].to_numpy(),
     })
+
+
+def scan_name(pattern: str) -> str:
+    """A measured mixture's file stem as a table shows it beside its true phases: the Dara scans by their counting
+    time (``…--8min`` -> "8 min"), the XRD-AutoAnalyzer ones without their prefix, phases spaced."""
+    if "--" in pattern:
+        return pattern.rsplit("--", 1)[1].replace("min", " min")
+    return pattern.removeprefix("Example__").replace("+", " + ")
 
 
 def mixture_numbers(df: pd.DataFrame) -> dict[str, str]:
@@ -167,8 +183,9 @@ def mixture_numbers(df: pd.DataFrame) -> dict[str, str]:
         return value if isinstance(value, str) else format(value, fmt)
 
     out = {}
-    for key, label in [("s2", "synthetic 2-phase (train)"), ("s3", "synthetic 3-phase (train)"),
-                       ("aa", "XRD-AutoAnalyzer scans"), ("dara", "Dara lab scans")]:
+    for key, kind in [("s2", "synthetic 2-phase (train)"), ("s3", "synthetic 3-phase (train)"),
+                      ("aa", "xrd_autoanalyzer"), ("dara", "dara")]:
+        label = _kind_label(kind)
         for skey, search in [("any", "whole database"), ("el", "true elements only")]:
             out[f"mix_{key}_{skey}_all"] = get(label, search, "every phase named (%)")
             out[f"mix_{key}_{skey}_named"] = get(label, search, "true phases named")
@@ -177,6 +194,10 @@ def mixture_numbers(df: pd.DataFrame) -> dict[str, str]:
             out[f"mix_{key}_{skey}_werr"] = get(label, search, "weight error, median (wt %)", ".1f")
             out[f"mix_{key}_{skey}_w10"] = get(label, search, "within ±10 wt % (%)")
             out[f"mix_{key}_{skey}_exact"] = get(label, search, "every phase, exact entry (%)")
+    out["mix_targets"] = "; ".join(
+        f"{where}, the 2-phase set {target_phrase(out[f'mix_s2_{skey}_all'], 90.0)} and the 3-phase set "
+        f"{target_phrase(out[f'mix_s3_{skey}_all'], 75.0)}"
+        for skey, where in (("any", "Without chemical hints"), ("el", "with the elements given")))
     return out
 
 
