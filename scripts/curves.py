@@ -93,6 +93,41 @@ def evaluate_test(cfg, model, dataset) -> dict:
     return {"test_top1": m["val_top1"], "test_top5": m["val_top5"], "test_pool": int(m["val_pool"])}
 
 
+def same_arrays_rekey(run: Path, dataset) -> None:
+    """A run interrupted before a code change that moved the data set's cache key (the key hashes the code that
+    computes the arrays, not only the arrays) resumes only if its data are unchanged: when ``last.pt`` names another
+    key whose cached data set is still here and holds exactly the same arrays as ``dataset``, the run's checkpoints
+    are re-stamped with the new key (logged in ``curve.json``); otherwise nothing changes and the resume refuses."""
+    import numpy as np
+
+    from eacnn.paths import atomic_write_bytes, cache_dir
+    from eacnn.training.checkpoint import load_checkpoint, save_checkpoint
+
+    last = run / "last.pt"
+    if not last.is_file():
+        return
+    old = load_checkpoint(last).get("data_key")
+    if old is None or old == dataset.key:
+        return
+    cached = cache_dir() / f"dataset-{str(old)[:20]}.npz"
+    if not cached.is_file():
+        return
+    with np.load(cached, allow_pickle=False) as a, np.load(cache_dir() / f"dataset-{dataset.key[:20]}.npz",
+                                                        allow_pickle=False) as b:
+        if sorted(a.files) != sorted(b.files) or any(not np.array_equal(a[k], b[k]) for k in a.files):
+            return
+    for name in ("last.pt", "best.pt"):
+        if (run / name).is_file():
+            ckpt = load_checkpoint(run / name)
+            ckpt["data_key"] = dataset.key
+            save_checkpoint(run / name, ckpt)
+    info_path = run / "curve.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info.setdefault("rekeyed", []).append({"from": old, "to": dataset.key, "why": "same arrays, new code digest"})
+    atomic_write_bytes(info_path, json.dumps(info, indent=1).encode())
+    print(f"{run.name}: data key {str(old)[:12]} -> {dataset.key[:12]} (the cached arrays are identical)")
+
+
 def train_one(tower: str, size: int, args, dataset, runs: Path) -> None:
     import torch
 
@@ -111,6 +146,7 @@ def train_one(tower: str, size: int, args, dataset, runs: Path) -> None:
                 patience=args.patience, finished=False)
     atomic_write_bytes(info_path, json.dumps(info, indent=1).encode())
     t0 = time.perf_counter()
+    same_arrays_rekey(run, dataset)
     result = fit(cfg, dataset, run_dir=run, resume=True, progress=not args.quiet)
     with torch.no_grad():
         info.update(evaluate_test(cfg, result.model, dataset))
