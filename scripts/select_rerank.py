@@ -185,6 +185,21 @@ TEXTURE_GAINS = (1.5, 2.0, 4.0, 8.0)
 TEXTURE_PRIORS = (0.0, 0.02, 0.05)
 
 
+def choose_texture(means: pd.Series) -> tuple[int, float, float]:
+    """The texture fit that ships, from each setting's mean Top-1 over the conditions (``--texture-grid``): of the
+    settings tied at the best mean, the one fitting the fewest candidates (the cost), then the largest gain and
+    prior (the most cautious); (0, gain, prior) of the shipped values when "no texture" is strictly best."""
+    from eacnn.retrieval.refine import TEXTURE_MIN_GAIN, TEXTURE_PENALTY
+
+    best = means.max()
+    tied = [r for r in means.index if r.startswith("texture ") and means[r] >= best - 1e-9]
+    if not tied:
+        return 0, TEXTURE_MIN_GAIN, TEXTURE_PENALTY
+    parsed = [(int(r.split()[1]), -float(r.split()[3]), -float(r.split()[5])) for r in tied]
+    count, gain, prior = min(parsed)
+    return count, -gain, -prior
+
+
 def texture_grid(model, ds, n_queries: int, conditions=CONDITIONS) -> list[dict]:
     """Top-1 per condition for the shipped rule, depth and cell fit with no texture fit ("no texture") and with it
     under each (candidates, gain, prior) of :data:`TEXTURE_COUNTS` × :data:`TEXTURE_GAINS` × :data:`TEXTURE_PRIORS`
@@ -273,6 +288,8 @@ def main() -> None:
     print(f"best: {means.idxmax()}")
     if args.depth_grid:
         print(f"ships (the cheapest within {DEPTH_TIE:g} of the best mean): {choose_depth(means)}")
+    if args.texture_grid:
+        print("ships (texture fits, gain, prior): {}".format(choose_texture(means)))
 
 
 if __name__ == "__main__":

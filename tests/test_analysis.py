@@ -584,6 +584,45 @@ def test_the_shipped_depth_is_the_one_the_validation_grid_chose():
     assert _select_rerank().choose_depth(table.loc["mean"]) == f"refine {RERANK_DEPTH} cell {CELL_FITS}"
 
 
+def test_the_shipped_texture_fit_is_the_one_the_validation_grid_chose():
+    from eacnn.paths import DATA_DIR
+    from eacnn.retrieval.refine import TEXTURE_FITS, TEXTURE_MIN_GAIN, TEXTURE_PENALTY
+
+    grid = pd.read_csv(DATA_DIR / "texture_fit.csv").pivot_table(index="condition", columns="rule", values="top1")
+    assert _select_rerank().choose_texture(grid.mean()) == (TEXTURE_FITS, TEXTURE_MIN_GAIN, TEXTURE_PENALTY)
+    choose = _select_rerank().choose_texture
+    assert choose(pd.Series({"no texture": 90.0, "texture 5 gain 2 prior 0": 89.0}))[0] == 0
+    assert choose(pd.Series({"no texture": 90.0, "texture 30 gain 2 prior 0": 91.0,
+                             "texture 5 gain 4 prior 0": 91.0})) == (5, 4.0, 0.0)
+
+
+def _mixture_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "mixtures.py"
+    spec = importlib.util.spec_from_file_location("mixtures_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mixture_rules_replay_cuts_each_lax_path_at_the_first_step_a_rule_fails():
+    """A lax search's path (every step's residual height, its σ ratio, agreement and gain) replayed under stricter
+    rules: the phases found are the steps before the first that fails one rule."""
+    replay = _mixture_script().replay
+    paths = pd.DataFrame({
+        "pattern": ["a", "a", "a", "b"], "k": [2, 2, 2, 1], "truth": ["X 1;Y 2"] * 3 + ["Z 3"], "step": [1, 2, 3, 1],
+        "phase": ["X 1", "Y 2", "W 4", "Z 3"], "snr": [50.0, 20.0, 6.0, 40.0], "height": [0.9, 0.3, 0.05, 0.8],
+        "agreement": [0.95, 0.8, 0.6, 0.9], "gain": [0.8, 0.5, 0.25, 0.9]})
+    strict = replay(paths, significance=5.0, min_peak=0.08, min_gain=0.3, min_agreement=0.5).set_index("pattern")
+    assert strict.loc["a", "exact"] and strict.loc["a", "spurious"] == 0 and strict.loc["b", "exact"]
+    lax = replay(paths, significance=5.0, min_peak=0.04, min_gain=0.2, min_agreement=0.5).set_index("pattern")
+    assert not lax.loc["a", "exact"] and lax.loc["a", "spurious"] == 1 and lax.loc["a", "named"] == 2
+    none = replay(paths, significance=100.0, min_peak=0.0, min_gain=0.0, min_agreement=0.0).set_index("pattern")
+    assert none.loc["a", "named"] == 0 and not none.loc["b", "exact"]
+
+
 def test_grid_value_quotes_one_decimal_or_n_a():
     table = pd.DataFrame({"refine 30 cell 30": [99.25, 88.14]}, index=["iso -2 %", "mean"])
     assert analysis.grid_value(table, "iso -2 %", "refine 30 cell 30") == "99.2"

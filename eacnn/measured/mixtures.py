@@ -26,7 +26,8 @@ time and fits the phases found to the pattern on the model's 140-bin grid:
 
    * *no significant peak*: the largest residual bin is below max(``significance`` × σ, ``min_peak``): σ the noise
      (1.4826 × the median absolute deviation of neighbouring residual bins' differences / √2, robust to peaks and
-     blind to a smooth background), ``min_peak`` a fraction of the strongest bin (defaults 5 σ and 8 %); or
+     blind to a smooth background), ``min_peak`` a fraction of the strongest bin (defaults 5 σ and 12 %, chosen
+     on validation mixtures: :class:`eacnn.config.MixtureConfig`); or
    * *no confident match*: its agreement (cosine of its fitted profile with the positive residual) is below
      ``min_agreement`` (0.5), or its gain, after the joint refit, is below ``min_gain`` (0.3), or its scale is 0.
 
