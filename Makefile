@@ -42,9 +42,11 @@ results: results-quick
 	$(PY) scripts/select_rerank.py --checkpoints .cache/full-run/shipped.pt .cache/full-run/epoch_{3,6,9,12,16}.pt .cache/full-run/avg_9-16.pt --out eacnn/data/epochs.csv   # ~1 h
 	$(PY) scripts/select_rerank.py --cell-grid --out eacnn/data/cell_fit.csv     # ~1 h
 	$(PY) scripts/select_rerank.py --depth-grid --out eacnn/data/rerank_depth.csv   # ~40 min
+	$(PY) scripts/select_rerank.py --texture-grid --queries 200 --out eacnn/data/texture_fit.csv   # ~45 min
 	$(PY) scripts/ship_database.py --calibrate-only                   # the verdict (embedded.json): ~15 min
 	$(PY) scripts/robustness.py --refine-queries 400                  # robustness.csv: ~3 h
-	$(PY) scripts/mixtures.py                                         # mixtures.csv: ~1 h
+	$(PY) scripts/mixtures.py --select-rules 60 80 60 --skip-measured   # mixture_rules.csv (validation): ~40 min
+	$(PY) scripts/mixtures.py --seed 1                                # mixtures.csv (test structures): ~1 h
 	nice -n 19 $(PY) scripts/curves.py                                 # curves*.csv: CPU-days; resumable
 
 results-quick: $(STAMP)

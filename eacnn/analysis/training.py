@@ -17,7 +17,7 @@ from eacnn.analysis.retrieval import PERTURBATION_LEVELS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["loss_reference_points", "perturbation_settings", "perturbed_examples", "best_epoch", "validation_pool", "training_summary", "ablation_table", "ablation_highlights", "epoch_search_table", "grid_value", "cell_fit_table", "rerank_depth_table", "model_sizes"]
+__all__ = ["loss_reference_points", "perturbation_settings", "perturbed_examples", "best_epoch", "validation_pool", "training_summary", "ablation_table", "ablation_highlights", "epoch_search_table", "grid_value", "cell_fit_table", "rerank_depth_table", "texture_fit_table", "model_sizes"]
 
 
 # Training (chapter 4)
@@ -148,6 +148,15 @@ def cell_fit_table(path=None) -> pd.DataFrame:
     strain, residual gain) setting: ``eacnn/data/cell_fit.csv``, written by ``scripts/select_rerank.py --cell-grid
     --out``. Columns in the file's order; an empty DataFrame when the file is absent."""
     return _validation_grid(DATA_DIR / "cell_fit.csv" if path is None else path, "isotropic", "refinement")
+
+
+def texture_fit_table(path=None) -> pd.DataFrame:
+    """Top-1 (percent) as ``eacnn search`` answers, per validation condition (rows, then their ``mean``), without
+    the texture fit ("no texture") and with it under each (candidates fitted, residual gain, prior per |ln r|)
+    setting: ``eacnn/data/texture_fit.csv``, written by ``scripts/select_rerank.py --texture-grid --out``. Columns
+    in the file's order; an empty DataFrame when the file is absent."""
+    table = _validation_grid(DATA_DIR / "texture_fit.csv" if path is None else path, "no texture", "texture fit")
+    return table.drop(columns=[c for c in table.columns if not str(c).startswith(("texture", "no texture"))])
 
 
 def rerank_depth_table(path=None) -> pd.DataFrame:

@@ -290,17 +290,15 @@ def _noise(residual: np.ndarray, mask: np.ndarray) -> float:
 # Weight fractions
 # ---------------------------------------------------------------------------------------------------------------
 def cell_scattering(structure, two_theta: np.ndarray, area: np.ndarray, xrd: XRDConfig | None = None) -> float:
-    """A_i: the absolute scattering of the structure's cell (Σ |F|² × Lorentz-polarisation with the simulator's
-    Debye–Waller B, pymatgen's ``XRDCalculator``) over the 2θ range of the stored reflections, divided by their
-    summed stored areas (strongest stick 1)."""
-    from pymatgen.analysis.diffraction.xrd import XRDCalculator  # pymatgen's calculator: only fractions need it
+    """A_i: the absolute scattering of the structure's cell (Σ |F|² × Lorentz-polarisation × multiplicity with the
+    simulator's Debye–Waller B, :func:`eacnn.physics.xrd.absolute_scattering`) over the 2θ range of the stored
+    reflections, divided by their summed stored areas (strongest stick 1)."""
+    from eacnn.physics.xrd import absolute_scattering
 
     xrd = xrd or XRDConfig()
     lo, hi = float(np.min(two_theta)) - 1e-3, float(np.max(two_theta)) + 1e-3
-    b = {el.symbol: xrd.b_factor for el in structure.composition.elements}
-    pattern = XRDCalculator(wavelength=xrd.wavelength, debye_waller_factors=b).get_pattern(
-        structure, scaled=False, two_theta_range=(max(lo, 0.0), min(hi, 180.0)))
-    return float(np.sum(pattern.y) / max(float(np.sum(area)), 1e-12))
+    total = absolute_scattering(structure, xrd, (max(lo, 0.0), min(hi, 180.0)))
+    return float(total / max(float(np.sum(area)), 1e-12))
 
 
 def weight_fractions(scales: Sequence[float], scattering: Sequence[float], masses: Sequence[float],

@@ -50,7 +50,8 @@ from eacnn.physics.profile import bin_kernel, bin_profile, split_on_grid
 log = logging.getLogger(__name__)
 
 __all__ = ["XRDSimulator", "XRDPattern", "SimulationResult", "simulate_vectors", "simulate_batch", "bin_profile",
-           "scattering_factor", "IndexedReflections", "indexed_reflections", "metric_monomials", "STRAIN_PAD"]
+           "scattering_factor", "IndexedReflections", "indexed_reflections", "metric_monomials", "STRAIN_PAD",
+           "absolute_scattering"]
 
 # Reflections weaker than this fraction of their structure's strongest are numerical zeros (systematic absences
 # come out near 1e-14 in float32); dropping them makes e.g. a supercell give exactly the sticks of its cell.
@@ -449,6 +450,18 @@ def _one_reflections(crystal: _Crystal, cfg: XRDConfig, g_min: float, g_max: flo
     f = _form_factors(g2, [0, len(g2)], crystal.elements[None], cfg.b_factor)  # [m, E]
     intensity = _intensities(hkl, g2, [0, len(g2)], frac_t, weights, f, cfg)
     return hkl, g2, intensity
+
+
+def absolute_scattering(structure, config: XRDConfig | None = None,
+                        two_theta_range: tuple[float, float] | None = None) -> float:
+    """Σ |F|² × Lorentz-polarisation × multiplicity of a structure's cell over ``two_theta_range`` (degrees; default
+    the model window), on the absolute scale (electrons², the Debye–Waller B of ``config``): what quantitative phase
+    analysis divides a fitted scale by (pymatgen's unscaled ``XRDCalculator`` sum, without importing it)."""
+    cfg = config or XRDConfig()
+    lo, hi = _checked_range(cfg, two_theta_range)
+    crystal = _within_limits(_as_crystal(structure), cfg, hi, "structure")
+    _, _, intensity = _one_reflections(crystal, cfg, _inv_d(cfg, lo), _inv_d(cfg, hi))
+    return float(np.sum(intensity, dtype=np.float64))
 
 
 def _select(reflections, cfg: XRDConfig, g_min: float, g_max: float):
