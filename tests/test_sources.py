@@ -104,3 +104,30 @@ def test_dedupe_keeps_one_entry_of_each_crystal(tmp_path):
     assert manifest["n"] == 2 and manifest["skipped"] == 1
     report = (out / "skipped.csv").read_text()
     assert "duplicate" in report and f"the same crystal as {first.stem}" in report
+
+
+def test_a_build_in_blocks_gives_the_one_block_arrays(collections, tmp_path, monkeypatch):
+    """Memory bounded by the block: a collection built two structures at a time (each block its own data set,
+    reduced to arrays and let go) gives the labels, sticks, vectors and reflections of one block exactly, the
+    embeddings to float32 rounding (the model batches them differently), and its getters rebuild each structure
+    without the data sets."""
+    import numpy as np
+
+    from eacnn.config import Config
+    from eacnn.retrieval.database import _from_datasets
+    from eacnn.training.checkpoint import load_pretrained
+
+    monkeypatch.setenv("EACNN_HOME", str(tmp_path / "home"))
+    model = load_pretrained()
+    cfg = Config.cpu()
+    whole = _from_datasets([str(collections["folder"])], model, cfg, progress=False, block=10_000)
+    blocks = _from_datasets([str(collections["folder"])], model, cfg, progress=False, block=2)
+    assert whole[0].equals(blocks[0]) and len(whole[0]) == len(GOOD) + 3
+    np.testing.assert_allclose(whole[1], blocks[1], atol=1e-6)  # float32 sums batched differently
+    np.testing.assert_array_equal(whole[3], blocks[3])
+    for key in ("offsets", "two_theta", "area"):
+        np.testing.assert_array_equal(whole[2][key], blocks[2][key])
+    for key in ("offsets", "hkl", "area", "metric"):
+        np.testing.assert_array_equal(whole[4][key], blocks[4][key])
+    assert sorted(r[1] for r in whole[5]) == sorted(r[1] for r in blocks[5])
+    assert blocks[6][0]().composition == whole[6][0]().composition

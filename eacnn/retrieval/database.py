@@ -435,6 +435,28 @@ def reflections_arrays(reflections: Sequence) -> dict:
             "metric": np.array([np.full(6, np.nan) if r is None else r.metric for r in reflections]).reshape(-1, 6)}
 
 
+def concat_reflections(parts: Sequence[dict]) -> dict:
+    """One ``reflections.npz`` dict of several (:func:`reflections_arrays`), candidates in order."""
+    if len(parts) == 1:
+        return parts[0]
+    counts = np.concatenate([np.diff(p["offsets"]) for p in parts])
+    wide = any(p["hkl"].dtype == np.int32 for p in parts)
+    return {"offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            "hkl": np.concatenate([p["hkl"] for p in parts]).astype(np.int32 if wide else np.int16),
+            "area": np.concatenate([p["area"] for p in parts]).astype(np.float32),
+            "metric": np.concatenate([p["metric"] for p in parts]).reshape(-1, 6)}
+
+
+def take_reflections(arrays: dict, rows: np.ndarray) -> dict:
+    """The ``reflections.npz`` dict of the candidates ``rows`` (in that order) of another."""
+    o = arrays["offsets"]
+    pieces = [np.arange(o[r], o[r + 1]) for r in rows]
+    take = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+    counts = np.array([o[r + 1] - o[r] for r in rows], dtype=np.int64)
+    return {"offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), "hkl": arrays["hkl"][take],
+            "area": arrays["area"][take], "metric": arrays["metric"][np.asarray(rows, np.int64)].reshape(-1, 6)}
+
+
 def _split(sticks: dict) -> tuple[list, list]:
     """The per-candidate (2θ, area) lists of a sticks dict."""
     o = sticks["offsets"]
@@ -506,67 +528,88 @@ def mp_hull(source: str) -> float | None:
     return value
 
 
-def _source_dataset(source: str, cfg, progress: bool, cluster: str | None = None):
-    """The data set of one source: the embedded MP-20 structures, or a folder of CIF files (unreadable files are
-    logged and skipped; reference cells larger than MP-20's 20 atoms are kept)."""
-    from eacnn.datasets.dataset import build_dataset
-    from eacnn.datasets.structures import read_cif_folder
+#: structures a database build simulates, embeds and reduces to compact arrays at a time: its memory is bounded by
+#: one block's data set (graphs, sticks, reflections as objects), not by the collection; each block is its own cached
+#: data set, so an interrupted build also resumes block by block
+BUILD_BLOCK = 20_000
+
+
+def _source_table(source: str, cfg, progress: bool):
+    """(structures table or None for the embedded MP-20 set, the config to build it with, the (name, reason) of its
+    unreadable files) of one source: the embedded structures, all or part of Materials Project, or a folder or
+    archive of CIF files (unreadable files are logged and skipped; cells larger than MP-20's 20 atoms are kept)."""
+    from eacnn.datasets.structures import is_cif_archive, read_cif_folder
 
     if source == "embedded":
-        return build_dataset(cfg.replace(**{"data.source": "embedded", "data.max_structures": 0}), progress=progress,
-                             cluster=cluster), None
+        return None, cfg.replace(**{"data.source": "embedded", "data.max_structures": 0}), []
     if source.startswith("mp-api"):  # all of Materials Project, or its entries within E eV/atom of the hull
         from eacnn.datasets.mp import download_table
 
         table = download_table(energy_above_hull_max=mp_hull(source), max_sites=MP_MAX_SITES, split="test",
                                progress=progress)
-        big = cfg.replace(**{"data.max_sites": MP_MAX_SITES})
-        return build_dataset(big, structures_table=table, progress=progress, cluster=cluster), table
-    from eacnn.datasets.structures import is_cif_archive
-
+        return table, cfg.replace(**{"data.max_sites": MP_MAX_SITES}), []
     folder = Path(source)
     if not folder.is_dir() and not is_cif_archive(folder):
         raise EACNNError(f"--database {source!r} is neither 'embedded', a folder of CIF files nor an archive of them")
     found = read_cif_folder(folder, progress=progress)
     if len(found.table) == 0:
         raise EACNNError(f"no readable CIF file in {folder} ({len(found.skipped)} unreadable)")
-    big = cfg.replace(**{"data.max_sites": max(cfg.data.max_sites, 512)})
-    ds = build_dataset(big, structures_table=found.table, progress=progress, cluster=cluster)
-    ds.read_skipped = list(found.skipped)  # (name, reason) of the files that could not be read
-    return ds, found.table
+    return found.table, cfg.replace(**{"data.max_sites": max(cfg.data.max_sites, 512)}), list(found.skipped)
 
 
-def _from_datasets(sources: Sequence[str], model, cfg, progress: bool, cluster: str | None = None):
-    """labels, embeddings, sticks, vectors and indexed reflections of any sources, embedding every structure with
-    the model."""
-    from eacnn.datasets.structures import load_embedded
+def _blocks(table: pd.DataFrame | None, block: int) -> list:
+    """The table in consecutive row blocks of at most ``block`` rows ([None] for the embedded set)."""
+    if table is None:
+        return [None]
+    return [table.iloc[i : i + block].reset_index(drop=True) for i in range(0, len(table), block)] or [table]
+
+
+def _from_datasets(sources: Sequence[str], model, cfg, progress: bool, cluster: str | None = None,
+                   block: int | None = None):
+    """labels, embeddings, sticks, vectors, reflections (arrays), skipped rows and structure getters of any sources,
+    every structure embedded with the model, :data:`BUILD_BLOCK` structures at a time (each block built as its own
+    data set, reduced to compact arrays, and let go)."""
+    from eacnn.datasets.dataset import build_dataset
+    from eacnn.datasets.structures import load_embedded, row_to_structure
     from eacnn.retrieval.embed import embed_dataset
 
+    block = block or BUILD_BLOCK
     labels, emb, two_theta, area, vectors, reflections, skipped, getters = [], [], [], [], [], [], [], []
     for source in sources:
-        ds, table = _source_dataset(source, cfg, progress, cluster)
-        getters += [(ds, i) for i in range(len(ds))]
-        skipped += [(source, name, "unreadable", reason) for name, reason in getattr(ds, "read_skipped", [])]
-        skipped += [(source, r.material_id, r.reason, r.detail) for r in ds.skipped.itertuples()]
-        z = np.zeros((len(ds), model.model_config.embed_dim), dtype=np.float32)  # [n, d]
-        for split in ("train", "val", "test"):
-            idx = ds.indices(split)
-            if len(idx):
-                z[idx] = embed_dataset(model, ds, split, levels=(0,), progress=progress).structures
-        rows = table if table is not None else load_embedded()
-        species = dict(zip(rows["material_id"], rows["species"]))  # material id -> JSON species list
-        labels.append(ds.labels[["material_id", "formula", "spacegroup_symbol", "spacegroup_number",
-                                 "crystal_system"]].assign(source=source, elements=[
-                                     _element_string(species[m]) for m in ds.labels["material_id"]]))
-        emb.append(z)
-        for i in range(len(ds)):
-            tt, a = ds.sticks(i)
-            two_theta.append(tt)
-            area.append(a)
-            reflections.append(ds.reflections(i))
-        vectors.append(ds.vectors)
+        table, build_cfg, unreadable = _source_table(source, cfg, progress)
+        skipped += [(source, name, "unreadable", reason) for name, reason in unreadable]
+        source_rows = table if table is not None else load_embedded()
+        species = dict(zip(source_rows["material_id"], source_rows["species"]))  # material id -> JSON species
+        rows = source_rows.set_index("material_id")
+        rows = rows[~rows.index.duplicated()]
+        for part in _blocks(table, block):
+            if part is None:
+                ds = build_dataset(build_cfg, progress=progress, cluster=cluster)
+            else:
+                ds = build_dataset(build_cfg, structures_table=part, progress=progress, cluster=cluster)
+            skipped += [(source, r.material_id, r.reason, r.detail) for r in ds.skipped.itertuples()]
+            z = np.zeros((len(ds), model.model_config.embed_dim), dtype=np.float32)  # [n, d]
+            for split in ("train", "val", "test"):
+                idx = ds.indices(split)
+                if len(idx):
+                    z[idx] = embed_dataset(model, ds, split, levels=(0,), progress=progress).structures
+            ids = ds.labels["material_id"].to_numpy()
+            labels.append(ds.labels[["material_id", "formula", "spacegroup_symbol", "spacegroup_number",
+                                     "crystal_system"]].assign(source=source, elements=[
+                                         _element_string(species[m]) for m in ids]))
+            emb.append(z)
+            for i in range(len(ds)):
+                tt, a = ds.sticks(i)
+                two_theta.append(tt)
+                area.append(a)
+            reflections.append(reflections_arrays([ds.reflections(i) for i in range(len(ds))]))
+            vectors.append(np.asarray(ds.vectors))
+            # a duplicate check rebuilds a structure from its table row, not from the (released) data set
+            getters += [lambda m=m, rows=rows: row_to_structure({"material_id": m, **rows.loc[m].to_dict()})
+                        for m in ids]
+            del ds
     return (pd.concat(labels, ignore_index=True), np.concatenate(emb), _sticks_arrays(two_theta, area),
-            np.concatenate(vectors), reflections, skipped, [lambda ds=ds, i=i: ds.structure(i) for ds, i in getters])
+            np.concatenate(vectors), concat_reflections(reflections), skipped, getters)
 
 
 def model_calibration(model, cfg, checkpoint_sha: str, progress: bool = True) -> dict:
@@ -630,7 +673,7 @@ def model_database(model, cfg, sources: Sequence[str], out: str | Path, model_sh
     vectors = np.concatenate([p[3] for p in parts])
     calibration = (model_calibration(model, cfg, sha, progress) if model_sha else
                    _fit_calibration(model, cfg, progress, n_queries=calibration_queries))
-    reflections = [r for p in parts for r in p[4]]
+    reflections = concat_reflections([p[4] if isinstance(p[4], dict) else reflections_arrays(p[4]) for p in parts])
     skipped = [row for p in parts if len(p) > 5 for row in p[5]]
     if dedupe:
         getters = [g for p in parts for g in (p[6] if len(p) > 6 else _embedded_getters(p[0]))]
@@ -641,8 +684,7 @@ def model_database(model, cfg, sources: Sequence[str], out: str | Path, model_sh
         tt, ar = _split(sticks)
         labels, emb, vectors = labels.iloc[keep].reset_index(drop=True), emb[keep], vectors[keep]
         sticks = _sticks_arrays([tt[i] for i in keep], [ar[i] for i in keep])
-        reflections = [reflections[i] for i in keep]
-    reflections = reflections_arrays(reflections)
+        reflections = take_reflections(reflections, keep)
     return write_database(out, labels, emb, export_tower(model), calibration, sha, sources, sticks, vectors,
                           dataclasses.asdict(cfg.xrd), reflections, skipped)
 
