@@ -402,3 +402,19 @@ def test_bibliography_labels_are_author_year_and_tell_preprint_from_journal():
     for key in ("li2024pxrdgen", "szymanski2021xrdautoanalyzer", "ryan1988snip", "caglioti1958", "thompson1987tch",
                 "jain2013materials", "xie2022cdvae", "batatia2022mace", "radford2021clip"):
         assert key in labels
+
+
+def test_each_chapter_quotes_its_time_from_the_last_full_build(tmp_path, monkeypatch):
+    """"Time to run" is measured: a full build's chapter times (record_chapter_times), read back per chapter."""
+    import eacnn.paths
+    from eacnn.book.build import record_chapter_times
+    from eacnn.book.notebook import chapter_time
+
+    monkeypatch.setattr(eacnn.paths, "DATA_DIR", tmp_path)
+    assert chapter_time("05").startswith("not yet measured")
+    record_chapter_times({"notebooks/05_retrieval.ipynb": 204.4, "notebooks/01_xrd_simulation.ipynb": 31.0})
+    assert chapter_time("05").startswith("3.4 min on a ") and "full `cpu` build of 20" in chapter_time("05")
+    assert chapter_time("01").startswith("31 s") and chapter_time("02").startswith("not yet measured")
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb"))[:10]:  # every chapter but the run-times page
+        text = path.read_text()
+        assert "{glue:text}`time_to_run`" in text and f'chapter_time(\\"{path.name[:2]}\\")' in text, path.name

@@ -26,6 +26,7 @@ from eacnn.paths import atomic_write_bytes, repo_root
 log = logging.getLogger(__name__)
 
 __all__ = ["notebooks_in_toc", "execute_notebooks", "build_book", "build_timings", "BookResult", "repository_url",
+           "record_chapter_times",
            "colab_cell_source", "sync_colab_cells", "tidy_executed"]
 
 #: Files and folders copied from the repository into the staging copy (besides the notebooks).
@@ -326,7 +327,24 @@ def build_book(profile: str = "smoke", root: Path | None = None, keep_going: boo
     index = root / "_build" / "html" / "index.html"
     if not index.is_file():
         raise BookError(f"jupyter-book reported success but {index} is missing")
+    if profile == "cpu" and repo_root() is not None and root.resolve() == Path(repo_root()).resolve():
+        record_chapter_times(timings)  # the chapters' "Time to run" lines read the last full build
     return BookResult(index, timings, time.perf_counter() - t0)
+
+
+def record_chapter_times(timings: dict[str, float]) -> Path:
+    """Write a full build's chapter times to ``eacnn/data/book_timings.json`` (what each chapter's "Time to run"
+    quotes, :func:`eacnn.book.notebook.chapter_time`): seconds per notebook, the date and the cores."""
+    import datetime
+    import json
+
+    from eacnn.paths import DATA_DIR
+
+    path = DATA_DIR / "book_timings.json"
+    data = {"date": datetime.date.today().isoformat(), "cores": os.cpu_count(), "profile": "cpu",
+            "chapters": {Path(k).stem: round(float(v), 1) for k, v in sorted(timings.items())}}
+    atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
+    return path
 
 
 TIMINGS_FILE = "_timings.json"

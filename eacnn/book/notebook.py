@@ -194,6 +194,25 @@ def setup(smoke: bool = False, device: str = "auto", seed: int = 0, data_source:
     return session
 
 
+def chapter_time(chapter: str) -> str:
+    """The "Time to run" of a chapter (``"05"``), measured, not guessed: its execution time in the last full ``cpu``
+    build of the book (``eacnn/data/book_timings.json``, written by ``eacnn book --profile cpu``), with that
+    build's date and cores; the ``smoke`` profile takes seconds to a minute a chapter."""
+    import json
+
+    from eacnn.paths import DATA_DIR
+
+    path = DATA_DIR / "book_timings.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    seconds = next((v for k, v in data.get("chapters", {}).items() if Path(k).name.startswith(chapter)), None)
+    if seconds is None:
+        return "not yet measured in a full build (the `smoke` profile takes seconds to a minute)"
+    amount = f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+    return (f"{amount} on a {data.get('cores', '?')}-core CPU in the full `cpu` build of {data.get('date', '?')}, "
+            f"beside another chapter (the run-times page has the whole build; the `smoke` profile takes seconds "
+            f"to a minute)")
+
+
 def _apply_book_style() -> None:
     """Figures at 150 dpi with text of 9 pt or more; tables with thousands separators, integers without ".0",
     space-group symbols as printed (P2₁/c) and no NaN. Set here, in the kernel, never on import."""
