@@ -284,6 +284,19 @@ def _check_in_browser(html_dir, tmp_path):
     assert report.screenshots and all(p.stat().st_size > 10_000 for p in report.screenshots)
 
 
+def _png() -> bytes:
+    """A tiny valid PNG (one white pixel)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = zlib.compress(b"\x00\xff\xff\xff")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+
+
 def test_browser_check_catches_broken_pages(tmp_path):
     """The checker itself must fail on what it is meant to catch (a check that cannot fail proves nothing)."""
     from eacnn.book.browser import check_book, find_chromium
@@ -332,8 +345,13 @@ def test_browser_check_catches_broken_pages(tmp_path):
     (tmp_path / "launch.html").write_text(
         "<html><body><main><a href='https://colab.research.google.com/github/eacnn/eacnn/blob/main/./notebooks/"
         "01.ipynb'>Colab</a></main></body></html>")
+    (tmp_path / "plot.png").write_bytes(_png())
+    (tmp_path / "figure.html").write_text(
+        "<html><body><main><div class='cell_output'><img src='plot.png' alt='a bare plot'></div>"
+        "<div class='cell_output'><figure><img src='plot.png'><figcaption>Figure 1: fine</figcaption></figure></div>"
+        "</main></body></html>")
     pages = ["good.html", "bad.html", "fine.html", "math.html", "junk.html", "echo.html", "params.html", "cdn.html",
-             "wide.html", "stray.html", "launch.html"]
+             "wide.html", "stray.html", "launch.html", "figure.html"]
     report = check_book(tmp_path, pages)
     problems = "\n".join(report.problems)
     assert "good.html" not in problems and "fine.html" not in problems, problems
@@ -349,6 +367,8 @@ def test_browser_check_catches_broken_pages(tmp_path):
                  "raw LaTeX outside math"):
         assert f"stray.html: stray output, {what}" in problems, what
     assert "launch.html: launch link with '/./'" in problems
+    assert "figure.html: figure without a caption a bare plot" in problems
+    assert sum("figure.html" in p for p in report.problems) == 1  # the captioned one passes
 
 
 def test_run_times_page_reads_this_builds_timings(tmp_path, monkeypatch):

@@ -5,7 +5,8 @@ traceback, no glued value is missing, every internal link (and its ``#anchor``) 
 (no raw ``\\(`` or ``$$`` left in the prose) by a MathJax served with the book (no script from another host), no
 output shows a library's stdout or warning lines (:data:`JUNK`) or a NumPy scalar echo (``np.float64(``), nothing
 stray reaches prose or outputs (:data:`STRAY`: reprs, pandas footers, raw roles or LaTeX), no table is wider than its
-column (hidden columns), no launch button's URL holds ``/./``, and
+column (hidden columns), no launch button's URL holds ``/./``, every figure in a cell's output has a numbered
+caption, and
 no page shows two parameters cells (papermill's injected one beside the notebook's own). Screenshots of chosen
 pages are saved, at each width asked for. Used by the tests and by ``.ci/run``; needs Debian's ``chromium`` (no
 browser download).
@@ -91,9 +92,14 @@ _PAGE_PROBE = r"""async ([junk, numpyEcho, stray]) => {
     return {width: t.scrollWidth, column: Math.min(column, box.clientWidth || column),
             head: (t.querySelector('tr') || t).innerText.replace(/\s+/g, ' ').slice(0, 60)};
   }).filter(t => t.width > t.column + 2).map(t => `${t.width} px in a ${t.column} px column: ${t.head}`);
+  // a figure a reader is meant to look at carries a number and a caption (a figure element with its figcaption)
+  const uncaptioned = [...root.querySelectorAll('.cell_output img')]
+      .filter(i => !(i.closest('figure') && i.closest('figure').querySelector('figcaption')))
+      .map(i => (i.getAttribute('alt') || i.getAttribute('src') || '').slice(0, 60));
   const launch = links.filter(h => /colab\.research|mybinder|\/blob\//.test(h) && /\/\.\//.test(h));
   return {n_images: imgs.length, broken, errors, missingGlue, links, title: document.title, rawMath,
-          junkLines, echoes, paramCells: Math.max(paramCells, smokeCells), injected, external, strays, wide, launch};
+          junkLines, echoes, paramCells: Math.max(paramCells, smokeCells), injected, external, strays, wide, launch,
+          uncaptioned};
 }"""
 
 
@@ -184,6 +190,7 @@ def check_book(html_dir: Path, pages: list[str], screenshot_dir: Path | None = N
                 report.problems += [f"{rel}: stray output, {what}" for what in probe["strays"]]
                 report.problems += [f"{rel}: wide table, {what}" for what in probe["wide"]]
                 report.problems += [f"{rel}: launch link with '/./' {href}" for href in probe["launch"]]
+                report.problems += [f"{rel}: figure without a caption {src}" for src in probe["uncaptioned"]]
                 checked_anchors[url] = set(page.evaluate("() => [...document.querySelectorAll('[id]')].map(e => e.id)"))
                 for href in probe["links"]:
                     target, anchor = urldefrag(urljoin(url, href))
