@@ -678,6 +678,20 @@ def test_the_reproduction_sentence_says_what_the_runs_allow():
     done = _summary([{"tower": "paper", "n_train": 8142, "val_top1": 0.031, "test_top1": 0.0491}])
     assert "4.91 % clean Top-1 on the test pool" in reproduction_sentence(done, 95.96)
     assert "flattened" in reproduction_sentence(done, 95.96)
+    # the largest *finished* run is the evidence; a larger one still training is named as such
+    both = pd.concat([done, _summary([{"tower": "paper", "n_train": 16000, "val_top1": 0.01, "finished": False,
+                                       "epochs_run": 8}])], ignore_index=True)
+    text = reproduction_sentence(both, 95.96)
+    assert text.startswith("With 50 epochs on 8,142 structures") and "16,000 structures is still training: epoch 8" in text
+
+
+def test_a_run_still_training_is_not_a_point_of_the_power_law():
+    from eacnn.analysis.curves import scaling_fit
+
+    rows = [{"tower": "paper", "n_train": n, "val_top1": 0.002 * n / 1000} for n in (1000, 2000, 4000)]
+    assert scaling_fit(_summary(rows), "paper")["points"] == 3
+    rows[-1]["finished"] = False
+    assert scaling_fit(_summary(rows), "paper")["predict"] == {}
 
 
 def test_embedding_collisions_count_only_other_phases():

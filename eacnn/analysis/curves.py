@@ -56,8 +56,8 @@ def curve_status(run: pd.Series) -> str:
 
 def scaling_fit(summary: pd.DataFrame, tower: str, metric: str = "val_top1",
                 at: tuple[int, ...] = (MP20_TRAIN, PAPER_TRAIN)) -> dict:
-    """A power law Top-1 = a · n^b fitted by least squares in log–log space over the runs of ``tower`` with a
-    non-zero ``metric``, and what it predicts at each size of ``at`` with a 95 % interval (from the fit's
+    """A power law Top-1 = a · n^b fitted by least squares in log–log space over the finished runs of ``tower``
+    with a non-zero ``metric`` (a run still training has not reached its Top-1), and what it predicts at each size of ``at`` with a 95 % interval (from the fit's
     parameter covariance; capped at 100 %).
 
     Returns:
@@ -66,7 +66,8 @@ def scaling_fit(summary: pd.DataFrame, tower: str, metric: str = "val_top1",
     """
     if "tower" not in summary or not len(summary):
         summary = pd.DataFrame(columns=SUMMARY_COLUMNS)
-    runs = summary[(summary["tower"] == tower) & (summary[metric] > 0)].sort_values("n_train")
+    done = summary["finished"].astype(bool) if "finished" in summary else pd.Series(True, index=summary.index)
+    runs = summary[(summary["tower"] == tower) & (summary[metric] > 0) & done].sort_values("n_train")
     n, y = runs["n_train"].to_numpy(float), runs[metric].to_numpy(float)
     out = {"points": len(runs), "a": float("nan"), "b": float("nan"), "predict": {}, "extrapolation": {}}
     if len(runs) < 3:
@@ -106,7 +107,10 @@ def reproduction_sentence(summary: pd.DataFrame, published_top1: float) -> str:
         return ("No learning-curve run of the paper's tower is recorded yet (`python scripts/curves.py`), so the book "
                 "cannot yet say whether more epochs or data would close the gap to the published "
                 f"{published_top1:.2f} %.")
-    run = runs.iloc[-1]
+    finished = runs[runs["finished"].astype(bool)] if "finished" in runs else runs
+    run = finished.iloc[-1] if len(finished) else runs.iloc[-1]  # the largest finished run is the evidence
+    going = runs[(runs["n_train"] > run["n_train"]) & ~runs["finished"].astype(bool)] if "finished" in runs else \
+        runs.iloc[0:0]
     status = curve_status(run)
     where = (f"{100 * run['test_top1']:.2f} % clean Top-1 on the test pool" if bool(run["finished"])
              and run["test_top1"] == run["test_top1"] else
@@ -124,8 +128,13 @@ def reproduction_sentence(summary: pd.DataFrame, published_top1: float) -> str:
                  f"(95 % interval {100 * lo:.1f}–{100 * hi:.1f} %) at the size of the paper's data set "
                  f"({PAPER_TRAIN:,} structures), an "
                  f"extrapolation of {fit['extrapolation'][PAPER_TRAIN]:.0f}× that cannot be trusted")
+    later = ""
+    if len(going):
+        g = going.iloc[-1]
+        later = (f" (a run on {int(g['n_train']):,} structures is still training: epoch {int(g['epochs_run'])}, "
+                 f"validation Top-1 {100 * g['val_top1']:.2f} % so far)")
     return (f"With {int(run['epochs_run'])} epochs on {int(run['n_train']):,} structures the paper's tower reaches "
-            f"{where}, against the published {published_top1:.2f} %; {ending}{scale}.")
+            f"{where}, against the published {published_top1:.2f} %; {ending}{scale}{later}.")
 
 
 def embedding_collisions(z: np.ndarray, phase: np.ndarray, threshold: float = 0.999, block: int = 2048
