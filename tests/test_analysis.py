@@ -199,7 +199,11 @@ def test_perturbation_settings_are_the_config_levels():
 
     table = analysis.perturbation_settings()
     assert list(table.columns) == ["mild", "moderate", "strong"]
-    assert table["moderate"].to_dict() == vars(AugmentConfig.level(2))
+    from eacnn.analysis.training import PERTURBATION_NAMES as names
+
+    level = vars(AugmentConfig.level(2))
+    assert table["moderate"].to_dict() == {names[k]: level[k] for k in names}  # every physical setting, named
+    assert "lattice strain, max |ε|" in table.index and "kind" not in table.index
 
 
 def _log(**extra) -> pd.DataFrame:

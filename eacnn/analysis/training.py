@@ -38,9 +38,21 @@ def loss_reference_points(n: int = 256, dim: int = 128, temperature: float = 0.0
             "aligned": float(clip_loss(z, z, scale))}
 
 
+#: :class:`eacnn.config.AugmentConfig`'s fields as a reader wants them, with units (those not listed are dropped)
+PERTURBATION_NAMES = {
+    "strain": "lattice strain, max |ε|", "zero_shift": "zero shift, max (° 2θ)",
+    "size_min_nm": "crystallite size, min (nm)", "size_max_nm": "crystallite size, max (nm)",
+    "intensity_jitter": "peak-intensity jitter (σ of ln)", "noise": "Gaussian noise (σ / strongest bin)",
+    "counts": "counts in the strongest bin", "background": "background, max (/ strongest bin)",
+    "scherrer_k": "Scherrer constant K",
+}
+
+
 def perturbation_settings(levels=(1, 2, 3)) -> pd.DataFrame:
-    """The settings of each perturbation level (:meth:`eacnn.config.AugmentConfig.level`), one column per level."""
-    return pd.DataFrame({PERTURBATION_LEVELS[k]: vars(AugmentConfig.level(k)) for k in levels})
+    """The settings of each perturbation level (:meth:`eacnn.config.AugmentConfig.level`), one column per level,
+    one row per physical setting (:data:`PERTURBATION_NAMES`, with units)."""
+    table = pd.DataFrame({PERTURBATION_LEVELS[k]: vars(AugmentConfig.level(k)) for k in levels})
+    return table.loc[[k for k in PERTURBATION_NAMES if k in table.index]].rename(index=PERTURBATION_NAMES)
 
 
 def perturbed_examples(dataset, row: int, levels=(1, 2, 3), seed: int = 0) -> dict:
