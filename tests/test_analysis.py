@@ -559,15 +559,20 @@ def test_rerank_depth_table_keeps_the_files_order_and_adds_the_mean(tmp_path):
     assert analysis.rerank_depth_table(tmp_path / "missing.csv").empty
 
 
-def _select_rerank():
+def _script(name: str):
+    """A script of ``scripts/`` imported as a module (its functions are tested; its ``main`` is not run)."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "select_rerank.py"
-    spec = importlib.util.spec_from_file_location("select_rerank", path)
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"script_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _select_rerank():
+    return _script("select_rerank")
 
 
 def test_choose_depth_takes_the_cheapest_of_the_depths_tied_with_the_best():
@@ -601,14 +606,7 @@ def test_the_shipped_texture_fit_is_the_one_the_validation_grid_chose():
 
 
 def _mixture_script():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "mixtures.py"
-    spec = importlib.util.spec_from_file_location("mixtures_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script("mixtures")
 
 
 def test_mixture_rules_replay_cuts_each_lax_path_at_the_first_step_a_rule_fails():
