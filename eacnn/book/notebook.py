@@ -430,6 +430,11 @@ def training_log(session: Session, dataset, kind: str):
     return pd.read_csv(path)
 
 
+#: validation queries the smoke profile calibrates a database's verdict on (each asked present and absent, every
+#: candidate refined): enough to run the calibration, not to trust it
+SMOKE_CALIBRATION = 12
+
+
 def mixture_database(session: Session, model, dataset):
     """The database the mixtures chapter searches: the search database of :func:`search_database` plus the reference
     folders of the measured mixtures (XRD-AutoAnalyzer's Li–Mn–Ti–O–F and La–Zr–Li–O references, the Dara
@@ -462,8 +467,10 @@ def search_database(session: Session, model, dataset):
 
 def _profile_database(session: Session, model, dataset, cpu_sources: list, trained_sources: list, tag: str):
     """``cpu``: the shipped model's database of ``cpu_sources`` (:func:`default_database`); otherwise
-    ``trained_sources`` embedded by ``model`` with its verdict calibrated on ``dataset`` (smoke: on 40 validation
-    queries, in seconds; else the search's own count, ``SearchConfig.calibration_queries``), cached in the runs folder by the model's weights, the sources and the data set."""
+    ``trained_sources`` embedded by ``model`` with its verdict calibrated on ``dataset`` (smoke: on
+    :data:`SMOKE_CALIBRATION` validation queries, which exercise the path in seconds and calibrate nothing; else
+    the search's own count, ``SearchConfig.calibration_queries``), cached in the runs folder by the model's weights,
+    the sources and the data set."""
     import hashlib
 
     from eacnn.paths import runs_dir
@@ -475,5 +482,6 @@ def _profile_database(session: Session, model, dataset, cpu_sources: list, train
         return default_database(cpu_sources, progress=False)
     key = hashlib.sha256((model_digest(model) + repr(trained_sources) + str(dataset.key)).encode()).hexdigest()[:16]
     folder = runs_dir() / "databases" / f"{cfg.profile}-{tag}{key}"
+    queries = SMOKE_CALIBRATION if cfg.profile == "smoke" else None
     return cached_database(folder, lambda: model_database(model, cfg, trained_sources, folder, progress=False,
-                                                          calibration_queries=40 if cfg.profile == "smoke" else None))
+                                                          calibration_queries=queries))
