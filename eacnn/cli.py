@@ -377,8 +377,26 @@ DATABASE_NOTE = ("the embedded set is MP-20's 18,093 structures of at most 20 at
                  "(most minerals, large cells, other polymorphs) is found only in a database that holds it: "
                  "`eacnn database build SOURCE --out DIR` from CIF folders or COD archives")
 VERDICT_MEANS = ("'match': the best candidate's score clears the calibrated threshold and stands out from the best "
-                 "candidate of another phase by the calibrated margin; 'no confident match': it does not, and no "
-                 "name in this answer is asserted")
+                 "candidate of another phase by the calibrated margin (verdict_basis 'score'), or, where the best "
+                 "candidates were fitted to the scan itself (verdict_basis 'scan'), as scan_fit.means says; 'no "
+                 "confident match': it does not, and no name in this answer is asserted")
+SCAN_FIT_MEANS = ("the best refined candidates fitted to the scan itself at its own resolution (Kα1 + Kα2, zero offset "
+                  "and displacement, the symmetry-allowed cell, TCH widths, preferred orientation, a Chebyshev "
+                  "background, weighted by counting statistics): chi2 is the reduced χ² (about 1 for a fit to within "
+                  "the noise), rwp_net the background-subtracted weighted profile R, unexplained the share of the "
+                  "net intensity left in significant positive residuals; margin is ln χ² of the best fitted other "
+                  "phase less the answer's. With a scan fit the verdict reads it: the fit's rule says 'match' when the answer's "
+                  "statistic is at most limit and its margin at least margin_min, combined with the binned score's "
+                  "calibrated verdict as combined_with_binned_verdict says ('scan': the fit's rule alone; 'and': both; "
+                  "'or': either); chosen on validation scans")
+
+
+#: the scan fit's verdict: (statistic, its limit, the ln χ² margin, how it meets the binned verdict); chosen
+#: on validation scans (scripts/select_scanfit.py)
+SCAN_RULE = (SearchConfig().scan_statistic, SearchConfig().scan_limit, SearchConfig().scan_margin,
+             SearchConfig().scan_combine)
+
+
 CONFIDENT_MEANS = ("a phase is confident only when the verdict is 'match', the first phase is the verdict's best "
                    "candidate, and the phase passed the mixture's stopping rules; otherwise it is a suggestion")
 
@@ -424,11 +442,11 @@ def _identify(path: Path, args: argparse.Namespace, db, scan) -> dict:
     with _about(path):
         grid = to_model_grid(scan, xrd)
         result = identify(grid.vector, grid.covered, db, top=args.top, elements=args.elements, rerank=args.rerank,
-                          xrd=xrd)
+                          xrd=xrd, scan=scan.as_scan() if args.scan_fits else None, scan_fits=args.scan_fits)
     hits = result.hits
     answer = {
         "pattern": str(path), "wavelength": grid.wavelength, "coverage": round(float(grid.coverage), 4),
-        "verdict": result.verdict,
+        "verdict": result.verdict, "verdict_basis": result.verdict_basis,
         "score": round(result.score, 4), "score_name": result.score_name, "threshold": round(result.threshold, 4),
         **({"margin": round(result.margin, 4), "margin_threshold": round(result.margin_threshold, 4)}
            if result.margin == result.margin else {}),
@@ -444,9 +462,17 @@ def _identify(path: Path, args: argparse.Namespace, db, scan) -> dict:
                          "zero_shift": round(float(r.zero_shift), 3), "width": round(float(r.width), 3),
                          "anisotropy": round(float(getattr(r, "anisotropy", 0.0)), 4),
                          "score": round(float(r.score), 4)}
-                        if "agreement" in hits and r.agreement == r.agreement else {})}
+                        if "agreement" in hits and r.agreement == r.agreement else {}),
+                     **({"scan_fit": result.scan_fits[int(r.row)].to_dict()} if int(r.row) in result.scan_fits else {})}
                     for r in hits.itertuples()],
     }
+    if result.scan_fits:
+        answer["scan_fit"] = {"fitted": len(result.scan_fits),
+                              "margin": (round(result.scan_margin, 4) if math.isfinite(result.scan_margin)
+                                         else None if math.isnan(result.scan_margin) else "inf"),
+                              "statistic": SCAN_RULE[0], "limit": SCAN_RULE[1], "margin_min": SCAN_RULE[2],
+                              "combined_with_binned_verdict": SCAN_RULE[3],
+                              "means": SCAN_FIT_MEANS}
     answer["verdict_means"] = VERDICT_MEANS
     if len(result.ambiguous):
         answer["ambiguous_set"] = [{"id": r.id, "formula": r.formula, "spacegroup": r.spacegroup,
@@ -502,6 +528,12 @@ def _print_answer(answer: dict, rerank: int) -> None:
         print(f"read at lattice scales 0.96–1.04; top {rerank} refined (lattice scale, zero shift, width, then the "
               f"whole cell of the best {min(CELL_FITS, rerank)}, where the database holds their reflections) and "
               f"re-ranked by score ({_rule_text()})")
+    if "scan_chi2" in hits and hits["scan_chi2"].notna().any():
+        hits = hits.assign(chi2=hits["scan_chi2"].map(lambda v: f"{v:.2f}" if v == v else "-"),
+                           rwp_net=hits["scan_rwp_net"].map(lambda v: f"{v:.3f}" if v == v else "-"))
+        cols += ["chi2", "rwp_net"]
+        print(f"the best {answer['scan_fit']['fitted']} also fitted to the scan itself at its own resolution and "
+              f"re-ranked by that fit (chi2: reduced χ², ~1 within the noise; rwp_net: background-subtracted Rwp)")
     print(hits[cols].to_string(index=False, float_format="%.4f"))
     margin = (f", margin over the best other phase {answer['margin']:.4f} (needs {answer['margin_threshold']:.4f})"
               if "margin" in answer else "")
@@ -513,9 +545,20 @@ def _print_answer(answer: dict, rerank: int) -> None:
         print(f"note: the verdict's thresholds were calibrated with other settings ("
               f"{'; '.join(answer['settings_differ'])}, calibrated -> used): the verdict is approximate")
     scope = "single-phase verdict" if answer.get("_mixture") is not None else "verdict"
-    print(f"{scope}: {answer['verdict']} (top-1 {answer['score_name']} {answer['score']:.4f}, needs "
-          f"{answer['threshold']:.4f}{margin}; calibrated on validation structures asked with their phase present "
-          f"and absent)")
+    if answer.get("verdict_basis") == "scan":
+        fit, top = answer["scan_fit"], answer["results"][0].get("scan_fit", {})
+        value = f"{top[fit['statistic']]:.3f}" if top else "no fit"
+        m = fit["margin"]
+        m_text = "no other phase fitted" if m == "inf" else "n/a" if m is None else f"{m:.2f}"
+        also = {"scan": "", "and": "; and the binned score's verdict too",
+                "or": "; or the binned score's calibrated verdict"}[fit["combined_with_binned_verdict"]]
+        print(f"{scope}: {answer['verdict']} from the fit to the scan (top-1 {fit['statistic']} {value}, needs at "
+              f"most {fit['limit']:g}; ln χ² margin over the best other fitted phase {m_text}, needs "
+              f"{fit['margin_min']:g}{also}; chosen on validation scans with the phase present and absent)")
+    else:
+        print(f"{scope}: {answer['verdict']} (top-1 {answer['score_name']} {answer['score']:.4f}, needs "
+              f"{answer['threshold']:.4f}{margin}; calibrated on validation structures asked with their phase "
+              f"present and absent)")
     if answer.get("_mixture") is not None:
         print(f"phases of the pattern ({len(answer['phases'])}; {100 * answer['explained']:.0f} % of the intensity "
               f"explained, Rwp {answer['rwp']:.3f}; stopped: {answer['stop_reason']}); each found by a profile fit to "
@@ -721,6 +764,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "cell of the best of them) and re-rank them by score (the model's similarity and the refined "
                         "pattern agreement, combined); the verdict is then taken from that score and its margin over "
                         f"the best other phase (default {DEFAULT_RERANK}; 0: the model's similarity alone)")
+    p.add_argument("--scan-fits", type=_whole(0, 50), default=SearchConfig().scan_fits, metavar="N",
+                   help="fit the best N refined candidates to the scan itself at its own resolution (Kα1 + Kα2, the "
+                        "symmetry-allowed cell, widths, texture, background), re-rank them by that fit and take the "
+                        f"verdict from it (default {SearchConfig().scan_fits}; 0: the verdict of the binned score)")
     p.add_argument("--phases", type=_phases, default="auto", metavar="auto|N",
                    help="name every phase of a mixture: 'auto' (default) stops when the residual holds no "
                         "significant peak or no candidate explains it (at most 4); N (2-4) goes on to N phases, "

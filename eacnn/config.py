@@ -411,6 +411,20 @@ class SearchConfig:
     texture_min_gain: float = 1.5  # a texture fit is kept when it lowers 1 - agreement² this many times; validation
     texture_penalty: float = 0.02  # score lost per unit |ln r| of a kept March–Dollase r; validation
     texture_r: tuple = (0.5, 2.0, 15)  # March–Dollase r tried: (lowest, highest, points, geometric)
+    # -- the whole-pattern fit at the scan's own resolution (eacnn.retrieval.scanfit), where the search has a scan --
+    # chosen together on 239 validation scans of our two measurement families, phase present and absent
+    # (scripts/select_scanfit.py, eacnn/data/scan_fit.csv): re-ranking by the fit does not raise Top-1 beyond noise
+    # (62.3 % -> at most 64.0 %), so the order stays the binned score's; the verdict "the binned score's, or a fit
+    # of χ² <= 0.69 that stands out by 1.0 in ln χ²" names 60 % of the right answers at 80 % precision, against 49 %
+    # at 78 % for the binned verdict alone on the same queries
+    scan_fits: int = 3  # of the re-ranked candidates, the best fitted to the scan itself (0: off); validation
+    scan_weight: float = 0.0  # score lost per unit ln χ² of that fit, re-ranking the fitted; validation
+    scan_statistic: str = "chi2"  # the fit quality a "match" is judged by: "chi2" or "rwp_net"; validation
+    scan_limit: float = 0.6894  # a "match" needs the answer's scan_statistic at most this; validation
+    scan_margin: float = 1.0  # and ln χ² of the best fitted other phase at least this above the answer's; validation
+    # how the fit's rule meets the binned score's calibrated verdict: "scan" (the fit's alone), "and" (both must say
+    # "match"), "or" (either may); validation
+    scan_combine: str = "or"
     # -- the verdict's calibration ----------------------------------------------------------------------------------
     target_precision: float = 0.8  # a "match" is right at least this often on validation queries (present/absent)
     calibration_queries: int = 450  # validation structures asked, each with its phase present and absent
@@ -422,10 +436,15 @@ class SearchConfig:
         if not 0 < self.scale_min <= 1 <= self.scale_max < 2 or self.scale_steps < 1:
             raise ConfigError(f"search scales must bracket 1: scale_min={self.scale_min!r}, "
                               f"scale_max={self.scale_max!r}, scale_steps={self.scale_steps!r}")
-        if self.rerank_depth < 0 or self.cell_fits < 0 or self.texture_fits < 0 or self.calibration_queries < 3:
+        if (self.rerank_depth < 0 or self.cell_fits < 0 or self.texture_fits < 0 or self.scan_fits < 0
+                or self.calibration_queries < 3):
             raise ConfigError(f"need rerank_depth, cell_fits, texture_fits >= 0, calibration_queries >= 3; got "
                               f"{self.rerank_depth!r}, {self.cell_fits!r}, {self.texture_fits!r}, "
                               f"{self.calibration_queries!r}")
+        if self.scan_combine not in ("scan", "and", "or"):
+            raise ConfigError(f"search.scan_combine must be 'scan', 'and' or 'or', got {self.scan_combine!r}")
+        if self.scan_statistic not in ("chi2", "rwp_net"):
+            raise ConfigError(f"search.scan_statistic must be 'chi2' or 'rwp_net', got {self.scan_statistic!r}")
         if self.rerank_rule not in ("likelihood", "linear"):
             raise ConfigError(f"search.rerank_rule must be 'likelihood' or 'linear', got {self.rerank_rule!r}")
         if not 0 < self.target_precision < 1:

@@ -162,6 +162,14 @@ def test_readme_search_examples_run(args, tmp_path):
                 assert not any(confident), p["pattern"]
             elif confident and confident[0]:
                 assert p["phases"][0]["id"] == p["results"][0]["id"], p["pattern"]
+        # the best refined candidates are fitted to the scan itself unless --scan-fits 0; the verdict is then the fit's
+        for p in payloads:
+            if "--scan-fits" in args and args[args.index("--scan-fits") + 1] == "0":
+                assert p["verdict_basis"] != "scan" and "scan_fit" not in p and "scan_fit" not in p["results"][0]
+            else:
+                assert p["verdict_basis"] == "scan" and p["scan_fit"]["fitted"] >= 1, p["pattern"]
+                fit = p["results"][0]["scan_fit"]
+                assert fit["chi2"] > 0 and 0 <= fit["rwp_net"] and 0 <= fit["kalpha2_ratio"] <= 0.6
         # refined candidates report their cell fit's anisotropic strain (0 where the lattice scale fitted as well)
         assert all(r["anisotropy"] >= 0 for p in payloads for r in p["results"] if "agreement" in r)
         assert any("agreement" in r for p in payloads for r in p["results"])

@@ -179,6 +179,18 @@ class MeasuredPattern:
     def __len__(self) -> int:
         return len(self.two_theta)
 
+    def as_scan(self):
+        """The pattern as the whole-pattern fit reads it (:class:`eacnn.retrieval.scanfit.Scan`): as measured, at
+        its own wavelength, with the anode's Kα2 (the file's where it gives one; none where the file gives a Kα2
+        ratio of 0 or the wavelength is no anode's Kα1, e.g. synchrotron data)."""
+        from eacnn.retrieval.scanfit import Scan
+
+        ka2 = self.metadata.get("kalpha2") or kalpha2_of(self.wavelength)
+        if float(self.metadata.get("kalpha2_ratio", 1.0) or 0.0) == 0.0:
+            ka2 = None
+        return Scan(np.asarray(self.two_theta), np.asarray(self.intensity), float(self.wavelength),
+                    None if ka2 is None else float(ka2))
+
     @property
     def d_spacing(self) -> np.ndarray:
         """d = λ / (2 sin θ) of every point, Å, shape [n] (descending)."""

@@ -102,6 +102,15 @@ class GridResult:
     n_dropped: int = 0  # points whose d-spacing the model's wavelength cannot reach (d < λ / 2)
     source: str = ""  # the file
 
+    def as_scan(self):
+        """The scan as read, before any preprocessing, for the whole-pattern fit
+        (:class:`eacnn.retrieval.scanfit.Scan`: its own 2θ and wavelength, the anode's Kα2 where it has one)."""
+        from eacnn.retrieval.scanfit import Scan
+
+        ka2 = kalpha2_of(self.wavelength)
+        return Scan(np.asarray(self.steps["two_theta_raw"]), np.asarray(self.steps["raw"]), float(self.wavelength),
+                    None if ka2 is None else float(ka2))
+
     def uncovered_ranges(self, config: XRDConfig | None = None) -> list[tuple[float, float]]:
         """Runs of uncovered bins as (low, high) edges, degrees 2θ (``config``: the grid used; default the paper's)."""
         edges = (config or XRDConfig()).bin_edges()

@@ -26,8 +26,8 @@ AUTOANALYZER_MIXTURES = {"Example__Li2MnO3+MnO+TiO2": ("Li2MnO3", "MnO", "TiO2")
 SEPARATED = 0.3
 
 
-def identification_report(grids: dict, db, rerank: int = RERANK_DEPTH, filters: Sequence[str] = ("none", "elements")
-                          ) -> pd.DataFrame:
+def identification_report(grids: dict, db, rerank: int = RERANK_DEPTH, filters: Sequence[str] = ("none", "elements"),
+                          scan_fits: bool = True) -> pd.DataFrame:
     """One row per (pattern, filter): the rank of the first candidate with the phase's reduced formula, the top-1
     answer, its final score and the verdict; then the same search with every candidate of that formula removed
     (``verdict if absent``: a trustworthy tool says "no confident match" there).
@@ -36,6 +36,8 @@ def identification_report(grids: dict, db, rerank: int = RERANK_DEPTH, filters: 
         grids: phase formula (e.g. ``"MnO"``) -> :class:`eacnn.measured.preprocess.GridResult`.
         db: a :class:`eacnn.retrieval.database.SavedDatabase`.
         filters: ``"none"`` and/or ``"elements"`` (candidates made of the phase's elements only).
+        scan_fits: fit the best refined candidates to each scan as read (``eacnn search``'s default); False: the
+            verdict of the binned score.
     """
     from pymatgen.core import Composition
 
@@ -46,10 +48,13 @@ def identification_report(grids: dict, db, rerank: int = RERANK_DEPTH, filters: 
         right = reduced == comp.reduced_formula  # [n]
         for filt in filters:
             elements = sorted(el.symbol for el in comp.elements) if filt == "elements" else None
-            present = identify(grid.vector, grid.covered, db, top=len(db), elements=elements, rerank=rerank)
+            scan = grid.as_scan() if scan_fits else None
+            present = identify(grid.vector, grid.covered, db, top=len(db), elements=elements, rerank=rerank,
+                               scan=scan)
             hits = present.hits
             is_right = right[hits["row"].to_numpy()]
-            absent = identify(grid.vector, grid.covered, db, top=1, elements=elements, rerank=rerank, exclude=right)
+            absent = identify(grid.vector, grid.covered, db, top=1, elements=elements, rerank=rerank, exclude=right,
+                              scan=scan)
             top, other = hits.iloc[0], absent.hits.iloc[0] if len(absent.hits) else None
             rows.append({
                 "phase": phase, "filter": "+".join(elements) if elements else "none",
@@ -245,18 +250,27 @@ def unseen_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 def unseen_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Chapter 5's table of :func:`unseen_summary`: per condition (rows in the script's order), Top-1 and Top-5 of the
-    search, Top-1 with the elements given, Top-1 of search-match, and the confident wrong answers (%)."""
+    search, Top-1 with the elements given, Top-1 of search-match, the "match" verdicts and the confident wrong
+    answers (%); and, where the answers were also recorded without the whole-pattern fit (``… (binned)``), that
+    search's Top-1, matches and confident wrong answers."""
     by = summary.set_index(["condition", "search"])
 
     def col(search: str, value: str) -> pd.Series:
         return by.xs(search, level="search")[value]
 
-    return pd.DataFrame({
+    table = {
         "Top-1 %": col("eacnn search", "Top-1 (%)"), "Top-5 %": col("eacnn search", "Top-5 (%)"),
         "elements given, Top-1 %": col("eacnn search, elements given", "Top-1 (%)"),
         "search-match, Top-1 %": col("search-match", "Top-1 (%)"),
+        "match %": col("eacnn search", "match (%)"),
         "confident wrong %": col("eacnn search", "confident wrong (%)"),
-    }).loc[list(summary["condition"].unique())].round(1)
+    }
+    searches = set(summary["search"])
+    if "eacnn search (binned)" in searches:  # the same answers before the whole-pattern fit re-ranked them
+        table["binned only, Top-1 %"] = col("eacnn search (binned)", "Top-1 (%)")
+        table["binned only, match %"] = col("eacnn search (binned)", "match (%)")
+        table["binned only, confident wrong %"] = col("eacnn search (binned)", "confident wrong (%)")
+    return pd.DataFrame(table).loc[list(summary["condition"].unique())].round(1)
 
 
 def unseen_numbers(summary: pd.DataFrame, target: float = 85.0) -> dict[str, str]:

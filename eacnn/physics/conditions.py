@@ -27,7 +27,10 @@ from eacnn.physics.measurement import perturb_measured
 from eacnn.physics.perturb import augment_patterns, bragg_shift, profile_patterns
 
 __all__ = ["CONDITIONS", "condition_queries", "measured_queries", "calibration_queries", "strain_cell",
-           "random_strains"]
+           "random_strains", "scan_queries", "SCAN_STEP"]
+
+#: degrees 2θ, the step of :func:`scan_queries` (a laboratory scan's)
+SCAN_STEP = 0.02
 
 CONDITIONS = ("clean", "iso -3 %", "iso -2 %", "iso -1 %", "iso +1 %", "iso +2 %", "iso +3 %", "aniso 1.5 %",
               "texture", "window 20–60°", "low angle 10–45°", "impurity 10 %", "measured", "second family")
@@ -183,3 +186,31 @@ def calibration_queries(dataset, rows: np.ndarray, rng: np.random.Generator, mis
                           xrd=xrd)
     p3 = (p3 / np.maximum(p3.max(axis=1, keepdims=True), 1e-12)).astype(np.float32)
     return np.concatenate([p1, p2, p3]), np.concatenate([m1, m2, np.ones(p3.shape, bool)])
+
+
+def scan_queries(structures: list, rng: np.random.Generator, family: str = "train", xrd=None
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Scans at a laboratory step (:data:`SCAN_STEP`) of pymatgen ``structures`` as our measurement model makes them
+    (:func:`perturb_measured`, ``family`` "train" or "heldout": lattice mismatch and anisotropic strain through each
+    reflection's hkl, texture, Kα2, impurity (the next structure's reflections), widths, background, counting noise
+    at 10³–10⁵ counts in the strongest point, partial windows), for choosing and calibrating the whole-pattern fit
+    (:mod:`eacnn.retrieval.scanfit`) on validation structures. Each is (2θ [m] degrees at Cu Kα1, intensity [m],
+    strongest point 1) over the window the scan measured. The unseen-scan evaluation (``scripts/unseen_scans.py``)
+    makes its scans with other code at every step, and nothing here reads it."""
+    from eacnn.config import XRDConfig
+    from eacnn.physics.xrd import XRDSimulator
+
+    base = xrd or XRDConfig()
+    fine = dataclasses.replace(base, step=SCAN_STEP)
+    sim = XRDSimulator(base)
+    sticks, hkl, lattice = [], [], []
+    for s in structures:
+        p = sim.get_pattern(s)
+        sticks.append((np.asarray(p.two_theta, float), np.asarray(p.intensity, float)))
+        hkl.append(np.array([fam[0]["hkl"][-3:] for fam in p.hkls], dtype=float))
+        lattice.append(s.lattice.matrix)
+    impurities = sticks[1:] + sticks[:1] if len(sticks) > 1 else [None] * len(sticks)
+    y, mask, _ = perturb_measured(sticks, MeasurementConfig(), rng, family=family, hkl=hkl, lattice=lattice,
+                                  impurities=impurities, xrd=fine)
+    x = fine.bin_centers()
+    return [(x[m], yy[m].astype(np.float64)) for yy, m in zip(y, mask)]

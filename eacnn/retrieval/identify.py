@@ -24,7 +24,17 @@ calibrated for that final score.
    (``--cell-grid``, ``eacnn/data/cell_fit.csv``, chapter 5), then how many candidates are refined and how many
    cells fitted (:data:`RERANK_DEPTH`, :data:`CELL_FITS`: ``--depth-grid``, ``eacnn/data/rerank_depth.csv``; 30 and
    30 answer 88.1 % right over the seven conditions against 87.1 % for 10 and 10, at three times the cost).
-3. **Verdict**: "match" when the final score (the score after refinement, else the similarity) reaches the
+3. **The scan itself** (:mod:`eacnn.retrieval.scanfit`, where the search has the measurement and the database
+   holds reflections): the best :data:`SEARCH` ``.scan_fits`` refined candidates are fitted to the scan at its own
+   resolution (Kα1 + Kα2, zero offset and displacement, the symmetry-allowed cell, TCH widths, preferred orientation,
+   a Chebyshev background, weighted by counting statistics) and re-ranked among themselves by score −
+   ``scan_weight`` × ln χ². The verdict is then the fit's: "match" when the answer's fit quality
+   (``scan_statistic``: χ² or the background-subtracted Rwp') is within ``scan_limit`` and its ln χ² stands
+   ``scan_margin`` above every other fitted phase's, combined with the binned verdict below as ``scan_combine``
+   says (the fit's alone, both, or either).
+   Those settings were chosen on validation scans with the phase present and absent
+   (``scripts/select_scanfit.py``, ``eacnn/data/scan_fit.csv``).
+4. **Verdict** without a scan fit: "match" when the final score (the score after refinement, else the similarity) reaches the
    threshold calibrated for it *and* the top hit stands out: its margin (its score less that of the best
    refined candidate of another phase, i.e. another formula or space group) reaches the calibrated margin. Both
    are fitted together (:func:`calibrate`, :func:`open_set_rule`) on validation structures under realistic
@@ -53,6 +63,7 @@ from eacnn.retrieval.refine import (ANISOTROPY_PENALTY, CELL_EVALUATIONS, CELL_F
                                     CELL_WIDTHS, FINE, FIT_FLOOR, REFINE_FINE_STEPS, REFINE_OFFSETS, REFINE_SHIFTS,
                                     REFINE_WIDTHS, RERANK, RERANK_DEPTH, SEARCH, cell_kept, refine, refine_cell,
                                     refine_shortlist, rerank_score)
+from eacnn.retrieval.scanfit import fit_shortlist, scan_margin
 from eacnn.retrieval.verdict import _ambiguous_set, calibrate, margin_of, open_set_rule, open_set_threshold
 
 log = logging.getLogger(__name__)
@@ -82,11 +93,15 @@ class Identification:
     # the phases whose refined scores lie within the calibrated margin of the best (one row each, best first): the
     # pattern cannot tell them apart; empty when the best stands out (or without refinement)
     ambiguous: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+    # the whole-pattern fits at the scan's resolution (row -> eacnn.retrieval.scanfit.ScanFit; empty without a scan)
+    scan_fits: dict = dataclasses.field(default_factory=dict)
+    scan_margin: float = float("nan")  # ln χ² of the best fitted other phase less the best's (NaN: no scan fit)
+    verdict_basis: str = "score"  # "scan" (the fit to the scan decided), "score" or "similarity"
 
 
 def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, elements: Sequence[str] | None = None,
              rerank: int = RERANK_DEPTH, scales: np.ndarray = SCALES, xrd: XRDConfig | None = None,
-             exclude: np.ndarray | None = None) -> Identification:
+             exclude: np.ndarray | None = None, scan=None, scan_fits: int | None = None) -> Identification:
     """Rank a saved database's candidates for one pattern (see the module docstring).
 
     Args:
@@ -96,6 +111,9 @@ def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, 
         rerank: refine the best ``rerank`` candidates (0: rank by the model's similarity alone).
         exclude: [n] bool, candidates left out (e.g. every entry of a phase, to ask what the verdict says when
             that phase is missing from the database).
+        scan: the measurement itself (:class:`eacnn.retrieval.scanfit.Scan`): the best ``scan_fits``
+            (:data:`SEARCH` ``.scan_fits`` when None) refined candidates are fitted to it, re-ranked by
+            score − ``scan_weight`` ln χ², and the verdict is the scan fit's (step 4 of the module docstring).
     """
     if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
         raise EACNNError(f"top must be a whole number >= 1, got {top!r}")
@@ -147,6 +165,10 @@ def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, 
             score_name, threshold = "score", float(cal["score"])
         elif "agreement" in cal:
             score_name, threshold = "agreement", float(cal["agreement"])
+    n_scan = SEARCH.scan_fits if scan_fits is None else int(scan_fits)
+    fitted: dict = {}
+    if scan is not None and rerank and n_scan > 0 and len(hits) and getattr(db, "has_reflections", False):
+        hits, fitted = _scan_stage(hits, scan, db, n_scan, xrd)
     margin, need = float("nan"), 0.0
     if score_name in ("score", "agreement") and len(hits):
         margin = margin_of(hits[score_name].head(rerank).fillna(-np.inf).to_numpy(),
@@ -156,15 +178,52 @@ def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, 
     # only good fits can be ambiguous: below the threshold nothing fits, and that is another answer
     ambiguous = (_ambiguous_set(hits.head(rerank), score_name, need) if score_name != "similarity" and best >= threshold
                  else hits.iloc[0:0])
+    basis, s_margin, fits_well = score_name, float("nan"), False
+    if fitted:  # the scan itself decides: a good fit that stands out from every other phase's
+        chi2 = hits["scan_chi2"].to_numpy()
+        s_margin = scan_margin(chi2, (hits["formula"] + "|" + hits["spacegroup"]).to_numpy())
+        fits_well, basis = bool(hits[f"scan_{SEARCH.scan_statistic}"].iloc[0] <= SEARCH.scan_limit), "scan"
+        ambiguous = _scan_ambiguous(hits, SEARCH.scan_margin) if fits_well else hits.iloc[0:0]
     hits = hits.head(top).reset_index(drop=True)
     hits.insert(0, "rank", np.arange(1, len(hits) + 1))
     score = float(hits[score_name].iloc[0]) if len(hits) else float("nan")
     stands_out = not (margin < need)  # NaN margin (no refinement): the score alone decides
     verdict = "match" if len(hits) and score >= threshold and stands_out else "no confident match"
+    if fitted:
+        scan_says = fits_well and not s_margin < SEARCH.scan_margin
+        binned = verdict == "match"
+        says = {"scan": scan_says, "and": scan_says and binned, "or": scan_says or binned}[SEARCH.scan_combine]
+        verdict = "match" if says else "no confident match"
     differ = ()
     if cal:
         used = dataclasses.replace(SEARCH, rerank_depth=rerank,
                                    cell_fits=min(CELL_FITS, rerank), scale_min=float(np.min(scales)),
                                    scale_max=float(np.max(scales)), scale_steps=len(scales))
         differ = tuple(SearchConfig.from_calibration(cal).differences(used)) if rerank else ()
-    return Identification(hits, verdict, score, threshold, score_name, margin, need, differ, ambiguous)
+    return Identification(hits, verdict, score, threshold, score_name, margin, need, differ, ambiguous, fitted,
+                          s_margin, basis)
+
+
+def _scan_ambiguous(hits: pd.DataFrame, margin: float, most: int = 5) -> pd.DataFrame:
+    """The best fitted candidate of each phase whose ln χ² lies within ``margin`` of the best fit's: the phases the
+    scan cannot tell apart (empty when one stands out)."""
+    fitted = hits[hits["scan_chi2"].notna()]
+    if not len(fitted):
+        return hits.iloc[0:0]
+    lnchi = np.log(fitted["scan_chi2"].to_numpy())
+    close = fitted[lnchi <= lnchi.min() + margin]
+    close = close.assign(_phase=close["formula"] + "|" + close["spacegroup"]).drop_duplicates("_phase")
+    return close.drop(columns="_phase").head(most).reset_index(drop=True) if len(close) > 1 else hits.iloc[0:0]
+
+
+def _scan_stage(hits: pd.DataFrame, scan, db, n: int, xrd: XRDConfig) -> tuple[pd.DataFrame, dict]:
+    """Step 4: the best ``n`` refined candidates fitted to the scan itself (:func:`fit_shortlist`) and re-ranked
+    among themselves by score − :data:`SEARCH` ``.scan_weight`` × ln χ² (the rest keep their places below)."""
+    hits, fitted = fit_shortlist(hits, scan, db.reflections, n, xrd.wavelength)
+    if not fitted:
+        return hits, fitted
+    k = min(n, len(hits))
+    head = hits.iloc[:k]
+    key = head["score"].to_numpy() - SEARCH.scan_weight * np.log(head["scan_chi2"].fillna(np.inf).to_numpy())
+    order = np.argsort(-np.nan_to_num(key, nan=-np.inf), kind="stable")
+    return pd.concat([head.iloc[order], hits.iloc[k:]]).reset_index(drop=True), fitted

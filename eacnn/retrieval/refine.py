@@ -123,6 +123,7 @@ def refine(vector: np.ndarray, covered: np.ndarray | None, rows: Sequence[int], 
         fits["anisotropy"] = 0.0
         fits["untextured"], fits["texture_agreement"], fits["texture_r"], fits["texture_hkl"] = np.nan, np.nan, 1.0, ""
         fits["texture"] = 0.0
+        fits["metric"] = None  # [6] the fitted reciprocal metric where the reflections are known (the scan fit's start)
         if reflections is None:
             return fits
         fitted = np.ones(len(fits), bool)
@@ -144,6 +145,8 @@ def refine(vector: np.ndarray, covered: np.ndarray | None, rows: Sequence[int], 
                 metrics[i] = (indexed, cell[4])
         _fit_textures(fits, vector, covered, metrics, xrd, similarity,
                       TEXTURE_FITS if textures is None else textures)
+        for i, (_, metric) in metrics.items():
+            fits.at[i, "metric"] = metric
         return fits
 
 

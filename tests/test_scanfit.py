@@ -1,0 +1,157 @@
+"""The whole-pattern fit at the scan's resolution (:mod:`eacnn.retrieval.scanfit`): the symmetry-allowed cell, the
+counting statistics, the parameters it recovers from a scan another generator made, Kα2 only where present, the
+preferred orientation, a wrong candidate's χ², and the fit's place in the search and its verdict."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from eacnn.config import XRDConfig
+from eacnn.physics.scans import ScanModel, measured_scan, pymatgen_sticks, texture_sticks
+from eacnn.physics.wavelengths import CU
+from eacnn.physics.xrd import indexed_reflections
+from eacnn.retrieval.scanfit import Scan, cell_groups, counting_gain, fit_scan, fit_shortlist, scan_margin
+
+SPECIES = ["Sr", "Ti", "O", "O", "O"]
+COORDS = [[0, 0, 0], [.5, .5, .5], [.5, .5, 0], [.5, 0, .5], [0, .5, .5]]
+#: a mild lab scan: one width law, flat background, no zero offset unless a test sets one
+MILD = dataclasses.replace(ScanModel(), caglioti_w=(0.008, 0.008), caglioti_u=(0.01, 0.01), size_fwhm=(0.05, 0.05),
+                           zero_offset=(0.0, 0.0), peak_counts=(2e4, 2e4), slope=(0.0, 0.0), air=(0.0, 0.0))
+
+
+def _metric(lattice: Lattice) -> np.ndarray:
+    g = lattice.reciprocal_lattice_crystallographic.metric_tensor
+    return np.array([g[0, 0], g[1, 1], g[2, 2], g[0, 1], g[0, 2], g[1, 2]])
+
+
+def _refl(structure):
+    return indexed_reflections([structure], XRDConfig())[0]
+
+
+@pytest.mark.parametrize("lattice, k", [
+    (Lattice.cubic(4.0), 1), (Lattice.tetragonal(4.0, 6.0), 2), (Lattice.hexagonal(3.0, 5.0), 2),
+    (Lattice.orthorhombic(3.0, 4.0, 5.0), 3), (Lattice.monoclinic(3.0, 4.0, 5.0, 100.0), 4),
+    (Lattice.from_parameters(3.0, 4.0, 5.0, 80.0, 95.0, 100.0), 6), (Lattice.rhombohedral(5.0, 70.0), 2)])
+def test_the_cell_keeps_its_symmetry_one_parameter_per_free_component(lattice, k):
+    groups = cell_groups(_metric(lattice))
+    assert groups.shape == (6, k)
+    metric = _metric(lattice)
+    moved = metric * (1 + groups @ np.linspace(0.5, 1.5, k) / 100)
+    np.testing.assert_array_equal(moved[np.abs(metric) < 1e-9], metric[np.abs(metric) < 1e-9])  # zeros stay
+    if k <= 2:  # equal components stay equal (cubic, hexagonal a = b, rhombohedral)
+        assert moved[0] == pytest.approx(moved[1])
+
+
+def test_counting_gain_is_one_for_counts_and_follows_a_rescaling():
+    rng = np.random.default_rng(0)
+    x = np.linspace(10, 80, 3500)
+    clean = 200 + 5000 * np.exp(-0.5 * ((x - 40) / 0.05) ** 2)
+    y = rng.poisson(clean).astype(float)
+    assert counting_gain(y) == pytest.approx(1.0, rel=0.15)
+    assert counting_gain(7.0 * y) == pytest.approx(7.0, rel=0.15)
+
+
+def test_a_right_candidate_fits_a_scan_another_generator_made_to_its_noise():
+    """pymatgen's sticks of a tetragonal cell strained 1 % along a and -1.5 % along c, scanned by
+    :func:`measured_scan` with Kα2 and a zero offset: the cell refined back from the search's cell fit (to 0.1 %)."""
+    candidate = Structure(Lattice.tetragonal(3.9, 4.1), SPECIES, COORDS)
+    sample = Structure(Lattice.tetragonal(3.9 * 1.01, 4.1 * 0.985), SPECIES, COORDS)
+    tt, inten, _ = pymatgen_sticks(sample)
+    model = dataclasses.replace(MILD, zero_offset=(0.03, 0.03))
+    x, y, p = measured_scan(tt, inten, np.random.default_rng(1), model)
+    start = _metric(sample.lattice) * np.array([1.001, 1.001, 0.999, 1, 1, 1])
+    fit = fit_scan(x, y, _refl(candidate), CU.kalpha1, CU.kalpha2, metric=start)
+    assert fit.chi2 < 2.0 and fit.rwp_net < 0.15
+    np.testing.assert_allclose(fit.metric, _metric(sample.lattice), rtol=1e-3, atol=1e-6)
+    assert fit.zero_shift + fit.displacement * np.cos(np.radians(20)) == pytest.approx(p["zero"], abs=0.01)
+    assert fit.kalpha2 == pytest.approx(0.5, abs=0.05)
+    assert fit.strain == pytest.approx(0.015, abs=0.002)
+    assert fit.unexplained < 0.02
+    iso = Structure(Lattice.tetragonal(3.9 * 0.98, 4.1 * 0.98), SPECIES, COORDS)  # a cell 2 % smaller
+    x, y, _ = measured_scan(*pymatgen_sticks(iso)[:2], np.random.default_rng(6), MILD)
+    fit = fit_scan(x, y, _refl(candidate), CU.kalpha1, CU.kalpha2, strain=-0.0195)  # the search's isotropic fit
+    np.testing.assert_allclose(fit.metric, _metric(iso.lattice), rtol=1e-3, atol=1e-6)
+
+
+def test_a_monochromated_scan_fits_no_kalpha2():
+    candidate = Structure(Lattice.cubic(3.905), SPECIES, COORDS)
+    tt, inten, _ = pymatgen_sticks(candidate)
+    x, y, _ = measured_scan(tt, inten, np.random.default_rng(2), dataclasses.replace(MILD, kalpha2_ratio=0.0))
+    fit = fit_scan(x, y, _refl(candidate), CU.kalpha1, CU.kalpha2)
+    assert fit.kalpha2 < 0.05 and fit.chi2 < 2.0
+    one_line = fit_scan(x, y, _refl(candidate), CU.kalpha1, None)  # told there is one line: as good a fit
+    assert one_line.chi2 == pytest.approx(fit.chi2, rel=0.1) and one_line.kalpha2 == 0.0
+
+
+def test_a_wrong_candidate_cannot_fit_what_the_bins_could_not_tell_apart():
+    """Two cubic perovskites with their lines at the same places, SrTiO3 and PbTiO3-like (Pb for Sr): different
+    intensities. On the scan the wrong one's χ² is many times the right one's, and the margin says so."""
+    right = Structure(Lattice.cubic(3.905), SPECIES, COORDS)
+    wrong = Structure(Lattice.cubic(3.905), ["Pb"] + SPECIES[1:], COORDS)
+    tt, inten, _ = pymatgen_sticks(right)
+    x, y, _ = measured_scan(tt, inten, np.random.default_rng(3), MILD)
+    good = fit_scan(x, y, _refl(right), CU.kalpha1, CU.kalpha2)
+    bad = fit_scan(x, y, _refl(wrong), CU.kalpha1, CU.kalpha2)
+    assert good.chi2 < 2.0 < 5 * good.chi2 < bad.chi2
+    assert bad.rwp_net > 2 * good.rwp_net
+    assert scan_margin(np.array([good.chi2, bad.chi2]), np.array(["a", "b"])) > 1.0
+    assert scan_margin(np.array([bad.chi2, good.chi2]), np.array(["b", "a"])) < -1.0  # another phase fits better
+    assert scan_margin(np.array([good.chi2, np.nan]), np.array(["a", "b"])) == np.inf
+    assert np.isnan(scan_margin(np.array([np.nan, good.chi2]), np.array(["a", "b"])))
+
+
+def test_a_preferred_orientation_is_found_and_kept_only_when_it_helps():
+    structure = Structure(Lattice.tetragonal(3.9, 6.5), SPECIES, [[0, 0, 0], [.5, .5, .45], [.5, .5, 0],
+                                                                  [.5, 0, .5], [0, .5, .5]])
+    tt, inten, hkl = pymatgen_sticks(structure)
+    rng = np.random.default_rng(4)
+    textured = texture_sticks(inten, hkl, structure.lattice.matrix, np.random.default_rng(7), r=0.6)
+    x, y, _ = measured_scan(tt, textured, rng, MILD)
+    fit = fit_scan(x, y, _refl(structure), CU.kalpha1, CU.kalpha2)
+    plain = fit_scan(x, y, _refl(structure), CU.kalpha1, CU.kalpha2, texture=False)
+    assert fit.texture_hkl and fit.texture_r != 1.0
+    # the generator textures each peak through one hkl of its family; the fit, each reflection: close, not exact
+    assert fit.chi2 < 0.2 * plain.chi2 and fit.chi2 < 8
+    x, y, _ = measured_scan(tt, inten, rng, MILD)  # untextured: none kept
+    assert fit_scan(x, y, _refl(structure), CU.kalpha1, CU.kalpha2).texture_r == 1.0
+
+
+def test_a_scan_outside_the_covered_range_or_without_reflections_gives_no_fit():
+    candidate = Structure(Lattice.cubic(3.905), SPECIES, COORDS)
+    x = np.linspace(82, 90, 400)
+    assert fit_scan(x, np.ones_like(x) + np.arange(400) % 3, _refl(candidate)) is None
+    assert fit_scan(np.linspace(10, 80, 3500), np.ones(3500), None) is None
+
+
+def test_the_shortlist_is_fitted_in_order_and_the_columns_say_where_not():
+    import pandas as pd
+
+    right = Structure(Lattice.cubic(3.905), SPECIES, COORDS)
+    wrong = Structure(Lattice.cubic(3.905), ["Pb"] + SPECIES[1:], COORDS)
+    refl = {0: _refl(wrong), 1: _refl(right), 2: _refl(right)}
+    tt, inten, _ = pymatgen_sticks(right)
+    x, y, _ = measured_scan(tt, inten, np.random.default_rng(5), MILD)
+    hits = pd.DataFrame({"row": [0, 1, 2], "strain": [0.0, 0.0, 0.0], "zero_shift": [0.0, 0.0, 0.0]})
+    out, fits = fit_shortlist(hits, Scan(x, y, CU.kalpha1, CU.kalpha2), refl.get, 2)
+    assert set(fits) == {0, 1} and np.isnan(out["scan_chi2"].iloc[2])
+    assert out["scan_chi2"].iloc[1] < out["scan_chi2"].iloc[0]
+
+
+def test_the_search_uses_the_scan_fit_settings_chosen_on_validation():
+    """SearchConfig's scan_* fields are the row ``scripts/select_scanfit.py --choose`` marked chosen."""
+    import pandas as pd
+
+    from eacnn.config import SearchConfig
+    from eacnn.paths import DATA_DIR
+
+    table = pd.read_csv(DATA_DIR / "scan_fit.csv")
+    chosen = table[table["chosen"]].iloc[0]
+    s = SearchConfig()
+    assert (s.scan_fits, s.scan_weight, s.scan_statistic, s.scan_combine) == (
+        int(chosen["fits"]), float(chosen["weight"]), chosen["statistic"], chosen["combine"])
+    assert s.scan_limit == pytest.approx(chosen["limit"], abs=5e-4) and s.scan_margin == chosen["margin_min"]
+    assert chosen["precision"] >= s.target_precision  # the rule keeps the search's precision on validation
