@@ -44,6 +44,9 @@ results: results-quick
 	$(PY) scripts/select_rerank.py --depth-grid --out eacnn/data/rerank_depth.csv   # ~40 min
 	$(PY) scripts/select_rerank.py --texture-grid --queries 200 --out eacnn/data/texture_fit.csv   # ~45 min
 	$(PY) scripts/ship_database.py --calibrate-only                   # the verdict (embedded.json): ~15 min
+	$(PY) scripts/select_scanfit.py --queries 120 --family train --raw .cache/scanfit_train.csv     # ~9 min
+	$(PY) scripts/select_scanfit.py --queries 120 --family heldout --raw .cache/scanfit_heldout.csv # ~8 min
+	$(PY) scripts/select_scanfit.py --choose .cache/scanfit_train.csv .cache/scanfit_heldout.csv    # scan_fit.csv
 	$(PY) scripts/robustness.py --refine-queries 400                  # robustness.csv: ~3 h
 	$(PY) scripts/mixtures.py --select-rules 60 80 60 --skip-measured   # mixture_rules.csv (validation): ~40 min
 	$(PY) scripts/mixtures.py --seed 1                                # mixtures.csv (test structures): ~1 h

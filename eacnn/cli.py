@@ -391,6 +391,18 @@ SCAN_FIT_MEANS = ("the best refined candidates fitted to the scan itself at its 
                   "'or': either); chosen on validation scans")
 
 
+SCAN_PHASES_MEANS = ("the named phases refined together on the scan itself at its own resolution (per phase a scale, the "
+                     "symmetry-allowed cell and a size width; shared zero offset, displacement, Caglioti widths, Kα2 "
+                     "ratio and background); weight_fraction_scan is Hill & Howard's from those scales, "
+                     "weight_fraction_scan_error its statistical standard error (counting statistics and misfit only: "
+                     "absorption contrast, texture and amorphous content are not in it)")
+
+
+def _rounded(value: float, digits: int = 4):
+    """A float for JSON: rounded, or None where it is not finite."""
+    return round(float(value), digits) if math.isfinite(float(value)) else None
+
+
 #: the scan fit's verdict: (statistic, its limit, the ln χ² margin, how it meets the binned verdict); chosen
 #: on validation scans (scripts/select_scanfit.py)
 SCAN_RULE = (SearchConfig().scan_statistic, SearchConfig().scan_limit, SearchConfig().scan_margin,
@@ -483,17 +495,22 @@ def _identify(path: Path, args: argparse.Namespace, db, scan) -> dict:
         answer["phases"] = [{k: answer["results"][0][k] for k in ("id", "formula", "spacegroup")}
                             | {"weight_fraction": 1.0, "confident": result.verdict == "match"}] if len(hits) else []
         return answer | {"_grid": grid, "_hits": hits, "_mixture": None}
-    from eacnn.measured.mixtures import identify_phases
+    from eacnn.measured.mixtures import identify_phases, refine_on_scan
 
     with _about(path):
         mix = identify_phases(grid.vector, grid.covered, db, phases=args.phases, elements=args.elements, xrd=xrd)
+        refined = refine_on_scan(mix, scan.as_scan(), db, xrd=xrd) if args.scan_fits and len(mix.phases) else None
     answer["phases"] = [{"id": ph.id, "formula": ph.formula, "spacegroup": ph.spacegroup,
                          "weight_fraction": round(float(ph.weight_fraction), 4),
                          "weight_fraction_note": "approximate (RIR-style from fitted scales and Z·M·V)",
                          "intensity_fraction": round(float(ph.intensity_fraction), 4),
                          "strain": round(float(ph.strain), 4), "zero_shift": round(float(ph.zero_shift), 3),
+                         **({"weight_fraction_scan": _rounded(refined.weight_fractions[i]),
+                             "weight_fraction_scan_error": _rounded(refined.weight_errors[i])} if refined else {}),
                          "confident": phase_confident(result.verdict, answer["results"], mix.phases, i)}
                         for i, ph in enumerate(mix.phases)]
+    if refined:
+        answer["scan_phases"] = refined.to_dict() | {"means": SCAN_PHASES_MEANS}
     answer["confident_means"] = CONFIDENT_MEANS
     answer["explained"] = round(float(mix.explained), 4)
     answer["rwp"] = round(float(mix.rwp), 4)
@@ -532,8 +549,9 @@ def _print_answer(answer: dict, rerank: int) -> None:
         hits = hits.assign(chi2=hits["scan_chi2"].map(lambda v: f"{v:.2f}" if v == v else "-"),
                            rwp_net=hits["scan_rwp_net"].map(lambda v: f"{v:.3f}" if v == v else "-"))
         cols += ["chi2", "rwp_net"]
-        print(f"the best {answer['scan_fit']['fitted']} also fitted to the scan itself at its own resolution and "
-              f"re-ranked by that fit (chi2: reduced χ², ~1 within the noise; rwp_net: background-subtracted Rwp)")
+        reranked = " and re-ranked by that fit" if SearchConfig().scan_weight else ""
+        print(f"the best {answer['scan_fit']['fitted']} also fitted to the scan itself at its own resolution"
+              f"{reranked} (chi2: reduced χ², ~1 within the noise; rwp_net: background-subtracted Rwp)")
     print(hits[cols].to_string(index=False, float_format="%.4f"))
     margin = (f", margin over the best other phase {answer['margin']:.4f} (needs {answer['margin_threshold']:.4f})"
               if "margin" in answer else "")
@@ -565,10 +583,17 @@ def _print_answer(answer: dict, rerank: int) -> None:
               f"what the phases before it leave ({CONFIDENT_MEANS}):")
         if answer["verdict"] != "match":
             print("  no phase is confident: the single-phase verdict is 'no confident match', so these are suggestions")
+        if answer.get("scan_phases"):
+            sp = answer["scan_phases"]
+            print(f"  refined together on the scan itself: Rwp′ {sp['rwp_net']:.3f}, χ² {sp['chi2']:.2f} (weight "
+                  f"fractions on the scan ± their statistical errors below)")
         for ph in answer["phases"]:
             flag = "" if ph["confident"] else "  (not confident)"
+            scan = (f"; on the scan {100 * ph['weight_fraction_scan']:.1f} ± {100 * ph['weight_fraction_scan_error']:.1f}"
+                    if ph.get("weight_fraction_scan") is not None and ph.get("weight_fraction_scan_error") is not None
+                    else "")
             print(f"  {ph['id']:<14} {ph['formula']:<12} {ph['spacegroup']:<10} ~{100 * ph['weight_fraction']:.0f} wt % "
-                  f"(approximate), strain {ph['strain']:+.4f}, zero shift {ph['zero_shift']:+.2f}°{flag}")
+                  f"(approximate{scan}), strain {ph['strain']:+.4f}, zero shift {ph['zero_shift']:+.2f}°{flag}")
 
 
 def _cmd_search(args: argparse.Namespace) -> int:

@@ -213,7 +213,7 @@ def measured(db, out: Rows) -> None:
 
     from eacnn.analysis import reduced_formula, score_phases
     from eacnn.measured import read_pattern, to_model_grid
-    from eacnn.measured.mixtures import identify_phases
+    from eacnn.measured.mixtures import identify_phases, refine_on_scan
 
     jobs = [("xrd_autoanalyzer", name, formulas, None, (MIXTURES_DIR if "+" in name or "-" in name else MEASURED_DIR)
              / f"{name}.xy.gz") for name, formulas in AUTOANALYZER.items()]
@@ -231,12 +231,24 @@ def measured(db, out: Rows) -> None:
             found = {reduced_formula(p.formula): p for p in result.phases}
             errs = [abs(found[reduced_formula(f)].weight_fraction - w)
                     for f, w in zip(formulas, weights or []) if reduced_formula(f) in found]
+            # the same phases refined together on the scan as measured (retrieval.scanmix)
+            scan = refine_on_scan(result, grid.as_scan(), db)
+            scan_w = ({reduced_formula(p.formula): (w, e) for p, w, e in
+                       zip(result.phases, scan.weight_fractions, scan.weight_errors)} if scan else {})
+            scan_errs = [abs(scan_w[reduced_formula(f)][0] - w)
+                         for f, w in zip(formulas, weights or []) if reduced_formula(f) in scan_w]
             out.add({"kind": kind, "pattern": name, "elements": " ".join(restrict) if restrict else "any",
                      "truth": ";".join(formulas),
                      "truth_weight_fractions": ";".join(f"{w:.3f}" for w in weights) if weights else "",
                      "coverage": grid.coverage, **score_phases(formulas, [p.formula for p in result.phases]),
                      "weight_error_max": max(errs) if weights and len(errs) == len(formulas) else float("nan"),
-                     "weight_errors": ";".join(f"{e:.3f}" for e in errs), **_found_columns(result)})
+                     "weight_errors": ";".join(f"{e:.3f}" for e in errs), **_found_columns(result),
+                     "scan_weight_fractions": ";".join(f"{w:.3f}±{e:.3f}" for w, e in scan_w.values()),
+                     "scan_weight_error_max": max(scan_errs) if weights and len(scan_errs) == len(formulas)
+                     else float("nan"),
+                     "scan_weight_errors": ";".join(f"{e:.3f}" for e in scan_errs),
+                     "scan_rwp_net": scan.fit.rwp_net if scan else float("nan"),
+                     "scan_chi2": scan.fit.chi2 if scan else float("nan")})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -363,6 +375,8 @@ def main() -> None:
     parser.add_argument("--database", default=None, help="a saved database to search (default: the embedded "
                         "database of the shipped model plus the reference folders, built once)")
     parser.add_argument("--skip-measured", action="store_true")
+    parser.add_argument("--measured-only", action="store_true", help="search the measured scans again and keep "
+                        "the synthetic rows already in --out")
     parser.add_argument("--write-cifs", action="store_true", help=f"write the LITERATURE structures' CIFs to "
                         f"eacnn/data/{REFERENCE_CIFS_DARA_DIR.name} first")
     parser.add_argument("--resume", action="store_true", help="keep the rows already in --out, skip their patterns")
@@ -391,9 +405,16 @@ def main() -> None:
         print(f"{time.perf_counter() - t0:.0f} s -> {DATA_DIR / 'mixture_rules.csv'}")
         return
     out = Rows(args.out, f"{len(db)} candidates: " + " + ".join(Path(s).name for s in db.manifest["sources"]),
-               args.resume)
+               args.resume or args.measured_only)
+    if args.measured_only:  # the synthetic rows stay as they are; the measured ones are searched again
+        out.rows = [r for r in out.rows if not str(r["kind"]).startswith(("xrd_autoanalyzer", "dara"))]
+        out.done = {(r["kind"], r["pattern"], r["elements"]) for r in out.rows}
     if not args.skip_measured:
         measured(db, out)
+    if args.measured_only:
+        print(mixture_summary(out.write()).round(2).to_string())
+        print(f"{time.perf_counter() - t0:.0f} s -> {args.out}")
+        return
     synthetic(db, 2, args.n2, args.family, args.seed, args.n2 // 2, out)
     synthetic(db, 3, args.n3, args.family, args.seed, args.n3 // 2, out)
     print(mixture_summary(out.write()).round(2).to_string())

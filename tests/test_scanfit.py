@@ -155,3 +155,35 @@ def test_the_search_uses_the_scan_fit_settings_chosen_on_validation():
         int(chosen["fits"]), float(chosen["weight"]), chosen["statistic"], chosen["combine"])
     assert s.scan_limit == pytest.approx(chosen["limit"], abs=5e-4) and s.scan_margin == chosen["margin_min"]
     assert chosen["precision"] >= s.target_precision  # the rule keeps the search's precision on validation
+
+
+def test_two_phases_refined_together_share_the_intensity_as_they_were_mixed():
+    """A 70 : 30 (by summed stick intensity) scan of two cubic phases made by another generator: the joint fit's
+    curves share the intensity within 2 points, to within the noise."""
+    from eacnn.retrieval.scanmix import fit_phases_scan
+
+    a = Structure(Lattice.cubic(3.905), SPECIES, COORDS)
+    b = Structure(Lattice.cubic(5.64), ["Na"] * 4 + ["Cl"] * 4,
+                  [[0, 0, 0], [.5, .5, 0], [.5, 0, .5], [0, .5, .5], [.5, .5, .5], [0, 0, .5], [0, .5, 0], [.5, 0, 0]])
+    (ta, ia, _), (tb, ib, _) = pymatgen_sticks(a), pymatgen_sticks(b)
+    x, y, _ = measured_scan(np.r_[ta, tb], np.r_[0.7 * ia, 0.3 * ib], np.random.default_rng(0), MILD)
+    fit = fit_phases_scan(x, y, [_refl(a), _refl(b)], CU.kalpha1, CU.kalpha2, strains=[0.002, -0.003],
+                          keep_curves=True)
+    share = fit.curves.sum(axis=1) / fit.curves.sum()
+    assert share[0] == pytest.approx((0.7 * ia).sum() / ((0.7 * ia).sum() + (0.3 * ib).sum()), abs=0.02)
+    assert fit.chi2 < 2.0 and np.all(fit.scale_errors > 0) and np.all(fit.scale_errors < 0.05 * fit.scales)
+    np.testing.assert_allclose(fit.metrics[1][:3], 1 / 5.64**2, rtol=2e-3)
+
+
+def test_weight_fraction_errors_follow_the_scales_covariance():
+    from eacnn.retrieval.scanmix import fraction_errors
+
+    s, c = np.array([2.0, 1.0, 0.5]), np.array([1.0, 3.0, 2.0])
+    cov = np.diag([0.01, 0.04, 0.0025])
+    w, err = fraction_errors(s, cov, c)
+    assert w.sum() == pytest.approx(1.0) and w[1] == pytest.approx(3.0 / 6.0)
+    rng = np.random.default_rng(0)  # the first-order errors agree with sampling the scales
+    draws = rng.multivariate_normal(s, cov, 20000)
+    sampled = (draws * c) / (draws * c).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(err, sampled.std(axis=0), rtol=0.1)
+    assert np.isnan(fraction_errors(s, cov, np.array([1.0, np.nan, 1.0]))[0]).all()

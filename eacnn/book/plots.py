@@ -535,3 +535,29 @@ def plot_mixture(result, title: str | None = None, axes=None):
     bottom.axhline(0.0, color="0.6", lw=0.6)
     bottom.set(xlabel="2θ (°)", ylabel="residual")
     return axes
+
+
+def plot_scan_fits(fits: Sequence, labels: Sequence[str], window: tuple[float, float] | None = None, axes=None):
+    """Whole-pattern fits of candidates to one scan (:class:`eacnn.retrieval.scanfit.ScanFit` kept with their
+    curves), one panel each: the scan as measured (counts), the fit (background included) and the difference
+    below it, with the fit's χ² and Rwp' in the panel's title; ``window``: the 2θ range shown (all when None)."""
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        _, axes = plt.subplots(len(fits), 1, figsize=(7, 2.3 * len(fits)), sharex=True, layout="constrained",
+                               squeeze=False)
+        axes = axes[:, 0]
+    for ax, fit, label in zip(axes, fits, labels):
+        x = fit.two_theta
+        keep = np.ones(len(x), bool) if window is None else (x >= window[0]) & (x <= window[1])
+        obs, calc = fit.observed[keep], fit.calculated[keep]
+        drop = 0.15 * float(obs.max()) + float(np.max(np.abs(obs - calc)))  # the difference curve sits below
+        ax.plot(x[keep], obs, color="k", lw=0.8, label="measured")
+        ax.plot(x[keep], calc, color="C3", lw=0.8, ls="--", label="fit")
+        ax.plot(x[keep], obs - calc - drop, color="0.4", lw=0.7, label="measured − fit")
+        ax.set_title(f"{pretty_spacegroups_in(label)}: χ² {fit.chi2:.1f}, Rwp′ {fit.rwp_net:.3f}", fontsize=SMALL_FONT + 1)
+        ax.set_ylabel("counts")
+        ax.set_yticks([])
+    axes[0].legend(fontsize=SMALL_FONT, loc="upper right", ncols=3, frameon=False)
+    axes[-1].set_xlabel("2θ (°)")
+    return axes

@@ -81,7 +81,7 @@ from eacnn.retrieval.query import rescale_many
 log = logging.getLogger(__name__)
 
 __all__ = ["MixturePhase", "MixtureResult", "identify_phases", "fit_phases", "profile_grid", "cell_scattering",
-           "weight_fractions", "phase_structure", "MAX_PHASES", "MIXTURE"]
+           "weight_fractions", "phase_structure", "refine_on_scan", "ScanPhases", "MAX_PHASES", "MIXTURE"]
 
 #: Every setting of the mixture search (:class:`eacnn.config.MixtureConfig`: units and where each was chosen); the
 #: names below are its values, for the readers of this module
@@ -665,3 +665,53 @@ def _fractions(slots, scales, db, structures, xrd) -> np.ndarray:
         m.append(float(st.composition.weight))
         v.append(float(st.volume))
     return weight_fractions(scales, a, m, v)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The phases refined together on the scan itself
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class ScanPhases:
+    """A mixture's phases refined together on the scan at its own resolution (:func:`refine_on_scan`)."""
+
+    weight_fractions: np.ndarray  # [P] Hill & Howard from the scan fit's scales (NaN where a structure is missing)
+    weight_errors: np.ndarray  # [P] their standard errors (first order, scales' covariance inflated by χ²)
+    fit: object  # eacnn.retrieval.scanmix.PhasesFit
+
+    def to_dict(self) -> dict:
+        return {"rwp": round(self.fit.rwp, 4), "rwp_net": round(self.fit.rwp_net, 4), "chi2": round(self.fit.chi2, 3),
+                "kalpha2_ratio": round(self.fit.kalpha2, 3), "zero_shift": round(self.fit.zero_shift, 4)}
+
+
+def refine_on_scan(result: MixtureResult, scan, db, structures: Callable | None = None,
+                   xrd: XRDConfig | None = None) -> ScanPhases | None:
+    """The phases of ``result`` refined together on ``scan`` (:class:`eacnn.retrieval.scanfit.Scan`, the file as
+    measured; :func:`eacnn.retrieval.scanmix.fit_phases_scan`), and their weight fractions with standard errors
+    from the refined scales: W_i = (s_i / A_i) (Z M V)_i / Σ_j …, A_i the absolute scattering of phase i's cell
+    over its stored reflections' range divided by their summed areas (as :func:`cell_scattering`). None without
+    phases, reflections, or points in range."""
+    from eacnn.physics.xrd import metric_monomials
+    from eacnn.retrieval.scanmix import fit_phases_scan, fraction_errors
+
+    if not result.phases or not getattr(db, "has_reflections", False):
+        return None
+    xrd = xrd or XRDConfig()
+    refl = [db.reflections(p.row) for p in result.phases]
+    if any(r is None for r in refl):
+        return None
+    fit = fit_phases_scan(scan.two_theta, scan.intensity, refl, scan.wavelength, scan.kalpha2,
+                          strains=[p.strain for p in result.phases], scales=[p.scale for p in result.phases])
+    if fit is None:
+        return None
+    factors = []
+    for p, r in zip(result.phases, refl):
+        st = structures(p.row) if structures is not None else phase_structure(db, p.row)
+        if st is None:
+            factors.append(np.nan)
+            continue
+        g2 = metric_monomials(r.hkl) @ np.asarray(r.metric, np.float64)
+        tt = np.degrees(2 * np.arcsin(np.minimum(xrd.wavelength / 2 * np.sqrt(np.maximum(g2, 0.0)), 1.0)))
+        a = cell_scattering(st, tt, np.asarray(r.area, np.float64), xrd)
+        factors.append(float(st.composition.weight) * float(st.volume) / a)
+    w, err = fraction_errors(fit.scales, fit.covariance, np.asarray(factors))
+    return ScanPhases(w, err, fit)

@@ -60,7 +60,9 @@ def identification_report(grids: dict, db, rerank: int = RERANK_DEPTH, filters: 
                 "phase": phase, "filter": "+".join(elements) if elements else "none",
                 "rank": int(np.flatnonzero(is_right)[0] + 1) if is_right.any() else np.nan,
                 "top-1": f"{top.id} {top.formula} {top.spacegroup}", "top-1 right": bool(is_right[0]),
-                present.score_name: present.score, "verdict": present.verdict,
+                present.score_name: present.score,
+                **({"χ² (scan)": round(float(hits["scan_chi2"].iloc[0]), 1)} if present.scan_fits else {}),
+                "verdict": present.verdict,
                 "verdict if absent": absent.verdict,
                 "absent: top-1": f"{other.id} {other.formula}" if other is not None else "-",
             })
@@ -148,6 +150,26 @@ def mixture_summary(df: pd.DataFrame) -> pd.DataFrame:
         row["judged for weight"] = len(judged)
         out.append(row)
     return pd.DataFrame(out)
+
+
+def scan_weight_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Weight fractions of the measured mixtures with known weighed fractions (the Dara scans), where every phase
+    was named: the largest error per scan from the binned fit and after the named phases were refined together on
+    the scan itself (``scan_weight_error_max``, :func:`eacnn.measured.mixtures.refine_on_scan`), per search."""
+    rows = []
+    if "scan_weight_error_max" not in df:
+        return pd.DataFrame()
+    for (kind, restrict), part in df.groupby(["kind", df["elements"] != "any"], sort=False):
+        judged = part[part["all"] & part["weight_error_max"].notna() & part["scan_weight_error_max"].notna()]
+        if kind.startswith("synthetic") or not len(judged):
+            continue
+        binned, scan = 100 * judged["weight_error_max"], 100 * judged["scan_weight_error_max"]
+        rows.append({"set": _kind_label(kind), "search": "true elements only" if restrict else "whole database",
+                     "scans judged": len(judged), "binned: median (wt %)": binned.median(),
+                     "binned: within ±5 wt % (%)": 100 * (binned <= 5).mean(),
+                     "on the scan: median (wt %)": scan.median(),
+                     "on the scan: within ±5 wt % (%)": 100 * (scan <= 5).mean()})
+    return pd.DataFrame(rows)
 
 
 def mixture_rows(df: pd.DataFrame, kind: str, search: str = "any") -> pd.DataFrame:
@@ -252,7 +274,7 @@ def unseen_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Chapter 5's table of :func:`unseen_summary`: per condition (rows in the script's order), Top-1 and Top-5 of the
     search, Top-1 with the elements given, Top-1 of search-match, the "match" verdicts and the confident wrong
     answers (%); and, where the answers were also recorded without the whole-pattern fit (``… (binned)``), that
-    search's Top-1, matches and confident wrong answers."""
+    search's matches and confident wrong answers (and its Top-1 where the fit changed any first answer)."""
     by = summary.set_index(["condition", "search"])
 
     def col(search: str, value: str) -> pd.Series:
@@ -267,7 +289,9 @@ def unseen_table(summary: pd.DataFrame) -> pd.DataFrame:
     }
     searches = set(summary["search"])
     if "eacnn search (binned)" in searches:  # the same answers before the whole-pattern fit re-ranked them
-        table["binned only, Top-1 %"] = col("eacnn search (binned)", "Top-1 (%)")
+        binned = col("eacnn search (binned)", "Top-1 (%)")
+        if not binned.equals(table["Top-1 %"]):  # the fit re-ordered some answers
+            table["binned only, Top-1 %"] = binned
         table["binned only, match %"] = col("eacnn search (binned)", "match (%)")
         table["binned only, confident wrong %"] = col("eacnn search (binned)", "confident wrong (%)")
     return pd.DataFrame(table).loc[list(summary["condition"].unique())].round(1)
@@ -292,6 +316,25 @@ def unseen_numbers(summary: pd.DataFrame, target: float = 85.0) -> dict[str, str
                                      f'{table.loc[c, "Top-1 %"]:.0f} %)' for c in beats) or "nowhere",
         "unseen_wrong_max": f"{table['confident wrong %'].max():.1f}",
     }
+
+
+def unseen_fit_numbers(df: pd.DataFrame) -> dict[str, str]:
+    """What chapter 5 says of the whole-pattern fit on the unseen scans (``scripts/unseen_scans.py``'s answers,
+    which record each search with the fit and without it, ``… (binned)``): how many verdicts the fit changed, the
+    median χ² of right first answers and how many of them reach the fit's own χ² limit."""
+    from eacnn.config import SearchConfig
+
+    if "chi2" not in df or "eacnn search (binned)" not in set(df["search"]):
+        return {}
+    ours = df[df["search"] == "eacnn search"].reset_index(drop=True)
+    binned = df[df["search"] == "eacnn search (binned)"].reset_index(drop=True)
+    right_chi2 = ours.loc[ours["rank"] == 1, "chi2"].dropna()
+    s = SearchConfig()
+    return {"unseen_fit_changed": f"{int((ours['verdict'] != binned['verdict']).sum())}",
+            "unseen_fit_n": f"{len(ours)}",
+            "unseen_fit_chi2": f"{right_chi2.median():.2f}" if len(right_chi2) else "n/a",
+            "unseen_fit_below": f"{100 * (right_chi2 <= s.scan_limit).mean():.0f}" if len(right_chi2) else "n/a",
+            "unseen_fit_limit": f"{s.scan_limit:.2f}"}
 
 
 def target_phrase(top1: str, target: float) -> str:

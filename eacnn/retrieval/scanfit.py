@@ -39,7 +39,7 @@ from eacnn.physics.measurement import march_dollase, tch_pseudo_voigt
 from eacnn.physics.xrd import metric_monomials
 from eacnn.retrieval.refine import TEXTURE_DIRECTIONS, TEXTURE_R
 
-__all__ = ["Scan", "ScanFit", "fit_scan", "fit_shortlist", "scan_margin", "cell_groups", "counting_gain", "BACKGROUND_TERMS", "TEXTURE_GAIN", "WINDOW_FWHM",
+__all__ = ["Scan", "ScanFit", "fit_scan", "prepare_scan", "fit_shortlist", "scan_margin", "cell_groups", "counting_gain", "BACKGROUND_TERMS", "TEXTURE_GAIN", "WINDOW_FWHM",
            "MODEL_WINDOW"]
 
 #: terms of the Chebyshev background (over the fitted range)
@@ -345,6 +345,27 @@ def _estimate_fwhm(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.clip(x[hi] - x[lo], 0.03, 1.0))
 
 
+def prepare_scan(two_theta: np.ndarray, intensity: np.ndarray, wavelength: float
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(2θ [m], counts [m], σ [m]) of the points a fit reads: those whose d-spacings the candidates' reflections
+    cover completely (:data:`MODEL_WINDOW` at the scan's wavelength), with σ² = g · max(y, a low quantile) and at
+    least one count's worth (:func:`counting_gain`); None when fewer than 50 points are left."""
+    x = np.asarray(two_theta, np.float64)
+    y = np.asarray(intensity, np.float64)
+    lo_cu, hi_cu, lam_cu = MODEL_WINDOW
+    d_max, d_min = lam_cu / (2 * np.sin(np.radians(lo_cu / 2))), lam_cu / (2 * np.sin(np.radians(hi_cu / 2)))
+    s_lo, s_hi = wavelength / (2 * d_max), wavelength / (2 * d_min)
+    lo = np.degrees(2 * np.arcsin(min(s_lo, 1.0)))
+    hi = np.degrees(2 * np.arcsin(min(s_hi, 1.0))) if s_hi < 1 else 180.0
+    keep = (x >= lo) & (x <= hi) & np.isfinite(y)
+    if keep.sum() < 50:
+        return None
+    x, y = x[keep], np.maximum(y[keep], 0.0)
+    gain = counting_gain(y)
+    sigma = np.sqrt(gain * np.maximum(y, max(np.quantile(y, 0.05), 1e-12)))
+    return x, y, np.maximum(sigma, np.sqrt(gain))
+
+
 def fit_scan(two_theta: np.ndarray, intensity: np.ndarray, reflections, wavelength: float = 1.5406,
              kalpha2: float | None = None, strain: float = 0.0, zero_shift: float = 0.0,
              metric: np.ndarray | None = None, texture: bool = True,
@@ -368,20 +389,10 @@ def fit_scan(two_theta: np.ndarray, intensity: np.ndarray, reflections, waveleng
     from scipy.optimize import least_squares
 
     t0 = time.perf_counter()
-    x = np.asarray(two_theta, np.float64)
-    y = np.asarray(intensity, np.float64)
-    lo_cu, hi_cu, lam_cu = MODEL_WINDOW
-    d_max, d_min = lam_cu / (2 * np.sin(np.radians(lo_cu / 2))), lam_cu / (2 * np.sin(np.radians(hi_cu / 2)))
-    s_lo, s_hi = wavelength / (2 * d_max), wavelength / (2 * d_min)
-    lo = np.degrees(2 * np.arcsin(min(s_lo, 1.0)))
-    hi = np.degrees(2 * np.arcsin(min(s_hi, 1.0))) if s_hi < 1 else 180.0
-    keep = (x >= lo) & (x <= hi) & np.isfinite(y)
-    if keep.sum() < 50 or reflections is None or len(reflections.hkl) == 0:
+    prepared = prepare_scan(two_theta, intensity, wavelength)
+    if prepared is None or reflections is None or len(reflections.hkl) == 0:
         return None
-    x, y = x[keep], np.maximum(y[keep], 0.0)
-    gain = counting_gain(y)
-    sigma = np.sqrt(gain * np.maximum(y, max(np.quantile(y, 0.05), 1e-12 + 0.0 * y.max())))
-    sigma = np.maximum(sigma, np.sqrt(gain))  # at least one count's worth
+    x, y, sigma = prepared
     base = np.asarray(reflections.metric, np.float64) / (1.0 + strain) ** 2
     groups = cell_groups(base)
     hkl = np.asarray(reflections.hkl, np.float64)
