@@ -5,7 +5,8 @@ searches, a batch of patterns in one process, and the saved-database index at 15
 
 * **cold**: `eacnn search` with ``EACNN_HOME`` pointing at an empty folder, so the embedded database is assembled
   from the shipped embeddings (reflections simulated, files written) before the search;
-* **warm**: the same command again (the database is opened memory-mapped; no torch is imported);
+* **warm**: the same command again (the database is opened memory-mapped; no torch is imported), also with
+  ``--phases 1`` and with ``--phases 1 --scan-fits 0`` (without the fit to the scan itself);
 * **batch**: one `eacnn search` over ``--batch`` pattern files (copies of the shipped measured patterns), patterns per
   second after loading;
 * **index**: a synthetic database of ``--big`` clustered embeddings written with an IVF index (recall measured at
@@ -58,11 +59,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "EACNN_HOME": home}
         cold, cold_mb, _ = run(["search", pattern, "--json"], env)
-        warm, single = [], []
+        warm, single, no_fit = [], [], []
         for _ in range(3):
             w, warm_mb, _ = run(["search", pattern, "--json"], env)
             warm.append(w)
             single.append(run(["search", pattern, "--json", "--phases", "1"], env)[0])
+            no_fit.append(run(["search", pattern, "--json", "--phases", "1", "--scan-fits", "0"], env)[0])
         files = Path(home) / "patterns"
         files.mkdir()
         sources = sorted(MEASURED.glob("*.xy.gz"))
@@ -76,6 +78,7 @@ def main() -> None:
     print(f"{'cold (empty cache, shipped embeddings)':<44} {cold:8.2f}s {cold_mb:8.0f}MB")
     print(f"{'warm (median of 3; phases auto, the default)':<44} {np.median(warm):8.2f}s {warm_mb:8.0f}MB")
     print(f"{'warm (median of 3; --phases 1)':<44} {np.median(single):8.2f}s")
+    print(f"{'warm (median of 3; --phases 1 --scan-fits 0)':<44} {np.median(no_fit):8.2f}s")
     print(f"{f'batch of {args.batch} files, one process, --phases 1':<44} {t_batch:8.2f}s {batch_mb:8.0f}MB"
           f"   {per_second:.1f} patterns/s after loading ({n_lines} JSON lines)")
     _index(args.big)

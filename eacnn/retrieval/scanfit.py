@@ -49,6 +49,9 @@ TEXTURE_GAIN = 1.05
 #: each reflection's profile is evaluated within ± this many FWHM of its centre (±0.4° at least, ±WINDOW_MAX at most)
 WINDOW_FWHM = 10.0
 WINDOW_MAX = 2.0  # degrees
+#: degrees 2θ: scans with a finer step are fitted with neighbouring points summed to about this step (peaks of
+#: lab scans are 0.05–0.3° wide, so 4+ points a FWHM remain; the fit's cost is linear in the points)
+FIT_STEP = 0.02
 #: a candidate whose first stage leaves Rwp' above this is not worth the texture trial and the full fit: it is
 #: finished with a few evaluations (its χ² is reported as it stands; such a fit is no answer either way)
 HOPELESS = 0.7
@@ -348,8 +351,9 @@ def _estimate_fwhm(x: np.ndarray, y: np.ndarray) -> float:
 def prepare_scan(two_theta: np.ndarray, intensity: np.ndarray, wavelength: float
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(2θ [m], counts [m], σ [m]) of the points a fit reads: those whose d-spacings the candidates' reflections
-    cover completely (:data:`MODEL_WINDOW` at the scan's wavelength), with σ² = g · max(y, a low quantile) and at
-    least one count's worth (:func:`counting_gain`); None when fewer than 50 points are left."""
+    cover completely (:data:`MODEL_WINDOW` at the scan's wavelength), neighbours summed where the step is finer than
+    :data:`FIT_STEP`, with σ² = g · max(y, a low quantile) and at least one count's worth (:func:`counting_gain`);
+    None when fewer than 50 points are left."""
     x = np.asarray(two_theta, np.float64)
     y = np.asarray(intensity, np.float64)
     lo_cu, hi_cu, lam_cu = MODEL_WINDOW
@@ -361,6 +365,11 @@ def prepare_scan(two_theta: np.ndarray, intensity: np.ndarray, wavelength: float
     if keep.sum() < 50:
         return None
     x, y = x[keep], np.maximum(y[keep], 0.0)
+    step = float(np.median(np.diff(x)))
+    k = int(FIT_STEP // step) if step > 0 else 1
+    if k > 1 and len(x) >= 50 * k:  # finer than a fit needs: sum k neighbours (still counts, the cost / k)
+        n = len(x) // k * k
+        x, y = x[:n].reshape(-1, k).mean(axis=1), y[:n].reshape(-1, k).sum(axis=1)
     gain = counting_gain(y)
     sigma = np.sqrt(gain * np.maximum(y, max(np.quantile(y, 0.05), 1e-12)))
     return x, y, np.maximum(sigma, np.sqrt(gain))
@@ -418,7 +427,7 @@ def fit_scan(two_theta: np.ndarray, intensity: np.ndarray, reflections, waveleng
         return _summary(model, p, base, np.asarray(reflections.metric, np.float64), 1.0, (),
                         time.perf_counter() - t0, keep_curves)
     fit = least_squares(model.residual, p, jac=model.jacobian, method="lm", x_scale=_scales(model, p),
-                        max_nfev=max_evaluations, xtol=1e-8, ftol=1e-6)
+                        max_nfev=max_evaluations, xtol=1e-8, ftol=1e-5)
     p, chi = fit.x, float(np.sum(fit.fun[:-2] ** 2))
     r_best, direction = 1.0, ()
     if texture and k >= 0:
@@ -509,7 +518,7 @@ def _texture(model, p, chi, hkl, inverse, area_raw, base, max_evaluations):
     p2 = np.concatenate([p, [np.log(r)]])
     p2 = _linear_start(tmodel, p2)
     fit = least_squares(tmodel.residual, p2, jac=tmodel.jacobian, method="lm", x_scale=_scales(tmodel, p2),
-                        max_nfev=max_evaluations // 2, xtol=1e-8, ftol=1e-6)
+                        max_nfev=max_evaluations // 2, xtol=1e-8, ftol=1e-5)
     chi2 = float(np.sum(fit.fun[:-2] ** 2))
     if chi < TEXTURE_GAIN * chi2:
         return p, chi, 1.0, (), model
