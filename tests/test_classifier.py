@@ -23,7 +23,7 @@ def data():
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
     path = tmp_path_factory.mktemp("clf") / "clf.pt"
-    model, history = fit_classifier(Config.smoke(), data, ClassifierConfig(epochs=12, batch_size=32, lr=3e-3),
+    model, history = fit_classifier(Config.smoke(), data, ClassifierConfig(epochs=6, batch_size=32, lr=3e-3),
                                     path=path,
                                     progress=False)
     return path, model, history
@@ -31,7 +31,7 @@ def trained(data, tmp_path_factory):
 
 def test_training_learns_and_keeps_the_best_epoch(trained, data):
     path, model, history = trained
-    assert list(history["epoch"]) == list(range(1, 13))
+    assert list(history["epoch"]) == list(range(1, 7))
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
     # better than always answering the most common training group, on the training patterns themselves
     sg = data.labels["spacegroup_number"].to_numpy()
@@ -41,7 +41,7 @@ def test_training_learns_and_keeps_the_best_epoch(trained, data):
     assert np.mean(pred == sg[train]) > majority
     assert ((pred >= 1) & (pred <= 230)).all() and ((conf > 0) & (conf <= 1)).all()
     loaded, hist2 = load_classifier(path)
-    assert len(hist2) == 12
+    assert len(hist2) == 6
     np.testing.assert_array_equal(loaded.predict(data.vectors[:20])[0], model.predict(data.vectors[:20])[0])
     best = history["val_score"].idxmax()
     val = np.asarray(data.indices("val"))
