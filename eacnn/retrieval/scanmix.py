@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from eacnn.retrieval.scanfit import (BACKGROUND_TERMS, DISPLACEMENT_PRIOR, KALPHA2_MAX, ZERO_PRIOR, _estimate_fwhm,
-                                     _merge, _Model, _widths, cell_groups, prepare_scan)
+from eacnn.retrieval.scanmodel import (BACKGROUND_TERMS, DISPLACEMENT_PRIOR, KALPHA2_MAX, ZERO_PRIOR, _estimate_fwhm,
+                                       _merge, _Model, _widths, cell_groups, prepare_scan)
 
 __all__ = ["PhasesFit", "fit_phases_scan", "fraction_errors"]
 
