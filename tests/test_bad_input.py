@@ -153,6 +153,8 @@ CLI_CASES = [
     (["search", "{good.xy}", "--top", "-5"], 2, "got '-5'"),
     (["search", "{good.xy}", "--top", "three"], 2, "got 'three'"),
     (["search", "{good.xy}", "--rerank", "-1"], 2, "--rerank: expected a whole number from 0 to 1000, got '-1'"),
+    (["search", "{good.xy}", "--scan-fits", "-1"], 2, "--scan-fits: expected a whole number from 0 to 50, got '-1'"),
+    (["search", "{good.xy}", "--scan-fits", "three"], 2, "got 'three'"),
     (["search", "{good.xy}", "--phases", "0"], 2, "--phases: expected 'auto' or a whole number of phases from 1 to 4, got '0'"),
     (["search", "{good.xy}", "--phases", "9"], 2, "--phases: expected 'auto' or a whole number of phases from 1 to 4, got '9'"),
     (["search", "{good.xy}", "--phases", "some"], 2, "got 'some'"),
