@@ -50,6 +50,8 @@ results: results-quick
 	$(PY) scripts/robustness.py --refine-queries 400                  # robustness.csv: ~3 h
 	$(PY) scripts/mixtures.py --select-rules 60 80 60 --skip-measured   # mixture_rules.csv (validation): ~40 min
 	$(PY) scripts/mixtures.py --seed 1                                # mixtures.csv (test structures): ~1 h
+	# rietveld_crosscheck.csv (optional, rietx in its own venv: see scripts/rietveld_crosscheck.py; ~5 min a scan):
+	#   --export .cache/crosscheck, then /tmp/rx/bin/python scripts/rietveld_crosscheck.py --refine .cache/crosscheck, then --collect
 	nice -n 19 $(PY) scripts/curves.py                                 # curves*.csv: CPU-days; resumable
 
 results-quick: $(STAMP)
