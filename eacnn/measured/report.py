@@ -172,6 +172,36 @@ def scan_weight_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def crosscheck_table(path=None) -> tuple[pd.DataFrame, dict[str, str]]:
+    """``eacnn/data/rietveld_crosscheck.csv`` (``scripts/rietveld_crosscheck.py``) as chapter 10 shows it: one row per
+    phase, weighed and found weight fractions (wt %) by eacnn's binned fit, its fit on the scan and rietx; and the
+    medians it quotes over the two-phase scans. Empty when the file is absent."""
+    from eacnn.paths import DATA_DIR
+
+    path = DATA_DIR / "rietveld_crosscheck.csv" if path is None else path
+    try:
+        df = pd.read_csv(path)
+    except FileNotFoundError:
+        return pd.DataFrame(), {}
+    table = pd.DataFrame({"scan": df["pattern"].map(scan_name_of), "phase": df["phase"],
+                          "weighed": 100 * df["weighed"], "eacnn, binned": 100 * df["eacnn_binned"],
+                          "eacnn, on the scan": 100 * df["eacnn_scan"], "rietx": 100 * df["rietx"]}).round(1)
+    n_phases = df.groupby("pattern")["phase"].transform("size")
+    two = df[n_phases == 2]
+    numbers = {"cc_scans": f"{two['pattern'].nunique()}"}
+    for key, col in (("cc_binned", "eacnn_binned"), ("cc_scan", "eacnn_scan"), ("cc_rietx", "rietx")):
+        numbers[key] = f"{100 * (two[col] - two['weighed']).abs().median():.1f}"
+    numbers["cc_between"] = f"{100 * (two['eacnn_scan'] - two['rietx']).abs().median():.1f}"
+    return table, numbers
+
+
+def scan_name_of(pattern: str) -> str:
+    """A Dara scan's phases and counting time as a table shows them (``NiO_0p6007-Bi2O3_0p4008--8min`` ->
+    "NiO + Bi2O3, 8 min")."""
+    phases = " + ".join(p.rsplit("_", 1)[0] for p in pattern.split("--")[0].split("-"))
+    return f"{phases}, {scan_name(pattern)}"
+
+
 def mixture_rows(df: pd.DataFrame, kind: str, search: str = "any") -> pd.DataFrame:
     """The measured patterns of one set (``kind``: "xrd_autoanalyzer" or "dara"), one search (``"any"``: the whole
     database; else restricted to the true elements): truth beside what was found, weight fractions in %."""
