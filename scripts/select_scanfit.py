@@ -86,7 +86,7 @@ def collect(n: int, family: str, seed: int, out: Path) -> pd.DataFrame:
                               scan_fits=DEPTH)
             hits = result.hits
             base = {"family": family, "query": q, "truth": phase[row], "present": present,
-                    "coverage": round(float(grid.coverage), 3), "verdict_model": _model_verdict(result)}
+                    "coverage": round(float(grid.coverage), 3), "verdict_model": result.binned_verdict}
             fitted = hits[hits["scan_chi2"].notna()] if "scan_chi2" in hits else hits.iloc[0:0]
             if not len(fitted):
                 records.append(base | {"position": -1})
@@ -102,12 +102,6 @@ def collect(n: int, family: str, seed: int, out: Path) -> pd.DataFrame:
     atomic_write_bytes(out, df.to_csv(index=False).encode())
     print(f"{len(rows)} scans, {len(df)} rows in {time.perf_counter() - t0:.0f} s -> {out}")
     return df
-
-
-def _model_verdict(result) -> str:
-    """The verdict the search gives without the scan (its calibrated score and margin)."""
-    stands_out = not (result.margin < result.margin_threshold)
-    return "match" if result.score >= result.threshold and stands_out else "no confident match"
 
 
 def replay(df: pd.DataFrame, fits: int, weight: float) -> pd.DataFrame:

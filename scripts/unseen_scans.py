@@ -29,8 +29,7 @@ def _binned(result):
     """(hits, verdict) as the search answers without the whole-pattern fit: the refined candidates by their binned
     score, the verdict of that score's calibrated threshold and margin."""
     hits = result.hits.sort_values("score", ascending=False, kind="stable") if "score" in result.hits else result.hits
-    stands_out = not (result.margin < result.margin_threshold)
-    return hits, "match" if result.score >= result.threshold and stands_out else "no confident match"
+    return hits, result.binned_verdict
 
 
 def main() -> int:

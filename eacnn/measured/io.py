@@ -52,7 +52,7 @@ from eacnn.physics.wavelengths import ANODES
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MeasuredPattern", "read_pattern", "resolve_wavelength", "kalpha2_of", "KALPHA", "FORMATS"]
+__all__ = ["MeasuredPattern", "read_pattern", "resolve_wavelength", "kalpha2_of", "scan_of", "KALPHA", "FORMATS"]
 
 # Anode -> (Kα1, Kα2) in Å, from the package's one table (eacnn.physics.wavelengths, with its sources)
 KALPHA: dict[str, tuple[float, float]] = {anode: (lines.kalpha1, lines.kalpha2) for anode, lines in ANODES.items()}
@@ -183,18 +183,27 @@ class MeasuredPattern:
         """The pattern as the whole-pattern fit reads it (:class:`eacnn.retrieval.scanfit.Scan`): as measured, at
         its own wavelength, with the anode's Kα2 (the file's where it gives one; none where the file gives a Kα2
         ratio of 0 or the wavelength is no anode's Kα1, e.g. synchrotron data)."""
-        from eacnn.retrieval.scanfit import Scan
-
-        ka2 = self.metadata.get("kalpha2") or kalpha2_of(self.wavelength)
-        if float(self.metadata.get("kalpha2_ratio", 1.0) or 0.0) == 0.0:
-            ka2 = None
-        return Scan(np.asarray(self.two_theta), np.asarray(self.intensity), float(self.wavelength),
-                    None if ka2 is None else float(ka2))
+        return scan_of(self.two_theta, self.intensity, self.wavelength, self.metadata)
 
     @property
     def d_spacing(self) -> np.ndarray:
         """d = λ / (2 sin θ) of every point, Å, shape [n] (descending)."""
         return self.wavelength / (2.0 * np.sin(np.radians(self.two_theta) / 2.0))
+
+
+def scan_of(two_theta: np.ndarray, intensity: np.ndarray, wavelength: float, metadata: dict | None = None):
+    """A measured scan as the whole-pattern fit reads it (:class:`eacnn.retrieval.scanfit.Scan`): its Kα2 the
+    file's (``metadata["kalpha2"]``, where the file's Kα1 is the scan's wavelength) or the anode's; none where the
+    file gives a Kα2 ratio of 0 or the wavelength is no anode's Kα1."""
+    from eacnn.retrieval.scanfit import Scan
+
+    metadata = metadata or {}
+    # the file's Kα2 and ratio describe the file's Kα1: read only when the scan is taken at that wavelength
+    own = metadata.get("kalpha1") is not None and abs(metadata["kalpha1"] - wavelength) <= KALPHA1_MATCH
+    ka2 = (own and metadata.get("kalpha2")) or kalpha2_of(wavelength)
+    if own and float(metadata.get("kalpha2_ratio", 1.0) or 0.0) == 0.0:
+        ka2 = None
+    return Scan(np.asarray(two_theta), np.asarray(intensity), float(wavelength), None if ka2 is None else float(ka2))
 
 
 def _checked(two_theta, intensity, source: str, notes: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -37,7 +37,7 @@ import numpy as np
 from eacnn.config import XRDConfig
 from eacnn.errors import ConfigError, PatternError
 from eacnn.physics.wavelengths import CU
-from eacnn.measured.io import KALPHA1_MATCH, MeasuredPattern, kalpha2_of, read_pattern
+from eacnn.measured.io import KALPHA1_MATCH, MeasuredPattern, kalpha2_of, read_pattern, scan_of
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +101,12 @@ class GridResult:
     # "stripped" [n] (measured 2θ); "two_theta" [m], "mapped", "background", "corrected", "smoothed" [m] (model 2θ)
     n_dropped: int = 0  # points whose d-spacing the model's wavelength cannot reach (d < λ / 2)
     source: str = ""  # the file
+    metadata: dict = field(default_factory=dict, repr=False)  # the file's (Kα1/Kα2/ratio where it gives them)
 
     def as_scan(self):
-        """The scan as read, before any preprocessing, for the whole-pattern fit
-        (:class:`eacnn.retrieval.scanfit.Scan`: its own 2θ and wavelength, the anode's Kα2 where it has one)."""
-        from eacnn.retrieval.scanfit import Scan
-
-        ka2 = kalpha2_of(self.wavelength)
-        return Scan(np.asarray(self.steps["two_theta_raw"]), np.asarray(self.steps["raw"]), float(self.wavelength),
-                    None if ka2 is None else float(ka2))
+        """The scan as read, before any preprocessing, for the whole-pattern fit (:func:`eacnn.measured.io.scan_of`:
+        its own 2θ and wavelength, the file's or the anode's Kα2)."""
+        return scan_of(self.steps["two_theta_raw"], self.steps["raw"], self.wavelength, self.metadata)
 
     def uncovered_ranges(self, config: XRDConfig | None = None) -> list[tuple[float, float]]:
         """Runs of uncovered bins as (low, high) edges, degrees 2θ (``config``: the grid used; default the paper's)."""
@@ -368,7 +365,7 @@ def to_model_grid(pattern: MeasuredPattern | str | Path, config: XRDConfig | Non
     steps = {"two_theta_raw": x_raw, "raw": y_raw, "stripped": stripped, "two_theta": x, "mapped": mapped,
              "background": background, "corrected": corrected, "smoothed": smoothed}
     return GridResult((vector / top).astype(np.float32), covered, coverage, x, background, pattern.wavelength,
-                      steps, n_dropped, src)
+                      steps, n_dropped, src, dict(pattern.metadata))
 
 
 def _smooth(x: np.ndarray, y: np.ndarray, window: float, order: int) -> np.ndarray:

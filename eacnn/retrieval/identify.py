@@ -97,6 +97,7 @@ class Identification:
     scan_fits: dict = dataclasses.field(default_factory=dict)
     scan_margin: float = float("nan")  # ln χ² of the best fitted other phase less the best's (NaN: no scan fit)
     verdict_basis: str = "score"  # "scan" (the fit to the scan decided), "score" or "similarity"
+    binned_verdict: str = ""  # the verdict of the binned score alone (its threshold and margin), scan fit or not
 
 
 def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, elements: Sequence[str] | None = None,
@@ -189,6 +190,7 @@ def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, 
     score = float(hits[score_name].iloc[0]) if len(hits) else float("nan")
     stands_out = not (margin < need)  # NaN margin (no refinement): the score alone decides
     verdict = "match" if len(hits) and score >= threshold and stands_out else "no confident match"
+    binned_verdict = verdict
     if fitted:
         scan_says = fits_well and not s_margin < SEARCH.scan_margin
         binned = verdict == "match"
@@ -201,19 +203,15 @@ def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, 
                                    scale_max=float(np.max(scales)), scale_steps=len(scales))
         differ = tuple(SearchConfig.from_calibration(cal).differences(used)) if rerank else ()
     return Identification(hits, verdict, score, threshold, score_name, margin, need, differ, ambiguous, fitted,
-                          s_margin, basis)
+                          s_margin, basis, binned_verdict)
 
 
-def _scan_ambiguous(hits: pd.DataFrame, margin: float, most: int = 5) -> pd.DataFrame:
-    """The best fitted candidate of each phase whose ln χ² lies within ``margin`` of the best fit's: the phases the
-    scan cannot tell apart (empty when one stands out)."""
+def _scan_ambiguous(hits: pd.DataFrame, margin: float) -> pd.DataFrame:
+    """The phases the scan cannot tell apart: :func:`_ambiguous_set` on the fitted candidates' −ln χ² (each phase
+    whose best fit lies within ``margin`` in ln χ² of the best; empty when one stands out)."""
     fitted = hits[hits["scan_chi2"].notna()]
-    if not len(fitted):
-        return hits.iloc[0:0]
-    lnchi = np.log(fitted["scan_chi2"].to_numpy())
-    close = fitted[lnchi <= lnchi.min() + margin]
-    close = close.assign(_phase=close["formula"] + "|" + close["spacegroup"]).drop_duplicates("_phase")
-    return close.drop(columns="_phase").head(most).reset_index(drop=True) if len(close) > 1 else hits.iloc[0:0]
+    close = _ambiguous_set(fitted.assign(_fit=-np.log(fitted["scan_chi2"].to_numpy())), "_fit", margin)
+    return close.drop(columns="_fit") if len(close) else hits.iloc[0:0]
 
 
 def _scan_stage(hits: pd.DataFrame, scan, db, n: int, xrd: XRDConfig) -> tuple[pd.DataFrame, dict]:

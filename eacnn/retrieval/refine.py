@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["SEARCH", "RERANK", "ANISOTROPY_PENALTY", "CELL_MIN_GAIN", "RERANK_DEPTH", "CELL_FITS", "FIT_FLOOR",
            "TEXTURE_FITS", "TEXTURE_MIN_GAIN", "TEXTURE_PENALTY", "TEXTURE_DIRECTIONS", "TEXTURE_R", "refine_texture",
+           "texture_cosines",
            "rerank_score", "REFINE_OFFSETS", "REFINE_SHIFTS", "REFINE_WIDTHS", "REFINE_FINE_STEPS", "FINE", "refine",
            "refine_shortlist", "CELL_WIDTHS", "CELL_EVALUATIONS", "CELL_MAX_STRAIN", "refine_cell", "cell_kept"]
 
@@ -200,22 +201,31 @@ def refine_texture(vector: np.ndarray, covered: np.ndarray | None, reflections, 
     q /= max(np.linalg.norm(q), 1e-12)
     hkl = np.asarray(reflections.hkl, np.float64)  # [R, 3]
     g = np.asarray(metric, np.float64)
-    gmat = np.array([[g[0], g[3], g[4]], [g[3], g[1], g[5]], [g[4], g[5], g[2]]])  # [3, 3] G*, Å⁻²
     g2 = np.maximum(metric_monomials(hkl) @ g, 1e-12)  # [R] 1/d²
     s = np.minimum(xrd.wavelength / 2 * np.sqrt(g2), 1.0 - 1e-9)
     lo, kernel = variant_kernel(xrd, width)  # [n_fine, n_bins]
     i0, w1 = split_on_grid((np.degrees(2 * np.arcsin(s)) + zero_shift - lo) / FINE, kernel.shape[0])
     each = kernel[i0] * (1 - w1)[:, None] + kernel[i0 + 1] * w1[:, None]  # [R, n_bins] one reflection each
     each = np.where(mask, each, 0.0)
-    dots = hkl @ gmat @ directions.T  # [R, D] g·d*
-    norms = np.sqrt(g2)[:, None] * np.sqrt(np.einsum("di,ij,dj->d", directions, gmat, directions))[None, :]
-    cos = dots / np.maximum(norms, 1e-12)  # [R, D]
+    cos = texture_cosines(hkl, g, directions)  # [R, D]
     area = np.asarray(reflections.area, np.float64)
     factors = march_dollase(cos.T[:, None, :], np.asarray(r, np.float64)[None, :, None])  # [D, n, R]
     y = (area * factors).reshape(-1, len(area)) @ each  # [D · n, n_bins]
     agreement = (y @ q) / np.maximum(np.linalg.norm(y, axis=1), 1e-12)
     j = int(np.argmax(agreement))
     return float(agreement[j]), float(np.asarray(r)[j % len(r)]), directions[j // len(r)]
+
+
+def texture_cosines(hkl: np.ndarray, metric: np.ndarray, directions: np.ndarray = TEXTURE_DIRECTIONS) -> np.ndarray:
+    """[R, D] cos α between each reflection's reciprocal vector (``hkl`` [R, 3]) and each preferred reciprocal
+    direction (``directions`` [D, 3]), in the reciprocal metric ``metric`` [6] (Å⁻²): the angle March–Dollase reads."""
+    from eacnn.physics.xrd import metric_monomials
+
+    hkl, g = np.asarray(hkl, np.float64), np.asarray(metric, np.float64)
+    gmat = np.array([[g[0], g[3], g[4]], [g[3], g[1], g[5]], [g[4], g[5], g[2]]])  # [3, 3] G*, Å⁻²
+    g2 = np.maximum(metric_monomials(hkl) @ g, 1e-12)  # [R] 1/d²
+    norms = np.sqrt(g2)[:, None] * np.sqrt(np.einsum("di,ij,dj->d", directions, gmat, directions))[None, :]
+    return (hkl @ gmat @ directions.T) / np.maximum(norms, 1e-12)
 
 
 def refine_shortlist(pattern: np.ndarray, mask: np.ndarray | None, similarity: np.ndarray, rows: np.ndarray,

@@ -37,7 +37,7 @@ import numpy as np
 
 from eacnn.physics.measurement import march_dollase
 from eacnn.physics.xrd import metric_monomials
-from eacnn.retrieval.refine import TEXTURE_DIRECTIONS, TEXTURE_R
+from eacnn.retrieval.refine import TEXTURE_DIRECTIONS, TEXTURE_R, texture_cosines
 # the model the fit refines, and its names as this module has offered them
 from eacnn.retrieval.scanmodel import (BACKGROUND_TERMS, KALPHA2_MAX, MODEL_WINDOW, WINDOW_FWHM, _estimate_fwhm,
                                        _merge, _Model, _widths, cell_groups, counting_gain, prepare_scan)
@@ -203,12 +203,7 @@ def _texture(model, p, chi, hkl, inverse, area_raw, base, max_evaluations):
 
     q = model.unpack(p)
     metric = base * (1.0 + model.groups @ q["cell"] / 100.0)
-    gmat = np.array([[metric[0], metric[3], metric[4]], [metric[3], metric[1], metric[5]],
-                     [metric[4], metric[5], metric[2]]])
-    g2 = np.maximum(metric_monomials(hkl) @ metric, 1e-12)
-    dots = hkl @ gmat @ TEXTURE_DIRECTIONS.T  # [R, D]
-    norms = np.sqrt(g2)[:, None] * np.sqrt(np.einsum("di,ij,dj->d", TEXTURE_DIRECTIONS, gmat, TEXTURE_DIRECTIONS))
-    cos = dots / np.maximum(norms, 1e-12)  # [R, D] unmerged
+    cos = texture_cosines(hkl, metric, TEXTURE_DIRECTIONS)  # [R, D] unmerged
     # each merged reflection's profile [m] per line at the fit, as a sparse matrix, to try the grid by products
     from scipy.sparse import csr_matrix
 
