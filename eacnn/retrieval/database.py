@@ -629,6 +629,25 @@ def model_calibration(model, cfg, checkpoint_sha: str, progress: bool = True) ->
     return out
 
 
+def _model_calibration_in_memory(model, cfg, progress: bool, n_queries: int | None) -> dict:
+    """The verdict thresholds of a model without a checkpoint file, fitted on ``cfg``'s validation split and cached
+    by the model's weights, the configuration, the query count and the search's settings: databases of other
+    sources built with one model (a chapter's search and mixture databases) share one calibration."""
+    from eacnn.retrieval.embed import model_digest
+
+    key = hashlib.sha256(repr((model_digest(model), sorted(cfg.to_dict().items()), n_queries,
+                               dataclasses.asdict(SearchConfig()))).encode()).hexdigest()[:20]
+    path = cache_dir() / f"calibration-model-{key}.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            log.warning("calibration cache %s unreadable; fitting again", path)
+    out = _fit_calibration(model, cfg, progress, n_queries=n_queries)
+    atomic_write_bytes(path, json.dumps(out).encode())
+    return out
+
+
 def _fit_calibration(model, cfg, progress: bool, full_data: bool = False, n_queries: int | None = None) -> dict:
     """:func:`eacnn.retrieval.identify.calibrate` on the validation split of ``cfg``'s data (all embedded data
     with ``full_data``)."""
@@ -672,7 +691,7 @@ def model_database(model, cfg, sources: Sequence[str], out: str | Path, model_sh
     sticks = _sticks_arrays([tt for p in parts for tt in _split(p[2])[0]], [a for p in parts for a in _split(p[2])[1]])
     vectors = np.concatenate([p[3] for p in parts])
     calibration = (model_calibration(model, cfg, sha, progress) if model_sha else
-                   _fit_calibration(model, cfg, progress, n_queries=calibration_queries))
+                   _model_calibration_in_memory(model, cfg, progress, calibration_queries))
     reflections = concat_reflections([p[4] if isinstance(p[4], dict) else reflections_arrays(p[4]) for p in parts])
     skipped = [row for p in parts if len(p) > 5 for row in p[5]]
     if dedupe:

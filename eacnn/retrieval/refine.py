@@ -6,6 +6,7 @@ shift, width, then the whole cell), and the score the candidates are re-ranked b
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from typing import Callable, Sequence
 
 import numpy as np
@@ -310,7 +311,7 @@ def refine_cell(vector: np.ndarray, covered: np.ndarray | None, reflections, xrd
     An isotropic lattice scale (:func:`refine`) cannot follow a cell strained differently along different
     directions, where symmetry-equivalent reflections split. Here the six components of the reciprocal metric
     G* (1/d² = (h², k², l², 2hk, 2hl, 2kl) @ G*, any symmetric strain of the cell) and the zero shift are fitted
-    by Levenberg–Marquardt (``scipy.optimize.least_squares``) to the normalised pattern over the covered bins,
+    by Levenberg–Marquardt (:func:`eacnn.retrieval.lsq.levenberg_marquardt`) to the normalised pattern over the covered bins,
     with the exact Jacobian of the binned profile. The fit starts from the isotropic one (``strain``, ``zero_shift``,
     ``width``: :func:`refine`'s), is run at three times the width first (:data:`CELL_WIDTHS`: a wider basin), and
     is finished at each width of :data:`REFINE_WIDTHS` (the isotropic fit may have widened the peaks to cover a
@@ -326,9 +327,8 @@ def refine_cell(vector: np.ndarray, covered: np.ndarray | None, reflections, xrd
         reciprocal metric [6], Å⁻²). Agreement −1 when the fit moves the cell more than :data:`CELL_MAX_STRAIN`
         beyond the isotropic fit.
     """
-    from scipy.optimize import least_squares
-
     from eacnn.physics.xrd import metric_monomials
+    from eacnn.retrieval.lsq import levenberg_marquardt
 
     width = width or xrd.fwhm
     mask = np.ones(len(vector), bool) if covered is None else np.asarray(covered, bool)
@@ -342,14 +342,13 @@ def refine_cell(vector: np.ndarray, covered: np.ndarray | None, reflections, xrd
     area = np.asarray(reflections.area, np.float64)
     for factor, evaluations in zip(CELL_WIDTHS, CELL_EVALUATIONS):
         fun = _CellProfile(q, mask, mono, area, base, unit, xrd, factor * width)
-        x = least_squares(fun.residual, x, jac=fun.jacobian, method="lm", x_scale=1.0, max_nfev=evaluations).x
+        x = levenberg_marquardt(fun.residual, fun.jacobian, x, evaluations)[0]
     agreement, best_width = float(_CellProfile(q, mask, mono, area, base, unit, xrd, width).normalised(x) @ q), width
     # the isotropic fit may have widened the peaks to cover a splitting the cell fit resolves: finish at the
     # other widths of REFINE_WIDTHS too and keep the best
     for other in {f * xrd.fwhm for f in REFINE_WIDTHS} - {width}:
         fun = _CellProfile(q, mask, mono, area, base, unit, xrd, other)
-        y = least_squares(fun.residual, x, jac=fun.jacobian, method="lm", x_scale=1.0,
-                          max_nfev=CELL_EVALUATIONS[-1]).x
+        y = levenberg_marquardt(fun.residual, fun.jacobian, x, CELL_EVALUATIONS[-1])[0]
         c = float(fun.normalised(y) @ q)
         if c > agreement:
             agreement, x, best_width = c, y, other
@@ -382,6 +381,16 @@ def _anisotropy(metric: np.ndarray, fitted: np.ndarray) -> tuple[float, float]:
     return float(np.linalg.norm(eps - eps.mean())), float(np.abs(eps).max())
 
 
+@lru_cache(maxsize=16)
+def _cell_kernel(xrd: XRDConfig, width: float) -> tuple[float, np.ndarray, np.ndarray]:
+    """(origin in degrees, the bin kernel [n_fine, n_bins] of :func:`variant_kernel` in float64, and its differences
+    between neighbouring fine-grid points [n_fine - 1, n_bins]): a stick between points i and i + 1 at share w of
+    the way deposits kernel[i] + w · diff[i], and moves the bins by diff[i] / FINE per degree."""
+    lo, kernel = variant_kernel(xrd, width)
+    kernel = kernel.astype(np.float64)
+    return lo, kernel, np.diff(kernel, axis=0)
+
+
 class _CellProfile:
     """The normalised binned profile [n_bins] of indexed reflections under a change of the reciprocal metric and a
     zero shift x [7], and its exact Jacobian [n_bins, 7] (the stick deposit is linear between fine-grid points)."""
@@ -389,7 +398,7 @@ class _CellProfile:
     def __init__(self, q, mask, mono, area, base, unit, xrd: XRDConfig, width: float):
         self.q, self.mask, self.mono, self.area, self.base, self.unit = q, mask, mono, area, base, unit
         self.wavelength = xrd.wavelength
-        self.lo, self.kernel = variant_kernel(xrd, width)  # [n_fine, n_bins]
+        self.lo, self.kernel, self.diff = _cell_kernel(xrd, float(width))  # [n_fine, n_bins], [n_fine - 1, n_bins]
         self._at = None
 
     def _profile(self, x: np.ndarray):
@@ -400,10 +409,11 @@ class _CellProfile:
         s = np.minimum(self.wavelength / 2 * np.sqrt(g2), 1.0 - 1e-9)  # [R] sin θ
         u = (np.degrees(2 * np.arcsin(s)) + 0.1 * x[6] - self.lo) / FINE  # [R] fine-grid steps
         i0, w1 = split_on_grid(u, self.kernel.shape[0])  # [R] each
-        lower, upper = self.kernel[i0], self.kernel[i0 + 1]  # [R, n_bins] each
-        y = np.where(self.mask, (self.area * (1 - w1)) @ lower + (self.area * w1) @ upper, 0.0)  # [n_bins]
+        step = self.diff[i0]  # [R, n_bins] the change of each stick's bins from its lower grid point to the next
+        y = self.area @ self.kernel[i0] + (self.area * w1) @ step  # [n_bins]
+        y = np.where(self.mask, y, 0.0)
         norm = max(float(np.linalg.norm(y)), 1e-12)
-        self._at = (x.copy(), (y / norm, norm, (g2, s, u, lower, upper)))
+        self._at = (x.copy(), (y / norm, norm, (g2, s, u, step)))
         return self._at[1]
 
     def normalised(self, x: np.ndarray) -> np.ndarray:
@@ -413,12 +423,12 @@ class _CellProfile:
         return self._profile(x)[0] - self.q
 
     def jacobian(self, x: np.ndarray) -> np.ndarray:
-        yhat, norm, (g2, s, u, lower, upper) = self._profile(x)
+        yhat, norm, (g2, s, u, step) = self._profile(x)
         inside = (u >= 0) & (u <= self.kernel.shape[0] - 1)  # off the grid a stick does not move
-        dy_dpos = (self.area * inside / FINE)[:, None] * (upper - lower)  # [R, n_bins] per degree
         dpos_dg2 = np.degrees(self.wavelength / (2 * np.sqrt(g2) * np.sqrt(1 - s * s)))  # [R] degrees per Å⁻²
         dpos = np.concatenate([dpos_dg2[:, None] * self.mono * self.unit, np.full((len(g2), 1), 0.1)], axis=1)
-        jy = np.where(self.mask[:, None], dy_dpos.T.astype(np.float64) @ dpos, 0.0)  # [n_bins, 7]
+        jy = step.T @ ((self.area * inside / FINE)[:, None] * dpos)  # [n_bins, 7]
+        jy[~self.mask] = 0.0
         return (jy - np.outer(yhat, yhat @ jy)) / norm  # d(y/|y|)/dx
 
 
