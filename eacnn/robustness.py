@@ -187,16 +187,17 @@ def shipped_table_path():
 
 
 def book_table(profile: str, methods: dict, dataset, conditions: Sequence[str] = CONDITIONS,
-               multiscale: Sequence[str] = (), refined: Sequence[str] = (), refine_queries: int = 200
-               ) -> pd.DataFrame:
+               multiscale: Sequence[str] = (), refined: Sequence[str] = (), refine_queries: int = 200,
+               rerank: int | None = None) -> pd.DataFrame:
     """The chapter's robustness table: for the ``cpu`` profile the shipped one (computed by
     ``scripts/robustness.py`` on the whole test pool with the shipped models, about 15 minutes), otherwise
-    computed here for ``methods`` on ``dataset`` (smoke: seconds)."""
+    computed here for ``methods`` on ``dataset`` (smoke: seconds), ``rerank`` candidates refined per query (the
+    search's own depth when None)."""
     path = shipped_table_path()
     if profile == "cpu" and path.is_file():
         return pd.read_csv(path)
     return robustness_table(methods, dataset, conditions, multiscale=multiscale, refined=refined,
-                            refine_queries=refine_queries, progress=False)
+                            refine_queries=refine_queries, rerank=rerank, progress=False)
 
 
 def pivot(table: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:

@@ -296,3 +296,31 @@ def test_cached_database_is_built_once_by_processes_asking_at_once(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
     assert [o.strip() for o, _ in outs] == ["8", "8"]
     assert len(list(tmp_path.glob("built-*"))) == 1  # built once
+
+
+def test_the_embedded_structures_are_simulated_once_for_every_database_that_holds_them(tmp_path, monkeypatch):
+    """The default database, the embedded set beside a user's folders and ``database build embedded ...`` share
+    one simulation of the embedded structures (cached by structures, configuration and simulator code)."""
+    import eacnn.physics.xrd as xrd
+    from eacnn.config import Config
+    from eacnn.datasets.structures import load_embedded
+    from eacnn.retrieval import database
+
+    monkeypatch.setenv("EACNN_CACHE", str(tmp_path / "cache"))
+    ids = load_embedded("test", limit=12)["material_id"].to_numpy()
+    emb = np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)
+    first = database._embedded_from_shipped(ids, emb, Config.cpu(), progress=False)
+    assert len(list((tmp_path / "cache").glob("embedded-arrays-*.npz"))) == 1
+    monkeypatch.setattr(xrd, "simulate_batch", lambda *a, **k: pytest.fail("simulated again"))
+    second = database._embedded_from_shipped(ids, emb, Config.cpu(), progress=False)
+    pd.testing.assert_frame_equal(first[0], second[0])
+    for a, b in zip(first[1:], second[1:]):
+        if isinstance(a, dict):
+            assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+        else:
+            assert np.array_equal(a, b)
+    # another configuration of the simulator is another cache entry, not a stale hit
+    monkeypatch.undo()
+    monkeypatch.setenv("EACNN_CACHE", str(tmp_path / "cache"))
+    database._embedded_from_shipped(ids, emb, Config.cpu().replace(**{"xrd.fwhm": 0.3}), progress=False)
+    assert len(list((tmp_path / "cache").glob("embedded-arrays-*.npz"))) == 2

@@ -185,6 +185,11 @@ def test_all_of_materials_project_becomes_a_database(fixture, tmp_path, monkeypa
                                      progress=False)
     db = database.open_database(folder)
     assert sorted(db.labels["material_id"]) == sorted(d["material_id"] for d in fixture["docs"])
+    # a second database of the same model reuses its calibration (cached by weights, configuration and settings)
+    monkeypatch.setattr(database, "_fit_calibration", lambda *a, **k: pytest.fail("calibrated again"))
+    again = database.model_database(model, cfg, ["mp-api:0.1"], tmp_path / "db2", calibration_queries=12,
+                                    progress=False)
+    assert database.open_database(again).manifest["calibration"] == db.manifest["calibration"]
     assert set(db.labels["source"]) == {"mp-api:0.1"}
     assert client.materials.summary.calls[0]["energy_above_hull"] == (0.0, 0.1)
     assert database.mp_hull("mp-api") == 0.05 and database.mp_hull("mp-api:all") is None

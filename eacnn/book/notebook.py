@@ -433,6 +433,9 @@ def training_log(session: Session, dataset, kind: str):
 #: validation queries the smoke profile calibrates a database's verdict on (each asked present and absent, every
 #: candidate refined): enough to run the calibration, not to trust it
 SMOKE_CALIBRATION = 12
+#: candidates the smoke profile refines per query, in its calibration and chapter 9's searches (the search's own
+#: depth, ``SearchConfig.rerank_depth``, otherwise): enough to run the path
+SMOKE_DEPTH = 10
 
 
 def mixture_database(session: Session, model, dataset):
@@ -468,7 +471,8 @@ def search_database(session: Session, model, dataset):
 def _profile_database(session: Session, model, dataset, cpu_sources: list, trained_sources: list, tag: str):
     """``cpu``: the shipped model's database of ``cpu_sources`` (:func:`default_database`); otherwise
     ``trained_sources`` embedded by ``model`` with its verdict calibrated on ``dataset`` (smoke: on
-    :data:`SMOKE_CALIBRATION` validation queries, which exercise the path in seconds and calibrate nothing; else
+    :data:`SMOKE_CALIBRATION` validation queries refined :data:`SMOKE_DEPTH` deep, which exercise the path in seconds and
+    calibrate nothing; else
     the search's own count, ``SearchConfig.calibration_queries``), cached in the runs folder by the model's weights,
     the sources and the data set."""
     import hashlib
@@ -482,6 +486,7 @@ def _profile_database(session: Session, model, dataset, cpu_sources: list, train
         return default_database(cpu_sources, progress=False)
     key = hashlib.sha256((model_digest(model) + repr(trained_sources) + str(dataset.key)).encode()).hexdigest()[:16]
     folder = runs_dir() / "databases" / f"{cfg.profile}-{tag}{key}"
-    queries = SMOKE_CALIBRATION if cfg.profile == "smoke" else None
-    return cached_database(folder, lambda: model_database(model, cfg, trained_sources, folder, progress=False,
-                                                          calibration_queries=queries))
+    smoke = cfg.profile == "smoke"
+    return cached_database(folder, lambda: model_database(
+        model, cfg, trained_sources, folder, progress=False, calibration_queries=SMOKE_CALIBRATION if smoke else None,
+        calibration_rerank=SMOKE_DEPTH if smoke else None))

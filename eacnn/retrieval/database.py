@@ -486,21 +486,43 @@ def shipped_embeddings(checkpoint_sha: str) -> tuple[np.ndarray, np.ndarray, dic
 
 
 def _embedded_from_shipped(ids: np.ndarray, emb: np.ndarray, cfg, progress: bool):
-    """labels, embeddings, sticks, vectors and indexed reflections of the embedded database from shipped embeddings (simulating the
-    patterns and reflections, which take seconds, instead of embedding 18,093 structures, which takes minutes)."""
+    """labels, embeddings, sticks, vectors and indexed reflections (arrays) of the embedded database from shipped
+    embeddings (simulating the patterns and reflections, which take seconds, instead of embedding 18,093 structures,
+    which takes minutes). The simulated arrays are cached by the structures, the configuration and the simulator's
+    code (:func:`eacnn.datasets.dataset.dataset_key`), so every database holding the embedded structures (the
+    default one, the embedded set beside a user's folders, ``database build embedded ...``) simulates them once."""
+    from eacnn.datasets.dataset import dataset_key
     from eacnn.datasets.structures import load_embedded, row_arrays
     from eacnn.physics.xrd import indexed_reflections, simulate_batch
 
     table = load_embedded().set_index("material_id").loc[ids].reset_index()
-    # plain arrays, not pymatgen objects: the same patterns, without 18,093 Structure constructions (~8 s)
-    structures = [row_arrays(r) for r in table.to_dict("records")]
-    sim = simulate_batch(structures, cfg.xrd, progress=progress, ids=list(ids))
-    ok = np.array([i not in sim.failures for i in range(len(ids))])
+    path = cache_dir() / f"embedded-arrays-{dataset_key(table, cfg, 'shipped embeddings')[:20]}.npz"
+    arrays = None
+    if path.is_file():
+        try:
+            with np.load(path) as f:
+                arrays = {k: f[k] for k in f.files}
+        except (OSError, ValueError, zipfile.BadZipFile):
+            log.warning("cached arrays %s unreadable; simulating again", path)
+    if arrays is None:
+        # plain arrays, not pymatgen objects: the same patterns, without 18,093 Structure constructions (~8 s)
+        structures = [row_arrays(r) for r in table.to_dict("records")]
+        sim = simulate_batch(structures, cfg.xrd, progress=progress, ids=list(ids))
+        ok = np.array([i not in sim.failures for i in range(len(ids))], dtype=bool)
+        sticks = _sticks_arrays([sim.stick_two_theta[i] for i in np.flatnonzero(ok)],
+                                [sim.stick_intensity[i] for i in np.flatnonzero(ok)])
+        reflections = reflections_arrays(indexed_reflections([structures[i] for i in np.flatnonzero(ok)], cfg.xrd,
+                                                             progress=progress))
+        arrays = {"ok": ok, "vectors": np.asarray(sim.vectors)[ok],
+                  **{f"sticks_{k}": v for k, v in sticks.items()}, **{f"refl_{k}": v for k, v in reflections.items()}}
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write_bytes(path, buffer.getvalue())
+    ok = arrays["ok"].astype(bool)
     labels = table.assign(source="embedded", elements=table["species"].map(_element_string))[ok]
-    sticks = _sticks_arrays([sim.stick_two_theta[i] for i in np.flatnonzero(ok)],
-                            [sim.stick_intensity[i] for i in np.flatnonzero(ok)])
-    reflections = indexed_reflections([structures[i] for i in np.flatnonzero(ok)], cfg.xrd, progress=progress)
-    return labels.reset_index(drop=True), emb[ok], sticks, sim.vectors[ok], reflections
+    sticks = {k[len("sticks_"):]: v for k, v in arrays.items() if k.startswith("sticks_")}
+    reflections = {k[len("refl_"):]: v for k, v in arrays.items() if k.startswith("refl_")}
+    return labels.reset_index(drop=True), emb[ok], sticks, arrays["vectors"], reflections
 
 
 #: the largest cell a Materials Project database keeps (sites); MP's largest entries are a few hundred sites
@@ -629,13 +651,14 @@ def model_calibration(model, cfg, checkpoint_sha: str, progress: bool = True) ->
     return out
 
 
-def _model_calibration_in_memory(model, cfg, progress: bool, n_queries: int | None) -> dict:
+def _model_calibration_in_memory(model, cfg, progress: bool, n_queries: int | None, rerank: int | None = None
+                                 ) -> dict:
     """The verdict thresholds of a model without a checkpoint file, fitted on ``cfg``'s validation split and cached
     by the model's weights, the configuration, the query count and the search's settings: databases of other
     sources built with one model (a chapter's search and mixture databases) share one calibration."""
     from eacnn.retrieval.embed import model_digest
 
-    key = hashlib.sha256(repr((model_digest(model), sorted(cfg.to_dict().items()), n_queries,
+    key = hashlib.sha256(repr((model_digest(model), sorted(cfg.to_dict().items()), n_queries, rerank,
                                dataclasses.asdict(SearchConfig()))).encode()).hexdigest()[:20]
     path = cache_dir() / f"calibration-model-{key}.json"
     if path.is_file():
@@ -643,19 +666,21 @@ def _model_calibration_in_memory(model, cfg, progress: bool, n_queries: int | No
             return json.loads(path.read_text())
         except ValueError:
             log.warning("calibration cache %s unreadable; fitting again", path)
-    out = _fit_calibration(model, cfg, progress, n_queries=n_queries)
+    out = _fit_calibration(model, cfg, progress, n_queries=n_queries, rerank=rerank)
     atomic_write_bytes(path, json.dumps(out).encode())
     return out
 
 
-def _fit_calibration(model, cfg, progress: bool, full_data: bool = False, n_queries: int | None = None) -> dict:
+def _fit_calibration(model, cfg, progress: bool, full_data: bool = False, n_queries: int | None = None,
+                     rerank: int | None = None) -> dict:
     """:func:`eacnn.retrieval.identify.calibrate` on the validation split of ``cfg``'s data (all embedded data
     with ``full_data``)."""
     from eacnn.datasets.dataset import build_dataset
     from eacnn.retrieval.identify import calibrate
 
     data_cfg = cfg.replace(**{"data.source": "embedded", "data.max_structures": 0}) if full_data else cfg
-    return calibrate(model, build_dataset(data_cfg, progress=progress), n_queries=n_queries, progress=progress)
+    return calibrate(model, build_dataset(data_cfg, progress=progress), n_queries=n_queries, progress=progress,
+                     **({} if rerank is None else {"rerank": rerank}))
 
 
 def build_database(sources: Sequence[str], out: str | Path, checkpoint: str | Path | None = None,
@@ -672,7 +697,8 @@ def build_database(sources: Sequence[str], out: str | Path, checkpoint: str | Pa
 
 
 def model_database(model, cfg, sources: Sequence[str], out: str | Path, model_sha: str | None = None,
-                   progress: bool = True, calibration_queries: int | None = None, cluster: str | None = None,
+                   progress: bool = True, calibration_queries: int | None = None,
+                   calibration_rerank: int | None = None, cluster: str | None = None,
                    dedupe: bool = False) -> Path:
     """:func:`build_database` for a model in memory (``model_sha``: its checkpoint's SHA-256, which selects shipped
     embeddings and caches the calibration; None for a model without a checkpoint file)."""
@@ -691,7 +717,7 @@ def model_database(model, cfg, sources: Sequence[str], out: str | Path, model_sh
     sticks = _sticks_arrays([tt for p in parts for tt in _split(p[2])[0]], [a for p in parts for a in _split(p[2])[1]])
     vectors = np.concatenate([p[3] for p in parts])
     calibration = (model_calibration(model, cfg, sha, progress) if model_sha else
-                   _model_calibration_in_memory(model, cfg, progress, calibration_queries))
+                   _model_calibration_in_memory(model, cfg, progress, calibration_queries, calibration_rerank))
     reflections = concat_reflections([p[4] if isinstance(p[4], dict) else reflections_arrays(p[4]) for p in parts])
     skipped = [row for p in parts if len(p) > 5 for row in p[5]]
     if dedupe:
