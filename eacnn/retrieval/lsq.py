@@ -33,6 +33,9 @@ def levenberg_marquardt(residual: Callable, jacobian: Callable, x0: np.ndarray, 
     x0 = np.array(x0, np.float64)
     diag = None if isinstance(x_scale, str) else np.ascontiguousarray(
         1.0 / np.broadcast_to(np.asarray(x_scale, np.float64), x0.shape))
-    x, _cov, info, _message, _status = leastsq(residual, x0, Dfun=jacobian, full_output=True, ftol=ftol, xtol=xtol,
-                                               gtol=gtol, maxfev=int(max_nfev), factor=100.0, diag=diag)
+    # MINPACK passes its own working array, which it then changes in place: a model that keeps views of x between
+    # the residual and the Jacobian (as least_squares' copies allow) must get a copy
+    x, _cov, info, _message, _status = leastsq(lambda x: residual(np.array(x)), x0,
+                                               Dfun=lambda x: jacobian(np.array(x)), full_output=True, ftol=ftol,
+                                               xtol=xtol, gtol=gtol, maxfev=int(max_nfev), factor=100.0, diag=diag)
     return np.asarray(x, np.float64), np.asarray(info["fvec"], np.float64)

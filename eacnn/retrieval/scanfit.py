@@ -4,7 +4,7 @@ data rather than from 0.5° bins.
 The search ranks candidates on the model's 140 bins, where two phases whose strong lines lie within a bin of each
 other look alike. On the scan itself (typically 0.01–0.02° steps, peaks 0.05–0.3° wide) a right candidate can be
 fitted to within the counting noise and a look-alike cannot. :func:`fit_scan` fits, by Levenberg–Marquardt with
-analytic Jacobians (``scipy.optimize.least_squares``, trust-region reflective with bounds):
+analytic Jacobians (MINPACK, :func:`eacnn.retrieval.lsq.levenberg_marquardt`):
 
 * **positions**: the candidate's reflections (:class:`eacnn.physics.xrd.IndexedReflections`) at the cell allowed by
   its symmetry (:func:`cell_groups`: the reciprocal metric's components that are equal stay equal, those that are
@@ -119,7 +119,7 @@ def fit_scan(two_theta: np.ndarray, intensity: np.ndarray, reflections, waveleng
     Returns:
         :class:`ScanFit`, or None where fewer than 50 points or no reflection lie in the covered range.
     """
-    from scipy.optimize import least_squares
+    from eacnn.retrieval.lsq import levenberg_marquardt
 
     t0 = time.perf_counter()
     prepared = prepare_scan(two_theta, intensity, wavelength)
@@ -144,15 +144,13 @@ def fit_scan(two_theta: np.ndarray, intensity: np.ndarray, reflections, waveleng
     p = _linear_start(model, p)
     # first without the displacement (which trades off with the zero offset and the cell), then everything
     model.frozen[nl + nb + 1] = True
-    p = least_squares(model.residual, p, jac=model.jacobian, method="lm", x_scale=_scales(model, p),
-                      max_nfev=max_evaluations // 5, xtol=1e-8, ftol=1e-4).x
+    p = levenberg_marquardt(model.residual, model.jacobian, p, max_evaluations // 5, _scales(model, p), ftol=1e-4)[0]
     model.frozen[:] = False
     if _rwp_net(model, p) > HOPELESS:  # no answer either way: reported as it stands
         return _summary(model, p, base, np.asarray(reflections.metric, np.float64), 1.0, (),
                         time.perf_counter() - t0, keep_curves)
-    fit = least_squares(model.residual, p, jac=model.jacobian, method="lm", x_scale=_scales(model, p),
-                        max_nfev=max_evaluations, xtol=1e-8, ftol=1e-5)
-    p, chi = fit.x, float(np.sum(fit.fun[:-2] ** 2))
+    p, residual = levenberg_marquardt(model.residual, model.jacobian, p, max_evaluations, _scales(model, p), ftol=1e-5)
+    chi = float(np.sum(residual[:-2] ** 2))
     r_best, direction = 1.0, ()
     if texture and k >= 0:
         p, chi, r_best, direction, model = _texture(model, p, chi, hkl, inverse, np.asarray(reflections.area, np.float64),
@@ -199,7 +197,7 @@ def _linear_start(model: _Model, p: np.ndarray) -> np.ndarray:
 def _texture(model, p, chi, hkl, inverse, area_raw, base, max_evaluations):
     """Try March–Dollase along each low-index direction on a grid of r (positions and widths fixed, scales and
     background linear), then refine r with everything from the best; kept when χ² falls by TEXTURE_GAIN."""
-    from scipy.optimize import least_squares
+    from eacnn.retrieval.lsq import levenberg_marquardt
 
     q = model.unpack(p)
     metric = base * (1.0 + model.groups @ q["cell"] / 100.0)
@@ -236,13 +234,13 @@ def _texture(model, p, chi, hkl, inverse, area_raw, base, max_evaluations):
                     model.wavelengths, cos[:, d], model.nb)
     p2 = np.concatenate([p, [np.log(r)]])
     p2 = _linear_start(tmodel, p2)
-    fit = least_squares(tmodel.residual, p2, jac=tmodel.jacobian, method="lm", x_scale=_scales(tmodel, p2),
-                        max_nfev=max_evaluations // 2, xtol=1e-8, ftol=1e-5)
-    chi2 = float(np.sum(fit.fun[:-2] ** 2))
+    p2, residual = levenberg_marquardt(tmodel.residual, tmodel.jacobian, p2, max_evaluations // 2, _scales(tmodel, p2),
+                                       ftol=1e-5)
+    chi2 = float(np.sum(residual[:-2] ** 2))
     if chi < TEXTURE_GAIN * chi2:
         return p, chi, 1.0, (), model
     tmodel.evaluations += model.evaluations
-    return fit.x, chi2, float(np.exp(tmodel.unpack(fit.x)["lnr"])), tuple(int(v) for v in TEXTURE_DIRECTIONS[d]), tmodel
+    return p2, chi2, float(np.exp(tmodel.unpack(p2)["lnr"])), tuple(int(v) for v in TEXTURE_DIRECTIONS[d]), tmodel
 
 
 def _summary(model: _Model, p, base, own, r, direction, seconds, keep_curves) -> ScanFit:

@@ -123,7 +123,7 @@ def fit_phases_scan(two_theta: np.ndarray, intensity: np.ndarray, reflections: l
     Returns:
         :class:`PhasesFit`, or None when no phase or fewer than 50 points lie in the covered range.
     """
-    from scipy.optimize import least_squares
+    from eacnn.retrieval.lsq import levenberg_marquardt
 
     t0 = time.perf_counter()
     prepared = prepare_scan(two_theta, intensity, wavelength)
@@ -156,9 +156,7 @@ def fit_phases_scan(two_theta: np.ndarray, intensity: np.ndarray, reflections: l
     sol = np.linalg.lstsq(a, y / sigma, rcond=None)[0]
     p[:P] = np.maximum(sol[:P], 1e-6 * max(float(np.abs(sol[:P]).max()), 1e-12))
     p[j : j + nb] = sol[P:]
-    fit = least_squares(mix.residual, p, jac=mix.jacobian, method="lm", x_scale="jac", max_nfev=max_evaluations,
-                        xtol=1e-8, ftol=1e-6)
-    p = fit.x
+    p = levenberg_marquardt(mix.residual, mix.jacobian, p, max_evaluations, "jac", ftol=1e-6)[0]
     curves, bg = mix.curves(p), mix.background(p)
     calc = curves.sum(axis=0) + bg
     w = 1.0 / sigma**2
