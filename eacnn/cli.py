@@ -355,6 +355,22 @@ def _pattern_files(items: list[str]) -> list[Path]:
     return out
 
 
+def _early_grid(args: argparse.Namespace):
+    """The grid the search will read patterns on, where it is known without loading anything heavy: a saved
+    database's (its manifest), or the shipped model's (:class:`eacnn.config.XRDConfig`'s defaults) when no other
+    checkpoint is given; None otherwise (the grid is then read from the model, and patterns are checked after)."""
+    from eacnn.config import XRDConfig
+
+    saved = [s for s in (args.database or []) if (Path(s) / "manifest.json").is_file()]
+    if saved:
+        try:
+            manifest = json.loads((Path(saved[0]) / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return None  # opening the database reports it
+        return XRDConfig(**manifest["xrd"]) if isinstance(manifest.get("xrd"), dict) else None
+    return None if args.checkpoint else XRDConfig()
+
+
 def _open_database(args: argparse.Namespace, checkpoint: Path):
     """A saved database folder given with --database, or the (cached) database of the sources for the model."""
     from eacnn.retrieval.database import default_database, file_sha256, open_database
@@ -613,6 +629,22 @@ def _cmd_search(args: argparse.Namespace) -> int:
             if len(files) == 1:
                 raise
             scans[path] = err  # reported in its turn below; the other patterns are still answered
+
+    # each pattern onto the search's grid too, where the grid is known before loading (a pattern the search cannot
+    # use, too sparse or covering too little of the grid, fails in a second, not after a database build)
+    xrd = _early_grid(args)
+    if xrd is not None:
+        from eacnn.measured import to_model_grid
+
+        for path in files:
+            if not isinstance(scans[path], EACNNError):
+                try:
+                    with _about(path):
+                        to_model_grid(scans[path], xrd)
+                except EACNNError as err:
+                    if len(files) == 1:
+                        raise
+                    scans[path] = err
 
     # 2. the database: opened memory-mapped when it was built before (no torch), else built once and cached
     with contextlib.redirect_stdout(sys.stderr):

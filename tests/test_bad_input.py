@@ -476,3 +476,17 @@ def test_a_missing_pattern_is_named_before_any_database_is_built(tmp_path):
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2 and "nonexistent.xy: no such file" in proc.stderr
     assert not (tmp_path / "home").exists() or not any((tmp_path / "home").rglob("manifest.json"))
+
+
+@pytest.mark.parametrize("name, fragment", [("sparse.xy", "too sparse"), ("narrow.xy", "covers 14%")])
+def test_a_pattern_the_search_cannot_use_fails_before_any_database_is_built(bad, tmp_path, name, fragment):
+    """On an empty cache, a pattern too sparse or too narrow for the model's grid is refused in a second: it is put
+    on the grid before the database is built (which would take half a minute) and before torch is imported."""
+    env = {**os.environ, "EACNN_HOME": str(tmp_path / "home")}
+    probe = ("import sys; from eacnn.cli import main; code = main(['search', %r]); "
+             "print('torch loaded' if 'torch' in sys.modules else 'no torch', file=sys.stderr); sys.exit(code)"
+             % str(bad[name]))
+    proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and fragment in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "no torch"
+    assert not list((tmp_path / "home").rglob("manifest.json")) and "building" not in proc.stderr
