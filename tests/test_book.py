@@ -438,3 +438,13 @@ def test_each_chapter_quotes_its_time_from_the_last_full_build(tmp_path, monkeyp
     for path in sorted((ROOT / "notebooks").glob("*.ipynb"))[:10]:  # every chapter but the run-times page
         text = path.read_text()
         assert "{glue:text}`time_to_run`" in text and f'chapter_time(\\"{path.name[:2]}\\")' in text, path.name
+
+
+def test_every_page_is_rendered_again_so_glued_numbers_are_never_stale(tmp_path):
+    """The results page quotes other pages' glue, which Sphinx's incremental build does not track: a full cpu build
+    over an earlier one left it with an earlier build's numbers (a curve run's epoch 5 beside chapter 4's epoch 25)."""
+    from eacnn.book.build import render_command
+
+    cmd = render_command(Path("jupyter-book"), tmp_path / "staging", tmp_path)
+    assert cmd[1] == "build" and "--all" in cmd and "-W" in cmd
+    assert render_command(Path("jupyter-book"), tmp_path, tmp_path, keep_going=True)[-1] == "--keep-going"

@@ -316,9 +316,7 @@ def build_book(profile: str = "smoke", root: Path | None = None, keep_going: boo
         if found is None:
             raise BookError("jupyter-book is not installed: pip install -e '.[book]' (Jupyter Book 1, <2)")
         exe = Path(found)
-    cmd = [str(exe), "build", str(staging), "--path-output", str(root), "-W"]
-    if keep_going:
-        cmd.append("--keep-going")
+    cmd = render_command(exe, staging, root, keep_going)
     log.info("rendering: %s", " ".join(cmd))
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -330,6 +328,14 @@ def build_book(profile: str = "smoke", root: Path | None = None, keep_going: boo
     if profile == "cpu" and repo_root() is not None and root.resolve() == Path(repo_root()).resolve():
         record_chapter_times(timings)  # the chapters' "Time to run" lines read the last full build
     return BookResult(index, timings, time.perf_counter() - t0)
+
+
+def render_command(exe: Path, staging: Path, root: Path, keep_going: bool = False) -> list[str]:
+    """The Jupyter Book command that renders the staged notebooks: warnings as errors, and every page rebuilt
+    (``--all``): a page such as the results page takes its numbers from other pages' glue, which Sphinx's
+    incremental build does not track, so an unchanged page would keep the numbers of an earlier build."""
+    cmd = [str(exe), "build", str(staging), "--path-output", str(root), "-W", "--all"]
+    return cmd + ["--keep-going"] if keep_going else cmd
 
 
 def record_chapter_times(timings: dict[str, float]) -> Path:
