@@ -199,8 +199,10 @@ def test_simulate_accepts_every_wavelength_form(form, angstrom, tmp_path):
 @pytest.mark.parametrize("form, angstrom", [("1.5406", 1.5406), ("Cu Kα1", 1.5406), ("Cu", 1.5406)],
                          ids=["number", "Cu Kα1", "name"])
 def test_search_accepts_every_wavelength_form(form, angstrom, tmp_path):
-    """Issue 12's crash: a numeric --wavelength exited 2 with 'unknown wavelength name'."""
-    proc = run_example(["search", "scan.xy", "--wavelength", form, "--top", "3", "--json"], tmp_path)
+    """Issue 12's crash: a numeric --wavelength exited 2 with 'unknown wavelength name'. (The ranking alone: how a
+    wavelength is named is read before the search, whose whole path the README examples run.)"""
+    proc = run_example(["search", "scan.xy", "--wavelength", form, "--top", "3", "--json", "--rerank", "0",
+                        "--phases", "1", "--scan-fits", "0"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     payload = json.loads(proc.stdout)
     assert payload["wavelength"] == angstrom and len(payload["results"]) == 3
