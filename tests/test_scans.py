@@ -100,3 +100,27 @@ def test_the_chapter_table_and_phrases_come_from_the_answers():
     assert words["unseen_worst"] == "texture r=0.6" and "misses the ≥ 85 % target by 35.0 points" in words[
         "unseen_worst_phrase"]
     assert words["unseen_sm_beats"].startswith('"texture r=0.6" (100 against 50 %)')
+
+
+def test_the_misses_are_told_apart_as_look_alikes_polymorphs_and_others():
+    import pandas as pd
+
+    from eacnn.measured.report import unseen_misses
+
+    def row(condition, mid, search, rank, top1, verdict="no confident match", truth="HoAs|Fm-3m"):
+        return dict(condition=condition, material_id=mid, truth=truth, search=search, rank=rank, verdict=verdict,
+                    top1=top1)
+
+    df = pd.DataFrame([
+        row("unstrained", "a", "eacnn search", 2, "ErSe|Fm-3m"),  # the unstrained row is left out
+        row("iso -2 %", "a", "eacnn search", 3, "ErSe|Fm-3m"),  # same group, other formula
+        row("iso -2 %", "b", "eacnn search", 2, "HoAs|P6_3/mmc"),  # the formula in another group
+        row("iso -2 %", "c", "eacnn search", 7, "NaCl|Pm-3m", verdict="match"),  # something else, and confident
+        row("iso -2 %", "d", "eacnn search", 1, "HoAs|Fm-3m"),  # right
+        row("iso -2 %", "a", "eacnn search, elements given", 1, "HoAs|Fm-3m"),
+        row("iso -2 %", "b", "eacnn search, elements given", 2, "HoAs|P6_3/mmc"),
+    ])
+    words = unseen_misses(df)
+    assert words == {"miss_n": "3", "miss_queries": "4", "miss_isotype": "1", "miss_polymorph": "1",
+                     "miss_other": "1", "miss_elements": "1", "miss_confident": "1"}
+    assert unseen_misses(df[df["rank"] == 1])["miss_n"] == "0"
