@@ -655,6 +655,8 @@ def _result(y, mask, slots, state, sigma, stop, steps, db, structures, xrd) -> M
 def _fractions(slots, scales, db, structures, xrd) -> np.ndarray:
     if not len(slots):
         return np.zeros(0)
+    if len(slots) == 1:  # one phase is the whole sample: no structure to read (the embedded table takes 0.1 s)
+        return np.ones(1)
     a, m, v = [], [], []
     for s in slots:
         st = structures(s.row) if structures is not None else phase_structure(db, s.row)
@@ -705,6 +707,9 @@ def refine_on_scan(result: MixtureResult, scan, db, structures: Callable | None 
         return None
     factors = []
     for p, r in zip(result.phases, refl):
+        if len(result.phases) == 1:  # one phase is the whole sample, whatever its cell's mass and scattering
+            factors.append(1.0)
+            continue
         st = structures(p.row) if structures is not None else phase_structure(db, p.row)
         if st is None:
             factors.append(np.nan)
