@@ -244,14 +244,15 @@ def test_first_search_on_an_empty_cache_then_a_warm_one_without_torch(tmp_path):
     memory-mapped and import neither torch nor mace."""
     env = {**os.environ, "EACNN_HOME": str(tmp_path / "home")}
     pattern = str(MEASURED / "Example__MnO.xy.gz")
-    first = subprocess.run([sys.executable, "-m", "eacnn", "search", pattern, "--json", "--top", "3"], env=env,
+    quick = ["--phases", "1", "--scan-fits", "0"]  # the cache is what is tested; the README runs the whole search
+    first = subprocess.run([sys.executable, "-m", "eacnn", "search", pattern, "--json", "--top", "3", *quick], env=env,
                            capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
     assert "building the search database once" in first.stderr
     assert list((tmp_path / "home").rglob("manifest.json"))
-    probe = ("import sys; from eacnn.cli import main; code = main(['search', %r, '--json', '--top', '3']); "
+    probe = ("import sys; from eacnn.cli import main; code = main(['search', %r, '--json', '--top', '3', %s]); "
              "print('torch loaded' if 'torch' in sys.modules or 'mace' in sys.modules else 'no torch', "
-             "file=sys.stderr); sys.exit(code)" % pattern)
+             "file=sys.stderr); sys.exit(code)" % (pattern, ", ".join(repr(a) for a in quick)))
     warm = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=600)
     assert warm.returncode == 0, warm.stderr
     assert warm.stderr.strip().splitlines()[-1] == "no torch" and "building" not in warm.stderr

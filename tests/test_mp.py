@@ -181,13 +181,13 @@ def test_all_of_materials_project_becomes_a_database(fixture, tmp_path, monkeypa
     from eacnn.config import Config
 
     cfg = Config.cpu().replace(**{"data.max_structures": 200})  # the verdict calibrated on a few structures, quickly
-    folder = database.model_database(model, cfg, ["mp-api:0.1"], tmp_path / "db", calibration_queries=12,
+    folder = database.model_database(model, cfg, ["mp-api:0.1"], tmp_path / "db", calibration_queries=6,
                                      progress=False)
     db = database.open_database(folder)
     assert sorted(db.labels["material_id"]) == sorted(d["material_id"] for d in fixture["docs"])
     # a second database of the same model reuses its calibration (cached by weights, configuration and settings)
     monkeypatch.setattr(database, "_fit_calibration", lambda *a, **k: pytest.fail("calibrated again"))
-    again = database.model_database(model, cfg, ["mp-api:0.1"], tmp_path / "db2", calibration_queries=12,
+    again = database.model_database(model, cfg, ["mp-api:0.1"], tmp_path / "db2", calibration_queries=6,
                                     progress=False)
     assert database.open_database(again).manifest["calibration"] == db.manifest["calibration"]
     assert set(db.labels["source"]) == {"mp-api:0.1"}
