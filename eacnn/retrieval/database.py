@@ -640,15 +640,8 @@ def model_calibration(model, cfg, checkpoint_sha: str, progress: bool = True) ->
     shipped = shipped_embeddings(checkpoint_sha)
     if shipped is not None:
         return shipped[2]
-    path = cache_dir() / f"calibration-{checkpoint_sha[:20]}.json"
-    if path.is_file():
-        try:
-            return json.loads(path.read_text())
-        except ValueError:
-            log.warning("calibration cache %s unreadable; fitting again", path)
-    out = _fit_calibration(model, cfg, progress, full_data=True)
-    atomic_write_bytes(path, json.dumps(out).encode())
-    return out
+    return _cached_calibration(cache_dir() / f"calibration-{checkpoint_sha[:20]}.json",
+                               lambda: _fit_calibration(model, cfg, progress, full_data=True))
 
 
 def _model_calibration_in_memory(model, cfg, progress: bool, n_queries: int | None, rerank: int | None = None
@@ -660,13 +653,18 @@ def _model_calibration_in_memory(model, cfg, progress: bool, n_queries: int | No
 
     key = hashlib.sha256(repr((model_digest(model), sorted(cfg.to_dict().items()), n_queries, rerank,
                                dataclasses.asdict(SearchConfig()))).encode()).hexdigest()[:20]
-    path = cache_dir() / f"calibration-model-{key}.json"
+    return _cached_calibration(cache_dir() / f"calibration-model-{key}.json",
+                               lambda: _fit_calibration(model, cfg, progress, n_queries=n_queries, rerank=rerank))
+
+
+def _cached_calibration(path: Path, fit: Callable[[], dict]) -> dict:
+    """The calibration cached at ``path`` (JSON), else ``fit()``'s, written there atomically."""
     if path.is_file():
         try:
             return json.loads(path.read_text())
         except ValueError:
             log.warning("calibration cache %s unreadable; fitting again", path)
-    out = _fit_calibration(model, cfg, progress, n_queries=n_queries, rerank=rerank)
+    out = fit()
     atomic_write_bytes(path, json.dumps(out).encode())
     return out
 
