@@ -647,12 +647,14 @@ def model_calibration(model, cfg, checkpoint_sha: str, progress: bool = True) ->
 def _model_calibration_in_memory(model, cfg, progress: bool, n_queries: int | None, rerank: int | None = None
                                  ) -> dict:
     """The verdict thresholds of a model without a checkpoint file, fitted on ``cfg``'s validation split and cached
-    by the model's weights, the configuration, the query count and the search's settings: databases of other
-    sources built with one model (a chapter's search and mixture databases) share one calibration."""
+    by the model's weights, the configuration, the query count, the search's settings and the code that calibrates
+    (the verdict, refinement and query modules): databases of other sources built with one model (a chapter's
+    search and mixture databases) share one calibration."""
     from eacnn.retrieval.embed import model_digest
 
+    code = [(Path(__file__).parent / f"{name}.py").read_bytes() for name in ("verdict", "refine", "query")]
     key = hashlib.sha256(repr((model_digest(model), sorted(cfg.to_dict().items()), n_queries, rerank,
-                               dataclasses.asdict(SearchConfig()))).encode()).hexdigest()[:20]
+                               dataclasses.asdict(SearchConfig()), code)).encode()).hexdigest()[:20]
     return _cached_calibration(cache_dir() / f"calibration-model-{key}.json",
                                lambda: _fit_calibration(model, cfg, progress, n_queries=n_queries, rerank=rerank))
 

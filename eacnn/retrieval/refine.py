@@ -311,8 +311,8 @@ def refine_cell(vector: np.ndarray, covered: np.ndarray | None, reflections, xrd
     An isotropic lattice scale (:func:`refine`) cannot follow a cell strained differently along different
     directions, where symmetry-equivalent reflections split. Here the six components of the reciprocal metric
     G* (1/d² = (h², k², l², 2hk, 2hl, 2kl) @ G*, any symmetric strain of the cell) and the zero shift are fitted
-    by Levenberg–Marquardt (:func:`eacnn.retrieval.lsq.levenberg_marquardt`) to the normalised pattern over the covered bins,
-    with the exact Jacobian of the binned profile. The fit starts from the isotropic one (``strain``, ``zero_shift``,
+    by Levenberg–Marquardt (:func:`eacnn.retrieval.lsq.levenberg_marquardt`) to the normalised pattern over the
+    covered bins, with the exact Jacobian of the binned profile. The fit starts from the isotropic one (``strain``, ``zero_shift``,
     ``width``: :func:`refine`'s), is run at three times the width first (:data:`CELL_WIDTHS`: a wider basin), and
     is finished at each width of :data:`REFINE_WIDTHS` (the isotropic fit may have widened the peaks to cover a
     splitting that the cell fit resolves).
