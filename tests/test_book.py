@@ -350,8 +350,12 @@ def test_browser_check_catches_broken_pages(tmp_path):
         "<html><body><main><div class='cell_output'><img src='plot.png' alt='a bare plot'></div>"
         "<div class='cell_output'><figure><img src='plot.png'><figcaption>Figure 1: fine</figcaption></figure></div>"
         "</main></body></html>")
+    # a path that does not break, wider than a phone
+    (tmp_path / "phone.html").write_text(
+        "<html><body><main><p><code>eacnn/data/measured/mixtures/" + "V2O5_0p3015_TiO2_0p6998" * 3
+        + ".xrdml.gz</code></p></main></body></html>")
     pages = ["good.html", "bad.html", "fine.html", "math.html", "junk.html", "echo.html", "params.html", "cdn.html",
-             "wide.html", "stray.html", "launch.html", "figure.html"]
+             "wide.html", "stray.html", "launch.html", "figure.html", "phone.html"]
     report = check_book(tmp_path, pages)
     problems = "\n".join(report.problems)
     assert "good.html" not in problems and "fine.html" not in problems, problems
@@ -369,6 +373,7 @@ def test_browser_check_catches_broken_pages(tmp_path):
     assert "launch.html: launch link with '/./'" in problems
     assert "figure.html: figure without a caption a bare plot" in problems
     assert sum("figure.html" in p for p in report.problems) == 1  # the captioned one passes
+    assert "phone.html: wider than a 400 px screen" in problems
 
 
 def test_run_times_page_reads_this_builds_timings(tmp_path, monkeypatch):

@@ -133,10 +133,17 @@ class _QuietServer(http.server.ThreadingHTTPServer):
         pass
 
 
+#: CSS pixels of a phone's screen: every page must fit it without scrolling sideways
+PHONE_WIDTH = 400
+
+
 def check_book(html_dir: Path, pages: list[str], screenshot_dir: Path | None = None,
-               screenshot_pages: tuple[str, ...] = (), screenshot_widths: tuple[int, ...] = (1280,)
-               ) -> BrowserReport:
+               screenshot_pages: tuple[str, ...] = (), screenshot_widths: tuple[int, ...] = (1280,),
+               phone_width: int | None = PHONE_WIDTH) -> BrowserReport:
     """Serve ``html_dir`` on localhost, open each page of ``pages`` (paths relative to it) in headless Chromium.
+
+    Besides the probes at 1280 px, each page is laid out at ``phone_width`` (None: not) and fails when it is wider
+    than that screen (an unbreakable path or command, a wide figure: the reader would scroll sideways to read it).
 
     Pages whose path contains one of ``screenshot_pages`` are saved as full-page screenshots in ``screenshot_dir``,
     once per width of ``screenshot_widths`` (CSS pixels): ``<page>.png`` at the first, ``<page>-<width>px.png`` at
@@ -191,6 +198,13 @@ def check_book(html_dir: Path, pages: list[str], screenshot_dir: Path | None = N
                 report.problems += [f"{rel}: wide table, {what}" for what in probe["wide"]]
                 report.problems += [f"{rel}: launch link with '/./' {href}" for href in probe["launch"]]
                 report.problems += [f"{rel}: figure without a caption {src}" for src in probe["uncaptioned"]]
+                if phone_width:
+                    page.set_viewport_size({"width": phone_width, "height": 900})
+                    page.wait_for_timeout(150)  # let the theme re-lay the page out
+                    wide = page.evaluate("() => document.documentElement.scrollWidth")
+                    if wide > phone_width + 1:
+                        report.problems.append(f"{rel}: wider than a {phone_width} px screen ({wide} px)")
+                    page.set_viewport_size({"width": 1280, "height": 900})
                 checked_anchors[url] = set(page.evaluate("() => [...document.querySelectorAll('[id]')].map(e => e.id)"))
                 for href in probe["links"]:
                     target, anchor = urldefrag(urljoin(url, href))
