@@ -355,13 +355,18 @@ def _pattern_files(items: list[str]) -> list[Path]:
     return out
 
 
+def _saved_databases(given: list) -> list:
+    """The --database values that are saved database folders (they hold a manifest), as given."""
+    return [s for s in given if (Path(s) / "manifest.json").is_file()]
+
+
 def _early_grid(args: argparse.Namespace):
     """The grid the search will read patterns on, where it is known without loading anything heavy: a saved
     database's (its manifest), or the shipped model's (:class:`eacnn.config.XRDConfig`'s defaults) when no other
     checkpoint is given; None otherwise (the grid is then read from the model, and patterns are checked after)."""
     from eacnn.config import XRDConfig
 
-    saved = [s for s in (args.database or []) if (Path(s) / "manifest.json").is_file()]
+    saved = _saved_databases(args.database or [])
     if saved:
         try:
             manifest = json.loads((Path(saved[0]) / "manifest.json").read_text())
@@ -376,7 +381,7 @@ def _open_database(args: argparse.Namespace, checkpoint: Path):
     from eacnn.retrieval.database import default_database, file_sha256, open_database
 
     given = args.database or ["embedded"]
-    saved = [s for s in given if (Path(s) / "manifest.json").is_file()]
+    saved = _saved_databases(given)
     if saved:
         if len(given) > 1:
             raise EACNNError(f"--database {saved[0]!r} is a saved database; it cannot be combined with other "
