@@ -244,3 +244,21 @@ def test_mixture_table_scores_each_pattern_by_formula(mixture_db):
     row = table.iloc[0]
     assert row["named"] == 2 and row["true"] == 3 and row["spurious"] == 0, row
     assert all(f in row["found (approx. wt %)"] for f in truth)
+
+
+def test_the_rietveld_crosscheck_prose_comes_from_its_table(tmp_path):
+    """Chapter 10's sentences about the cross-check (medians, phases both programs over-weigh, phases rietx zeroes)
+    are computed from the table, so a rerun of the script cannot leave them saying something else."""
+    import pandas as pd
+
+    from eacnn.measured.report import crosscheck_table
+
+    rows = [("A_0p6-B_0p4--8min", "A", 0.6, 0.70, 0.68, 0.72), ("A_0p6-B_0p4--8min", "B", 0.4, 0.30, 0.32, 0.28),
+            ("C_0p5-D_0p3-E_0p2--2min", "C", 0.5, 0.5, 0.5, 0.6), ("C_0p5-D_0p3-E_0p2--2min", "D", 0.3, 0.3, 0.3, 0.4),
+            ("C_0p5-D_0p3-E_0p2--2min", "E", 0.2, 0.2, 0.2, 0.0)]
+    path = tmp_path / "cc.csv"
+    pd.DataFrame(rows, columns=["pattern", "phase", "weighed", "eacnn_binned", "eacnn_scan", "rietx"]).to_csv(path)
+    table, words = crosscheck_table(path)
+    assert len(table) == 5 and words["cc_scans"] == "1"  # the medians are over two-phase scans only
+    assert words["cc_scan"] == "8.0" and words["cc_rietx"] == "12.0" and words["cc_between"] == "4.0"
+    assert words["cc_both_over"] == "A" and words["cc_both_over_n"] == "1" and words["cc_rietx_zero"] == "E"

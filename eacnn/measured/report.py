@@ -192,6 +192,11 @@ def crosscheck_table(path=None) -> tuple[pd.DataFrame, dict[str, str]]:
     for key, col in (("cc_binned", "eacnn_binned"), ("cc_scan", "eacnn_scan"), ("cc_rietx", "rietx")):
         numbers[key] = f"{100 * (two[col] - two['weighed']).abs().median():.1f}"
     numbers["cc_between"] = f"{100 * (two['eacnn_scan'] - two['rietx']).abs().median():.1f}"
+    # what the prose says of single phases: those both programs over-weigh by more than 5 wt %, those rietx zeroes
+    both = df[(df["eacnn_scan"] - df["weighed"] > 0.05) & (df["rietx"] - df["weighed"] > 0.05)]
+    numbers["cc_both_over"] = ", ".join(sorted(set(both["phase"]))) or "no phase"
+    numbers["cc_both_over_n"] = f"{len(both)}"
+    numbers["cc_rietx_zero"] = ", ".join(sorted(set(df.loc[df["rietx"] < 0.005, "phase"]))) or "no phase"
     return table, numbers
 
 
