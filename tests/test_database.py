@@ -324,3 +324,33 @@ def test_the_embedded_structures_are_simulated_once_for_every_database_that_hold
     monkeypatch.setenv("EACNN_CACHE", str(tmp_path / "cache"))
     database._embedded_from_shipped(ids, emb, Config.cpu().replace(**{"xrd.fwhm": 0.3}), progress=False)
     assert len(list((tmp_path / "cache").glob("embedded-arrays-*.npz"))) == 2
+
+
+def test_database_build_needs_no_structure_tower_and_shares_the_search_cache(tmp_path, monkeypatch, tower):
+    """``database build embedded`` exports the pattern tower from the checkpoint without building the model (the
+    structure tower's mace import takes seconds); the database it writes is linked into the search cache, and the
+    next build of the same sources is placed from there instead of built again."""
+    import os
+
+    import eacnn.training.checkpoint as checkpoint
+    from eacnn.paths import cache_dir
+    from eacnn.retrieval import database
+
+    for f in cache_dir().glob("embedded-arrays-*.npz"):  # the simulated patterns only: no database is reused
+        os.link(f, tmp_path / f.name)
+    monkeypatch.setenv("EACNN_CACHE", str(tmp_path))
+    monkeypatch.setattr(checkpoint, "model_from_checkpoint", lambda *a, **k: pytest.fail("built the whole model"))
+    first = database.build_database(["embedded"], tmp_path / "first", progress=False)
+    with np.load(first / "tower.npz") as f:
+        assert f.files and all(np.array_equal(f[k], tower[k]) for k in tower)
+    cached = list((tmp_path / "databases").iterdir())
+    cached = [p for p in cached if p.is_dir()]
+    assert len(cached) == 1 and os.path.samefile(cached[0] / "embeddings.npy", first / "embeddings.npy")
+    monkeypatch.setattr(database, "_build_database", lambda *a, **k: pytest.fail("built again"))
+    second = database.build_database(["embedded"], tmp_path / "second", progress=False)
+    assert json.loads((second / "manifest.json").read_text()) == json.loads((first / "manifest.json").read_text())
+    assert len(open_database(second)) == 18093
+    # a damaged cache entry is not placed: the next build builds
+    (cached[0] / "labels.csv.gz").write_bytes(b"damaged")
+    with pytest.raises(pytest.fail.Exception, match="built again"):
+        database.build_database(["embedded"], tmp_path / "third", progress=False)

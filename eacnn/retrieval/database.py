@@ -686,22 +686,116 @@ def _fit_calibration(model, cfg, progress: bool, full_data: bool = False, n_quer
 def build_database(sources: Sequence[str], out: str | Path, checkpoint: str | Path | None = None,
                    progress: bool = True, cluster: str | None = None, dedupe: bool = False) -> Path:
     """Embed every structure of ``sources`` (``"embedded"``, folders of CIF files) with a checkpoint's model and
-    write the database folder ``out``."""
-    from eacnn.config import Config
-    from eacnn.training.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, model_from_checkpoint
+    write the database folder ``out``.
+
+    The content-keyed cache of searches (:func:`default_database`) and ``out`` share their files: a database the
+    cache already holds for this model and these sources is linked (or copied) to ``out`` instead of built again,
+    and one built here is linked into the cache (never copied: a large database is not stored twice), so a search
+    of the same sources (``--database embedded --database DIR``) does not build it again. Not with ``dedupe``,
+    which the cache does not do. Linked files are one file: an edit of either is refused on opening both, as any
+    edit of a database is."""
+    from eacnn.training.checkpoint import DEFAULT_CHECKPOINT
 
     path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+    sha = file_sha256(path)
+    out = Path(out)
+    key = None if dedupe else cache_dir() / "databases" / database_key(sha, [str(s) for s in sources])
+    if key is None or out.resolve() == key.resolve():
+        return _build_database(sources, out, path, sha, progress, cluster, dedupe)
+    if _intact(key):
+        log.warning("the same database (this model, these sources' content) is in the search cache: placing %s at "
+                    "%s instead of building it again", key, out)
+        return _place_folder(key, out, copy=True)
+    folder = _build_database(sources, out, path, sha, progress, cluster, dedupe)
+    _share_with_cache(folder, key)
+    return folder
+
+
+def _intact(folder: Path) -> bool:
+    """Whether ``folder`` is a complete database whose files match its manifest."""
+    if not (folder / "manifest.json").is_file():
+        return False
+    try:
+        open_database(folder)
+    except EACNNError:
+        return False
+    return True
+
+
+def _place_folder(src: Path, dst: Path, copy: bool) -> Path:
+    """``src``'s files at ``dst`` as one atomic step (a temporary folder renamed into place, replacing an earlier
+    database there): hard links where the file system allows, else copies when ``copy``; OSError otherwise."""
+    dst = output_folder(dst)
+    tmp = dst.with_name(dst.name + f".{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for f in sorted(src.iterdir()):
+            if not f.is_file():
+                continue
+            try:
+                os.link(f, tmp / f.name)
+            except OSError:
+                if not copy:
+                    raise
+                shutil.copy2(f, tmp / f.name)
+        if dst.exists():
+            old = dst.with_name(dst.name + f".{os.getpid()}.old")
+            os.replace(dst, old)
+            os.replace(tmp, dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+def _share_with_cache(folder: Path, key: Path) -> None:
+    """Link a just-built database into the search cache at ``key`` when no other process is building it there (the
+    cache's lock, not waited for) and the file system allows hard links; otherwise leave the cache alone."""
+    try:
+        key.parent.mkdir(parents=True, exist_ok=True)
+        with open(key.with_name(key.name + ".lock"), "a") as handle:
+            try:
+                import fcntl
+
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except ImportError:
+                return
+            if not (key / "manifest.json").is_file():
+                _place_folder(folder, key, copy=False)
+    except OSError:  # another process holds the lock, a read-only cache, or no hard links across file systems
+        pass
+
+
+def _build_database(sources: Sequence[str], out: Path, path: Path, sha: str, progress: bool, cluster: str | None,
+                    dedupe: bool) -> Path:
+    """:func:`build_database` without the cache: embed and write ``out``."""
+    from eacnn.config import Config
+    from eacnn.training.checkpoint import load_checkpoint, model_from_checkpoint
+
     ckpt = load_checkpoint(path)
-    return model_database(model_from_checkpoint(ckpt), Config.from_dict(ckpt["config"]), sources, out,
-                          file_sha256(path), progress, cluster=cluster, dedupe=dedupe)
+    if set(sources) == {"embedded"} and shipped_embeddings(sha) is not None:
+        # nothing to embed: the pattern tower alone is exported (the structure tower's mace import takes seconds)
+        from eacnn.retrieval.pattern_tower import export_encoder
+        from eacnn.training.checkpoint import pattern_encoder_from_checkpoint
+
+        encoder, model_cfg = pattern_encoder_from_checkpoint(ckpt)
+        return model_database(None, Config.from_dict(ckpt["config"]), sources, out, sha, progress, dedupe=dedupe,
+                              tower=export_encoder(encoder, model_cfg.xrd_positions))
+    return model_database(model_from_checkpoint(ckpt), Config.from_dict(ckpt["config"]), sources, out, sha, progress,
+                          cluster=cluster, dedupe=dedupe)
 
 
 def model_database(model, cfg, sources: Sequence[str], out: str | Path, model_sha: str | None = None,
                    progress: bool = True, calibration_queries: int | None = None,
                    calibration_rerank: int | None = None, cluster: str | None = None,
-                   dedupe: bool = False) -> Path:
+                   dedupe: bool = False, tower: dict | None = None) -> Path:
     """:func:`build_database` for a model in memory (``model_sha``: its checkpoint's SHA-256, which selects shipped
-    embeddings and caches the calibration; None for a model without a checkpoint file)."""
+    embeddings and caches the calibration; None for a model without a checkpoint file). ``model`` may be None when
+    the shipped embeddings and calibration cover every source and ``tower`` (the exported pattern tower) is given."""
     from eacnn.retrieval.pattern_tower import export_tower
 
     sha = model_sha or "in-memory-" + hashlib.sha256(repr(sorted(cfg.to_dict().items())).encode()).hexdigest()[:12]
@@ -730,7 +824,7 @@ def model_database(model, cfg, sources: Sequence[str], out: str | Path, model_sh
         labels, emb, vectors = labels.iloc[keep].reset_index(drop=True), emb[keep], vectors[keep]
         sticks = _sticks_arrays([tt[i] for i in keep], [ar[i] for i in keep])
         reflections = take_reflections(reflections, keep)
-    return write_database(out, labels, emb, export_tower(model), calibration, sha, sources, sticks, vectors,
+    return write_database(out, labels, emb, export_tower(model) if tower is None else tower, calibration, sha, sources, sticks, vectors,
                           dataclasses.asdict(cfg.xrd), reflections, skipped)
 
 

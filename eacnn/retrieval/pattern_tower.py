@@ -13,7 +13,7 @@ import numpy as np
 
 from eacnn.errors import PatternError
 
-__all__ = ["export_tower", "PatternTower"]
+__all__ = ["export_tower", "export_encoder", "PatternTower"]
 
 
 def _fold(sd: dict, conv: str, bn: str, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
@@ -25,12 +25,16 @@ def _fold(sd: dict, conv: str, bn: str, eps: float = 1e-5) -> tuple[np.ndarray, 
 
 
 def export_tower(model) -> dict[str, np.ndarray]:
-    """The arrays of :class:`PatternTower` from an ``EACNN`` model (its ``xrd_encoder``), batch norms folded.
+    """The arrays of :class:`PatternTower` from an ``EACNN`` model (its ``xrd_encoder``), batch norms folded."""
+    return export_encoder(model.xrd_encoder, model.model_config.xrd_positions)
+
+
+def export_encoder(enc, positions: int) -> dict[str, np.ndarray]:
+    """The arrays of :class:`PatternTower` from an ``XRDEncoder`` (``positions``: its ``model.xrd_positions``).
 
     Keys: ``stem.w/b``, ``{stage}.{i}.conv1.w/b``, ``.conv2.w/b``, ``.skip.w/b`` (when the block has one),
     ``.stride``, ``fc.w/b``, ``proj.w/b``, ``positions`` (the average-pooled 2θ positions).
     """
-    enc = model.xrd_encoder
     sd = {k: v.detach().cpu().double().numpy() for k, v in enc.state_dict().items()}
     out = {}
     out["stem.w"], out["stem.b"] = _fold(sd, "stem.0", "stem.1")
@@ -45,7 +49,7 @@ def export_tower(model) -> dict[str, np.ndarray]:
     for name in ("fc", "proj"):
         out[f"{name}.w"] = sd[f"{name}.weight"].astype(np.float32)
         out[f"{name}.b"] = sd[f"{name}.bias"].astype(np.float32)
-    out["positions"] = np.array(model.model_config.xrd_positions)
+    out["positions"] = np.array(positions)
     return out
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "load_checkpoint",
     "config_mismatch",
     "model_from_checkpoint",
+    "pattern_encoder_from_checkpoint",
     "load_pretrained",
     "package_versions",
 ]
@@ -163,6 +164,25 @@ def model_from_checkpoint(ckpt: dict[str, Any], map_location: Any = "cpu"):
     except RuntimeError as err:
         raise CheckpointError(f"the checkpoint's weights do not fit its own config: {err}") from err
     return model.to(map_location).eval()
+
+
+def pattern_encoder_from_checkpoint(ckpt: dict[str, Any]):
+    """The trained XRD tower alone (:class:`eacnn.models.xrd_tower.XRDEncoder`, eval mode) and its model config,
+    from a loaded checkpoint dict: what a database of shipped embeddings needs, without importing the structure
+    tower's mace-torch (seconds)."""
+    from eacnn.models.xrd_tower import XRDEncoder
+
+    try:
+        cfg = Config.from_dict(ckpt["config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"the checkpoint's config cannot be read: {err}") from err
+    enc = XRDEncoder(cfg.model)
+    prefix = "xrd_encoder."
+    try:
+        enc.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+    except RuntimeError as err:
+        raise CheckpointError(f"the checkpoint's XRD tower does not fit its own config: {err}") from err
+    return enc.eval(), cfg.model
 
 
 def load_pretrained(path: str | Path | None = None, map_location: Any = "cpu"):
