@@ -107,12 +107,16 @@ def scan_fit_example(grid, db, formula: str, fits: int = 8) -> tuple[list, list[
 # ---------------------------------------------------------------------------------------------------------------
 def synthetic_mixture(sticks: Sequence[tuple[np.ndarray, np.ndarray]], fractions: Sequence[float],
                       rng: np.random.Generator, family: str = "train", strain_mean: float = -0.005,
-                      strain_sd: float = 0.015, strain_max: float = 0.03) -> tuple[np.ndarray, np.ndarray, dict]:
+                      strain_sd: float = 0.015, strain_max: float = 0.03, xrd=None
+                      ) -> tuple[np.ndarray, np.ndarray, dict]:
     """A measured-like pattern of a mixture: each phase's reflections (2θ [p] degrees, areas [p]) under its own
     lattice mismatch ε ~ N(strain_mean, strain_sd) truncated to ±strain_max, areas scaled to sum to its intensity
     fraction, then every other effect of :func:`eacnn.physics.measurement.perturb_measured` (``family``) drawn once
     for the whole pattern (one instrument: zero shift, displacement, peak shape, Kα2, background, noise, coverage).
     Without Miller indices there is no preferred orientation; there is no impurity phase.
+
+    ``xrd``: the grid the pattern is made on (default the model's 140 bins; e.g. a 0.02° step for a scan, whose
+    2θ are ``xrd.bin_centers()``).
 
     Returns:
         pattern [n_bins] (max 1), covered [n_bins] bool, and ``{"strains": [k], "params": drawn values}``.
@@ -132,6 +136,6 @@ def synthetic_mixture(sticks: Sequence[tuple[np.ndarray, np.ndarray]], fractions
     tt, area = np.concatenate(tts), np.concatenate(areas)
     order = np.argsort(tt)
     cfg = dataclasses.replace(MeasurementConfig(), scale_mean=0.0, scale_sd=0.0, scale_max=0.0)  # per phase here
-    y, mask, params = perturb_measured([(tt[order], area[order])], cfg, rng, family=family)
+    y, mask, params = perturb_measured([(tt[order], area[order])], cfg, rng, family=family, xrd=xrd)
     return y[0], mask[0], {"strains": strains, "params": params}
 
