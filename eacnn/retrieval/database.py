@@ -395,6 +395,12 @@ def _write_folder(folder: Path, tmp: Path, files: dict, emb: np.ndarray, calibra
         "mixture": MixtureConfig().to_dict(), "files": {name: file_sha256(tmp / name) for name in sorted(os.listdir(tmp))},
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return _swap_in(tmp, folder)
+
+
+def _swap_in(tmp: Path, folder: Path) -> Path:
+    """The finished temporary folder ``tmp`` renamed to ``folder``, replacing an earlier one there (renames only:
+    a reader sees the old database or the new one, never a mixture)."""
     if folder.exists():
         old = folder.with_name(folder.name + f".{os.getpid()}.old")
         os.replace(folder, old)
@@ -739,17 +745,10 @@ def _place_folder(src: Path, dst: Path, copy: bool) -> Path:
                 if not copy:
                     raise
                 shutil.copy2(f, tmp / f.name)
-        if dst.exists():
-            old = dst.with_name(dst.name + f".{os.getpid()}.old")
-            os.replace(dst, old)
-            os.replace(tmp, dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dst)
+        return _swap_in(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return dst
 
 
 def _share_with_cache(folder: Path, key: Path) -> None:
