@@ -175,6 +175,33 @@ def test_two_phases_refined_together_share_the_intensity_as_they_were_mixed():
     np.testing.assert_allclose(fit.metrics[1][:3], 1 / 5.64**2, rtol=2e-3)
 
 
+def test_a_diverged_joint_fit_reports_unknown_errors_without_calling_lapack(monkeypatch):
+    """A fit whose Jacobian overflowed (a phase's parameters ran away) gives NaN scale errors without handing the
+    infinite normal matrix to LAPACK: its SVD then prints "On entry to DLASCL ... illegal value" on the user's
+    terminal, or, with one infinite entry, does not return (seen in a probe of validation mixtures)."""
+    from eacnn.retrieval import scanmix
+
+    a = Structure(Lattice.cubic(3.905), SPECIES, COORDS)
+    ta, ia, _ = pymatgen_sticks(a)
+    x, y, _ = measured_scan(ta, ia, np.random.default_rng(0), MILD)
+    real_jacobian, real_pinv = scanmix._Phases.jacobian, np.linalg.pinv
+
+    def runaway(self, p):  # the first scale's column overflows in JᵀJ
+        j = real_jacobian(self, p)
+        j[:, 0] *= 1e200
+        return j
+
+    def finite_only(m, *args, **kwargs):
+        assert np.all(np.isfinite(m)), "LAPACK handed a non-finite matrix"
+        return real_pinv(m, *args, **kwargs)
+
+    monkeypatch.setattr(scanmix._Phases, "jacobian", runaway)
+    monkeypatch.setattr("eacnn.retrieval.lsq.levenberg_marquardt", lambda f, j, p, *a, **k: (p, f(p)))
+    monkeypatch.setattr(np.linalg, "pinv", finite_only)
+    fit = scanmix.fit_phases_scan(x, y, [_refl(a)], CU.kalpha1, CU.kalpha2)
+    assert np.all(np.isnan(fit.scale_errors)) and np.all(np.isnan(fit.covariance))
+
+
 def test_weight_fraction_errors_follow_the_scales_covariance():
     from eacnn.retrieval.scanmix import fraction_errors
 

@@ -164,10 +164,14 @@ def fit_phases_scan(two_theta: np.ndarray, intensity: np.ndarray, reflections: l
     n, npar = len(x), mix.size()
     chi2 = res2 / max(n - npar, 1)
     jac = mix.jacobian(p)[:n]
-    try:
-        cov = np.linalg.pinv(jac.T @ jac)[:P, :P] * chi2
-    except np.linalg.LinAlgError:
-        cov = np.full((P, P), np.nan)
+    with np.errstate(over="ignore", invalid="ignore"):
+        jtj = jac.T @ jac
+    cov = np.full((P, P), np.nan)
+    if np.all(np.isfinite(jtj)):  # a diverged fit's Jacobian overflows; LAPACK would print to stderr on it
+        try:
+            cov = np.linalg.pinv(jtj)[:P, :P] * chi2
+        except np.linalg.LinAlgError:
+            pass
     metrics = []
     for i, m in enumerate(models):
         cell = p[mix.offsets[i] : mix.offsets[i] + m.k]
