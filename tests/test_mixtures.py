@@ -262,3 +262,28 @@ def test_the_rietveld_crosscheck_prose_comes_from_its_table(tmp_path):
     assert len(table) == 5 and words["cc_scans"] == "1"  # the medians are over two-phase scans only
     assert words["cc_scan"] == "8.0" and words["cc_rietx"] == "12.0" and words["cc_between"] == "4.0"
     assert words["cc_both_over"] == "A" and words["cc_both_over_n"] == "1" and words["cc_rietx_zero"] == "E"
+
+
+def test_synthetic_mixture_makes_a_scan_on_a_fine_grid_with_each_phase_in_its_place():
+    """``synthetic_mixture(xrd=...)`` (the scan-level probe's validation mixtures): the pattern lies on the grid asked
+    for, and each phase's strongest line, shifted by its drawn lattice strain, carries a peak there."""
+    import dataclasses
+
+    from eacnn.analysis import synthetic_mixture
+    from eacnn.config import XRDConfig
+    from eacnn.physics.perturb import bragg_shift
+    from eacnn.physics.wavelengths import CU
+
+    fine = dataclasses.replace(XRDConfig(), step=0.02)
+    sticks = [(np.array([30.0, 52.0]), np.array([1.0, 0.2])), (np.array([41.0, 66.0]), np.array([1.0, 0.3]))]
+    y, covered, drawn = synthetic_mixture(sticks, [0.5, 0.5], np.random.default_rng(3), xrd=fine)
+    x = fine.bin_centers()
+    assert y.shape == covered.shape == x.shape and len(x) == 3500
+    checked = 0
+    for (tt, _), eps in zip(sticks, drawn["strains"]):
+        at = float(bragg_shift(np.array([tt[0]]), eps, 0.0, CU.kalpha1)[0])
+        near = covered & (np.abs(x - at) < 0.6)
+        if near.any():  # inside the drawn window
+            assert y[near].max() > 5 * np.median(y[covered])
+            checked += 1
+    assert checked >= 1
