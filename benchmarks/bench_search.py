@@ -81,7 +81,8 @@ def main() -> None:
     print(f"{'warm (median of 3; --phases 1 --scan-fits 0)':<44} {np.median(no_fit):8.2f}s")
     print(f"{f'batch of {args.batch} files, one process, --phases 1':<44} {t_batch:8.2f}s {batch_mb:8.0f}MB"
           f"   {per_second:.1f} patterns/s after loading ({n_lines} JSON lines)")
-    _index(args.big)
+    if args.big > 0:  # --big 0: the command-line paths only
+        _index(args.big)
 
 
 def _index(n: int) -> None:
