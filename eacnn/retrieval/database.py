@@ -491,6 +491,15 @@ def shipped_embeddings(checkpoint_sha: str) -> tuple[np.ndarray, np.ndarray, dic
         return f["material_id"].astype(str), f["embeddings"].astype(np.float32), meta["calibration"]
 
 
+def _ships_embeddings_for(checkpoint_sha: str) -> bool:
+    """Whether the package ships embeddings of the embedded structures for this checkpoint (its record only; the
+    file is checked when :func:`shipped_embeddings` reads it)."""
+    try:
+        return json.loads((SHIPPED_DIR / "embedded.json").read_text()).get("checkpoint_sha256") == checkpoint_sha
+    except (OSError, ValueError):
+        return False
+
+
 def _embedded_from_shipped(ids: np.ndarray, emb: np.ndarray, cfg, progress: bool):
     """labels, embeddings, sticks, vectors and indexed reflections (arrays) of the embedded database from shipped
     embeddings (simulating the patterns and reflections, which take seconds, instead of embedding 18,093 structures,
@@ -776,7 +785,7 @@ def _build_database(sources: Sequence[str], out: Path, path: Path, sha: str, pro
     from eacnn.training.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(path)
-    if set(sources) == {"embedded"} and shipped_embeddings(sha) is not None:
+    if set(sources) == {"embedded"} and _ships_embeddings_for(sha):
         # nothing to embed: the pattern tower alone is exported (the structure tower's mace import takes seconds)
         from eacnn.retrieval.pattern_tower import export_encoder
         from eacnn.training.checkpoint import pattern_encoder_from_checkpoint
@@ -823,7 +832,8 @@ def model_database(model, cfg, sources: Sequence[str], out: str | Path, model_sh
         labels, emb, vectors = labels.iloc[keep].reset_index(drop=True), emb[keep], vectors[keep]
         sticks = _sticks_arrays([tt[i] for i in keep], [ar[i] for i in keep])
         reflections = take_reflections(reflections, keep)
-    return write_database(out, labels, emb, export_tower(model) if tower is None else tower, calibration, sha, sources, sticks, vectors,
+    tower = export_tower(model) if tower is None else tower
+    return write_database(out, labels, emb, tower, calibration, sha, sources, sticks, vectors,
                           dataclasses.asdict(cfg.xrd), reflections, skipped)
 
 
@@ -872,7 +882,7 @@ def default_database(sources: Sequence[str] = ("embedded",), checkpoint: str | P
     folder = cache_dir() / "databases" / database_key(file_sha256(path), sources)
 
     def build() -> None:
-        shipped = "embedded" in sources and shipped_embeddings(file_sha256(path)) is not None
+        shipped = "embedded" in sources and _ships_embeddings_for(file_sha256(path))
         others = [s for s in sources if s != "embedded"]
         log.warning("building the search database once for this model and these sources (%s); later searches reuse "
                     "it", ("about 30 s: the embedded structures' embeddings are shipped" if shipped else
