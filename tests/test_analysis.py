@@ -687,6 +687,23 @@ def test_the_reproduction_sentence_says_what_the_runs_allow():
     assert text.startswith("With 50 epochs on 8,142 structures") and "16,000 structures is still training: epoch 8" in text
 
 
+def test_the_default_towers_sentence_reports_each_finished_run_and_whether_data_helped():
+    from eacnn.analysis.curves import default_sentence
+
+    assert "No finished learning-curve run" in default_sentence(_summary([]).iloc[0:0])
+    flat = _summary([{"tower": "default", "n_train": 1000, "val_top1": 0.99, "test_top1": 0.9906, "best_epoch": 21},
+                     {"tower": "default", "n_train": 2000, "val_top1": 0.99, "test_top1": 0.9819, "best_epoch": 12},
+                     {"tower": "default", "n_train": 4000, "val_top1": 0.97, "finished": False, "epochs_run": 5},
+                     {"tower": "paper", "n_train": 8000, "val_top1": 0.03, "test_top1": 0.04}])
+    text = default_sentence(flat)
+    assert "99.06 % with 1,000 structures (best epoch 21), 98.19 % with 2,000 structures (best epoch 12)" in text
+    assert "moves by -0.87 points, within 1 point: its clean Top-1 is saturated" in text
+    assert "4,000 structures is still training: epoch 5, validation Top-1 97.00 %" in text and "4.00" not in text
+    rising = _summary([{"tower": "default", "n_train": 1000, "val_top1": 0.5, "test_top1": 0.50},
+                       {"tower": "default", "n_train": 4000, "val_top1": 0.7, "test_top1": 0.70}])
+    assert "moves by +20.00 points" in default_sentence(rising) and "saturated" not in default_sentence(rising)
+
+
 def test_a_run_still_training_is_not_a_point_of_the_power_law():
     from eacnn.analysis.curves import scaling_fit
 

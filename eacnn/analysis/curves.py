@@ -16,7 +16,7 @@ import pandas as pd
 from eacnn.paths import DATA_DIR
 from eacnn.published import published
 
-__all__ = ["curves_table", "curves_summary", "curve_status", "scaling_fit", "reproduction_sentence",
+__all__ = ["curves_table", "curves_summary", "curve_status", "scaling_fit", "reproduction_sentence", "default_sentence",
            "embedding_collisions", "collision_report", "MP20_TRAIN", "PAPER_TRAIN"]
 
 MP20_TRAIN = 27_136  # structures in MP-20's train split (Xie et al. 2022), not shipped here
@@ -135,6 +135,32 @@ def reproduction_sentence(summary: pd.DataFrame, published_top1: float) -> str:
                  f"validation Top-1 {100 * g['val_top1']:.2f} % so far)")
     return (f"With {int(run['epochs_run'])} epochs on {int(run['n_train']):,} structures the paper's tower reaches "
             f"{where}, against the published {published_top1:.2f} %; {ending}{scale}{later}.")
+
+
+def default_sentence(summary: pd.DataFrame, flat_points: float = 1.0) -> str:
+    """What our default tower's curve runs show, in one sentence for the book: each finished run's test Top-1 with
+    its training-set size and best epoch, whether more data raised it (by more than ``flat_points`` percentage points
+    from the smallest to the largest run), and what the runs stop on; a run still training is named as such."""
+    runs = (summary[summary["tower"] == "default"].sort_values("n_train") if "tower" in summary
+            else summary.iloc[0:0])
+    done = runs[runs["finished"].astype(bool) & (runs["test_top1"] == runs["test_top1"])] if len(runs) else runs
+    if not len(done):
+        return "No finished learning-curve run of our default tower is recorded yet (`python scripts/curves.py`)."
+    each = ", ".join(f"{100 * r.test_top1:.2f} % with {int(r.n_train):,} structures (best epoch {int(r.best_epoch)})"
+                     for r in done.itertuples())
+    text = f"Our default tower, trained the same way, reaches {each} on the test pool"
+    if len(done) > 1:
+        change = 100 * (float(done["test_top1"].iloc[-1]) - float(done["test_top1"].iloc[0]))
+        text += (f": from {int(done['n_train'].iloc[0]):,} to {int(done['n_train'].iloc[-1]):,} structures it moves "
+                 f"by {change:+.2f} points" + (f", within {flat_points:g} point: its clean Top-1 is saturated"
+                                               if abs(change) <= flat_points else ""))
+    going = runs[~runs["finished"].astype(bool)]
+    if len(going):
+        g = going.iloc[-1]
+        text += (f" (a run on {int(g['n_train']):,} structures is still training: epoch {int(g['epochs_run'])}, "
+                 f"validation Top-1 {100 * g['val_top1']:.2f} % so far)")
+    return (text + ". Its structure side also reads the structure's own simulated pattern; its runs stop on the mean "
+            "of the clean and perturbed validation Top-1, not on the clean one alone.")
 
 
 def embedding_collisions(z: np.ndarray, phase: np.ndarray, threshold: float = 0.999, block: int = 2048
