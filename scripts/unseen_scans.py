@@ -92,11 +92,14 @@ def main() -> int:
                                                  (f"{search} (binned)", *_binned(result))):
                         found = [phase_of[r] for r in hits["row"]]
                         rank = found.index(truth) + 1 if truth in found else 99
+                        # the phases the answer could not tell apart (the search's own set, not the binned one's)
+                        close = ";".join(phase_of[r] for r in result.ambiguous["row"]) if (
+                            label == search and len(result.ambiguous)) else ""
                         rows.append({"condition": condition, "material_id": rec["material_id"], "truth": truth,
                                      "search": label, "rank": rank, "verdict": verdict,
                                      "top1": found[0] if found else "",
                                      "chi2": float(hits["scan_chi2"].iloc[0]) if label == search and "scan_chi2"
-                                     in hits else np.nan})
+                                     in hits else np.nan, "ambiguous": close})
                 q = np.where(grid.covered, grid.vector, 0.0).astype(np.float32)
                 sim = (clean * grid.covered) @ q / np.maximum(
                     np.linalg.norm(clean * grid.covered, axis=1) * np.linalg.norm(q), 1e-12)

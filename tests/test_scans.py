@@ -122,5 +122,8 @@ def test_the_misses_are_told_apart_as_look_alikes_polymorphs_and_others():
     ])
     words = unseen_misses(df)
     assert words == {"miss_n": "3", "miss_queries": "4", "miss_isotype": "1", "miss_polymorph": "1",
-                     "miss_other": "1", "miss_elements": "1", "miss_confident": "1"}
+                     "miss_other": "1", "miss_elements": "1", "miss_confident": "1", "miss_in_set": "n/a"}
     assert unseen_misses(df[df["rank"] == 1])["miss_n"] == "0"
+    # answers recorded with the phases they could not tell apart: the right one named among them counts
+    sets = ["", "ErSe|Fm-3m;HoAs|Fm-3m", "HoAs|P6_3/mmc;HoAs|Fm-3mX", "", "", "", ""]
+    assert unseen_misses(df.assign(ambiguous=sets))["miss_in_set"] == "1"

@@ -358,8 +358,9 @@ def unseen_misses(df: pd.DataFrame, search: str = "eacnn search") -> dict[str, s
     unstrained condition: how many; how many name a phase of the query's space group with another formula (the
     look-alike an isotype gives: the same lines, other intensities and cell; only chemistry or intensities to within
     the noise decide), how many the query's formula in another space group (a polymorph), how many something else;
-    how many of them are first when the elements are given; and how many were confident ("match"). Reporting only:
-    nothing chooses a setting from it."""
+    how many of them are first when the elements are given; how many answers named the right phase among the
+    look-alikes they could not tell apart (the ambiguous set, ``ambiguous``; "n/a" for answers recorded without
+    it); and how many were confident ("match"). Reporting only: nothing chooses a setting from it."""
     def split(label: pd.Series) -> tuple[pd.Series, pd.Series]:
         parts = label.astype(str).str.rsplit("|", n=1, expand=True)
         return parts[0], parts[1] if parts.shape[1] > 1 else pd.Series("", index=label.index)
@@ -368,7 +369,7 @@ def unseen_misses(df: pd.DataFrame, search: str = "eacnn search") -> dict[str, s
     miss = ours[ours["rank"] != 1]
     if not len(miss):
         return {"miss_n": "0", "miss_isotype": "0", "miss_polymorph": "0", "miss_other": "0", "miss_elements": "0",
-                "miss_confident": "0", "miss_queries": str(len(ours))}
+                "miss_confident": "0", "miss_queries": str(len(ours)), "miss_in_set": "0"}
     t_formula, t_group = split(miss["truth"])
     a_formula, a_group = split(miss["top1"].fillna(""))
     isotype = (a_group == t_group) & (a_formula != t_formula)
@@ -376,7 +377,11 @@ def unseen_misses(df: pd.DataFrame, search: str = "eacnn search") -> dict[str, s
     given = df[df["search"] == f"{search}, elements given"].set_index(["condition", "material_id"])["rank"]
     keys = list(zip(miss["condition"], miss["material_id"]))
     first_given = sum(int(given.get(k, 0) == 1) for k in keys)
-    return {"miss_n": str(len(miss)), "miss_queries": str(len(ours)), "miss_isotype": str(int(isotype.sum())),
+    in_set = "n/a"
+    if "ambiguous" in miss:
+        named = miss["ambiguous"].fillna("").astype(str).str.split(";")
+        in_set = str(sum(int(t in set(n)) for t, n in zip(miss["truth"], named)))
+    return {"miss_in_set": in_set, "miss_n": str(len(miss)), "miss_queries": str(len(ours)), "miss_isotype": str(int(isotype.sum())),
             "miss_polymorph": str(int(polymorph.sum())), "miss_other": str(int((~isotype & ~polymorph).sum())),
             "miss_elements": str(first_given), "miss_confident": str(int((miss["verdict"] == "match").sum()))}
 

@@ -184,7 +184,10 @@ def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, 
         chi2 = hits["scan_chi2"].to_numpy()
         s_margin = scan_margin(chi2, (hits["formula"] + "|" + hits["spacegroup"]).to_numpy())
         fits_well, basis = bool(hits[f"scan_{SEARCH.scan_statistic}"].iloc[0] <= SEARCH.scan_limit), "scan"
-        ambiguous = _scan_ambiguous(hits, SEARCH.scan_margin) if fits_well else hits.iloc[0:0]
+        if fits_well:  # the phases the scan cannot tell apart
+            ambiguous = _scan_ambiguous(hits, SEARCH.scan_margin)
+        # else the binned score's set stands: where no candidate fits the scan within its limit (another
+        # instrument's peak shapes, other intensities), look-alikes on the bins are still look-alikes
     hits = hits.head(top).reset_index(drop=True)
     hits.insert(0, "rank", np.arange(1, len(hits) + 1))
     score = float(hits[score_name].iloc[0]) if len(hits) else float("nan")
