@@ -696,6 +696,7 @@ def test_the_default_towers_sentence_reports_each_finished_run_and_whether_data_
                      {"tower": "default", "n_train": 4000, "val_top1": 0.97, "finished": False, "epochs_run": 5},
                      {"tower": "paper", "n_train": 8000, "val_top1": 0.03, "test_top1": 0.04}])
     text = default_sentence(flat)
+    assert "clean Top-1 on the test pool (queries our own simulator made" in text
     assert "99.06 % with 1,000 structures (best epoch 21), 98.19 % with 2,000 structures (best epoch 12)" in text
     assert "moves by -0.87 points, within 1 point: its clean Top-1 is saturated" in text
     assert "4,000 structures is still training: epoch 5, validation Top-1 97.00 %" in text and "4.00" not in text
