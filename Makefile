@@ -42,7 +42,8 @@ results: results-quick
 	$(PY) scripts/select_rerank.py --checkpoints .cache/full-run/shipped.pt .cache/full-run/epoch_{3,6,9,12,16}.pt .cache/full-run/avg_9-16.pt --out eacnn/data/epochs.csv   # ~1 h
 	$(PY) scripts/select_rerank.py --cell-grid --out eacnn/data/cell_fit.csv     # ~1 h
 	$(PY) scripts/select_rerank.py --depth-grid --out eacnn/data/rerank_depth.csv   # ~40 min
-	$(PY) scripts/select_rerank.py --texture-grid --queries 200 --out eacnn/data/texture_fit.csv   # ~45 min
+	$(PY) scripts/select_rerank.py --texture-grid --queries 200 --out eacnn/data/texture_fit.csv   # ~1 h
+	$(PY) scripts/select_rerank.py --recall-grid --queries 200 --out eacnn/data/cosine_recall.csv  # ~1 h
 	$(PY) scripts/ship_database.py --calibrate-only                   # the verdict (embedded.json): ~15 min
 	$(PY) scripts/select_scanfit.py --queries 120 --family train --raw .cache/scanfit_train.csv     # ~9 min
 	$(PY) scripts/select_scanfit.py --queries 120 --family heldout --raw .cache/scanfit_heldout.csv # ~8 min

@@ -89,21 +89,28 @@ def scaled_similarities(model, candidates: np.ndarray, clean: np.ndarray, patter
 
 
 def _refined_ranks(sim: np.ndarray, scale: np.ndarray | None, patterns: np.ndarray, masks: np.ndarray | None,
-                   sel: np.ndarray, dataset, rows: np.ndarray, rerank: int, rule, truth: np.ndarray | None = None
-                   ) -> np.ndarray:
+                   sel: np.ndarray, dataset, rows: np.ndarray, rerank: int, rule, truth: np.ndarray | None = None,
+                   vectors: np.ndarray | None = None) -> np.ndarray:
     """Rank of the true candidate [len(sel)] after refining each selected query's best ``rerank`` candidates
     (:func:`eacnn.retrieval.identify.refine`, with the cells of the best :data:`~eacnn.retrieval.identify.CELL_FITS`
     fitted too) and re-ranking them by ``rule``
     (:func:`eacnn.retrieval.identify.rerank_score`; None: the default's), as ``eacnn search`` does; ``rerank + 1`` when
-    it is not among them. Query q's true candidate is candidate q, or ``truth[k]`` for the k-th selected query."""
-    from eacnn.retrieval.identify import refine_shortlist
+    it is not among them. Query q's true candidate is candidate q, or ``truth[k]`` for the k-th selected query.
+    ``vectors`` [n, n_bins], the candidates' patterns: the search's cosine recall joins them to the shortlist
+    (:class:`eacnn.config.SearchConfig` ``.cosine_recall``; none when None)."""
+    from eacnn.retrieval.identify import SEARCH, refine_shortlist
+    from eacnn.retrieval.query import multiscale_cosine
 
     out = np.empty(len(sel), np.int64)
+    recall = vectors is not None and SEARCH.cosine_recall > 0
     for k, q in enumerate(sel):
-        top, _, agree = refine_shortlist(patterns[q], None if masks is None else masks[q], sim[q], rows,
+        mask = None if masks is None else masks[q]
+        cos, cos_at = multiscale_cosine(vectors, patterns[q], mask, dataset.config.xrd) if recall else (None, None)
+        top, _, agree = refine_shortlist(patterns[q], mask, sim[q], rows,
                                          dataset.sticks, dataset.config.xrd, None if scale is None else scale[q],
                                          dataset.reflections, depth=rerank, rule=rule,
-                                         model_prior=rule is None)  # search-match: the agreement alone
+                                         model_prior=rule is None,  # search-match: the agreement alone
+                                         recall=cos, recall_scale=cos_at)
         hit = np.flatnonzero(top == (q if truth is None else truth[k]))
         out[k] = 1 + int(np.sum(np.delete(agree, hit[0]) >= agree[hit[0]])) if len(hit) else rerank + 1
     return out
@@ -175,7 +182,8 @@ def robustness_table(methods: dict, dataset, conditions: Sequence[str] = CONDITI
                 rule = ("linear", 1.0) if model is None else None  # search-match: the agreement alone
                 picked, truth = (np.arange(len(sel)), sel) if search_only else (sel, None)
                 record(condition, name, "search", _refined_ranks(sim, scale, patterns, masks, picked, dataset, rows,
-                                                                 rerank, rule, truth))
+                                                                 rerank, rule, truth,
+                                                                 None if model is None else clean))
     return pd.DataFrame(records)
 
 

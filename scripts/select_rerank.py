@@ -4,6 +4,7 @@
     python scripts/select_rerank.py --checkpoints A.pt B.pt ... [--out epochs.csv]  # the model, for the shipped rule
     python scripts/select_rerank.py --cell-grid [--out eacnn/data/cell_fit.csv]      # the cell fit's settings
     python scripts/select_rerank.py --depth-grid [--out eacnn/data/rerank_depth.csv] # how many candidates to refine
+    python scripts/select_rerank.py --recall-grid [--out eacnn/data/cosine_recall.csv] # search-match's candidates too
 
 For seven query conditions of :mod:`eacnn.robustness` (clean, iso −2 %, iso +1 %, anisotropic 1.5 %, texture, the
 training measurement family, the held-out family), each of ``--queries`` validation structures is read at the lattice
@@ -40,6 +41,9 @@ import numpy as np
 import pandas as pd
 
 CONDITIONS = ("clean", "iso -2 %", "iso +1 %", "aniso 1.5 %", "texture", "measured", "second family")
+#: the conditions of the texture and recall grids: the seven, and platelets packed flat (``strong texture``, March
+#: r 0.5–0.7), the regime where the texture fit and the model's embedding are tried hardest
+GRID_CONDITIONS = CONDITIONS + ("strong texture",)
 PENALTIES = (0.0, 0.005, 0.01)  # similarity per 1 % of lattice scale away from 1
 #: the re-ranking scores compared: ("linear", w) is w · agreement + (1 − w) · similarity; ("likelihood", b) is
 #: similarity − b · ln(1 − agreement²), the similarity plus b times the log-likelihood ratio of the fit
@@ -48,7 +52,8 @@ SCORES = (("linear", 0.5), ("linear", 0.75), ("linear", 1.0), ("likelihood", 0.0
 
 
 def search_top1(model, ds, n_queries: int, penalties, rules, label: str = "", rerank: int | None = None,
-                conditions=CONDITIONS, extra=None, cell: bool = True, textures: int | None = None) -> list[dict]:
+                conditions=CONDITIONS, extra=None, cell: bool = True, textures: int | None = None,
+                recall: int = 0) -> list[dict]:
     """Top-1 (percent) of ``n_queries`` seeded validation queries per condition, penalty and rule, the validation and
     training structures the pool, answered as ``eacnn search`` does with ``model`` (its best ``rerank`` refined).
 
@@ -56,10 +61,11 @@ def search_top1(model, ds, n_queries: int, penalties, rules, label: str = "", re
     candidates (dataset ``rows``, :func:`eacnn.retrieval.identify.refine`'s ``fits``, their multi-scale
     ``similarity``) in other ways too; each name is recorded as a rule. ``cell=False`` refines lattice scales only
     (no cell fit); ``rerank`` None: :data:`eacnn.retrieval.identify.RERANK_DEPTH`, with the cells of the best
-    :data:`~eacnn.retrieval.identify.CELL_FITS` fitted."""
+    :data:`~eacnn.retrieval.identify.CELL_FITS` fitted. ``recall``: that many candidates of best binned cosine
+    (:func:`eacnn.retrieval.query.multiscale_cosine`) join the shortlist."""
     from eacnn.retrieval.embed import embed_dataset
     from eacnn.retrieval.identify import RERANK_DEPTH, refine_shortlist, rerank_score
-    from eacnn.retrieval.query import SCALES, scale_prior
+    from eacnn.retrieval.query import SCALES, multiscale_cosine, scale_prior
     from eacnn.physics.conditions import condition_queries
     from eacnn.robustness import scaled_similarities
 
@@ -82,9 +88,11 @@ def search_top1(model, ds, n_queries: int, penalties, rules, label: str = "", re
             hits = {f"{rule[0]} {rule[1]:g}": [] for rule in rules}
             for k, q in enumerate(sel):
                 mask = None if masks is None else masks[k]
+                cos, cos_at = multiscale_cosine(clean, patterns[k], mask, ds.config.xrd) if recall else (None, None)
                 top, fits, _ = refine_shortlist(patterns[k], mask, best[k], pool, ds.sticks, ds.config.xrd,
                                                 SCALES[j[k]], ds.reflections if cell else None, depth=rerank,
-                                                textures=textures)
+                                                textures=textures, recall=cos, recall_scale=cos_at,
+                                                recall_depth=recall)
                 agree = fits["agreement"].to_numpy()
                 aniso, tex = fits["anisotropy"].to_numpy(), fits["texture"].to_numpy()
                 scores = {f"{rule[0]} {rule[1]:g}": rerank_score(agree, best[k, top], rule, aniso, tex)
@@ -200,7 +208,7 @@ def choose_texture(means: pd.Series) -> tuple[int, float, float]:
     return count, -gain, -prior
 
 
-def texture_grid(model, ds, n_queries: int, conditions=CONDITIONS) -> list[dict]:
+def texture_grid(model, ds, n_queries: int, conditions=GRID_CONDITIONS) -> list[dict]:
     """Top-1 per condition for the shipped rule, depth and cell fit with no texture fit ("no texture") and with it
     under each (candidates, gain, prior) of :data:`TEXTURE_COUNTS` × :data:`TEXTURE_GAINS` × :data:`TEXTURE_PRIORS`
     (every cell-fitted candidate's texture fitted once; each setting reads a prefix of them by their score before)."""
@@ -231,6 +239,32 @@ def texture_grid(model, ds, n_queries: int, conditions=CONDITIONS) -> list[dict]
     return [r for r in records if r["rule"].startswith(("texture", "no texture"))]
 
 
+#: how many candidates of best binned cosine join the refined shortlist, compared by ``--recall-grid``
+#: (:class:`eacnn.config.SearchConfig` ``.cosine_recall``)
+RECALLS = (0, 5, 10, 20)
+
+
+def choose_recall(means: pd.Series) -> int:
+    """The recall that ships, from each setting's mean Top-1 over the conditions: the smallest (each recalled
+    candidate is refined too) within :data:`DEPTH_TIE` of the best mean."""
+    tied = means[means >= means.max() - DEPTH_TIE].index
+    return min(int(rule.split()[1]) for rule in tied)
+
+
+def recall_grid(model, ds, n_queries: int, conditions=GRID_CONDITIONS) -> list[dict]:
+    """Top-1 per condition for the shipped rule, depth, cell and texture fits with each cosine recall of
+    :data:`RECALLS` (each a search of its own: the recalled candidates compete for the cell and texture fits)."""
+    from eacnn.retrieval.query import SCALE_PENALTY
+    from eacnn.retrieval.refine import RERANK
+
+    records = []
+    for recall in RECALLS:
+        for r in search_top1(model, ds, n_queries, (SCALE_PENALTY,), (RERANK,), "default", conditions=conditions,
+                             recall=recall):
+            records.append({**r, "rule": f"recall {recall}"})
+    return records
+
+
 def main() -> None:
     import torch
 
@@ -249,19 +283,25 @@ def main() -> None:
                         help="compare how many candidates are refined and how many cells fitted (shipped model, rule)")
     parser.add_argument("--texture-grid", action="store_true",
                         help="compare the texture fit's settings (and none) for the shipped model, rule and cell fit")
+    parser.add_argument("--recall-grid", action="store_true",
+                        help="compare how many candidates of best binned cosine join the shortlist (shipped model)")
     parser.add_argument("--rerank", type=int, help="candidates refined per query (eacnn search's --rerank; default: "
                                                   "the shipped RERANK_DEPTH)")
     parser.add_argument("--out", help="also write the per-condition Top-1 table here (CSV)")
-    parser.add_argument("--conditions", default=",".join(CONDITIONS),
+    parser.add_argument("--conditions", default=None,
                         help="a comma-separated subset of the conditions (two halves can run side by side)")
     args = parser.parse_args()
-    conditions = tuple(c.strip() for c in args.conditions.split(","))
-    unknown = sorted(set(conditions) - set(CONDITIONS))
+    known = GRID_CONDITIONS if args.recall_grid or args.texture_grid else CONDITIONS
+    conditions = known if args.conditions is None else tuple(c.strip() for c in args.conditions.split(","))
+    unknown = sorted(set(conditions) - set(known))
     if unknown:
-        parser.error(f"unknown condition(s) {unknown}; choose from {list(CONDITIONS)}")
+        parser.error(f"unknown condition(s) {unknown}; choose from {list(known)}")
     torch.set_flush_denormal(True)
     ds = build_dataset(Config.cpu(), progress=False)
-    if args.texture_grid:
+    if args.recall_grid:
+        records = recall_grid(load_pretrained(DEFAULT_CHECKPOINT), ds, args.queries, conditions)
+        table = pd.DataFrame(records).pivot_table(index="condition", columns="rule", values="top1")
+    elif args.texture_grid:
         records = texture_grid(load_pretrained(DEFAULT_CHECKPOINT), ds, args.queries, conditions)
         table = pd.DataFrame(records).pivot_table(index="condition", columns="rule", values="top1")
     elif args.depth_grid:
@@ -288,6 +328,8 @@ def main() -> None:
     print(f"best: {means.idxmax()}")
     if args.depth_grid:
         print(f"ships (the cheapest within {DEPTH_TIE:g} of the best mean): {choose_depth(means)}")
+    if args.recall_grid:
+        print(f"ships (the smallest within {DEPTH_TIE:g} of the best mean): cosine_recall = {choose_recall(means)}")
     if args.texture_grid:
         print("ships (texture fits, gain, prior): {}".format(choose_texture(means)))
 

@@ -354,3 +354,53 @@ def test_database_build_needs_no_structure_tower_and_shares_the_search_cache(tmp
     (cached[0] / "labels.csv.gz").write_bytes(b"damaged")
     with pytest.raises(pytest.fail.Exception, match="built again"):
         database.build_database(["embedded"], tmp_path / "third", progress=False)
+
+
+def test_cosine_recall_joins_search_matchs_best_to_the_shortlist(small_db):
+    """With ``cosine_recall`` the refined shortlist holds the candidates of best binned cosine even where the
+    model's similarity ranks them last (here: a query whose embedding is pointed away from the right entry by
+    leaving that entry's embedding out of the model's top)."""
+    from eacnn.retrieval.identify import identify
+    from eacnn.retrieval.query import multiscale_best, query_embeddings
+
+    db, sim = small_db
+    k = 42
+    y = sim.vectors[k] / sim.vectors[k].max()
+    z = query_embeddings(lambda a, m: db.tower(a, None), y, None, db.manifest and __import__(
+        "eacnn.config", fromlist=["XRDConfig"]).XRDConfig())
+    sims, _ = multiscale_best(z, np.asarray(db.embeddings))
+    worst = np.argsort(sims)[:60]  # the model's 60 least similar entries, plus the right one
+    exclude = np.ones(len(db), bool)
+    exclude[worst] = False
+    exclude[k] = False
+    # rerank 2 from 61 candidates: the right one is refined only if the model ranks it in its top 2 or the cosine
+    # recall brings it in (its cosine with its own pattern is 1)
+    with_recall = identify(y, None, db, top=3, rerank=2, exclude=exclude, cosine_recall=1)
+    assert with_recall.hits["row"].iloc[0] == k
+    assert with_recall.hits["cosine"].iloc[0] == pytest.approx(1.0, abs=1e-4)
+    without = identify(y, None, db, top=3, rerank=2, exclude=exclude, cosine_recall=0)
+    assert "cosine" not in without.hits
+    model_top2 = set(np.flatnonzero(~exclude)[np.argsort(-sims[~exclude], kind="stable")[:2]])
+    assert (k in model_top2) == (without.hits["row"].iloc[0] == k)
+
+
+def test_multiscale_cosine_finds_a_rescaled_pattern_and_reads_in_chunks():
+    from eacnn.config import XRDConfig
+    from eacnn.physics.perturb import bragg_shift, profile_patterns
+    from eacnn.retrieval.query import RECALL_SCALES, multiscale_cosine, recall_scales
+
+    rng = np.random.default_rng(0)
+    tt = rng.uniform(15, 75, 12)
+    area = rng.uniform(0.1, 1.0, 12)
+    ref = profile_patterns([(tt, area)])[0]
+    query = profile_patterns([(bragg_shift(tt, -0.02, 0.0, 1.5406), area)])[0]  # a cell 2 % smaller
+    others = rng.uniform(0, 1, (7, len(ref))).astype(np.float32)
+    vectors = np.vstack([others[:3], ref[None], others[3:]]).astype(np.float32)
+    best, scale = multiscale_cosine(vectors, query, None, XRDConfig())
+    assert int(np.argmax(best)) == 3
+    assert scale[3] == pytest.approx(1 / 0.98, abs=0.0026)  # read with d-spacings x 1.02: the 0.25 % grid holds it
+    again, scale2 = multiscale_cosine(vectors, query, None, XRDConfig(), chunk=3)
+    np.testing.assert_allclose(again, best, rtol=1e-5)
+    np.testing.assert_array_equal(scale2, scale)
+    assert len(RECALL_SCALES) == 33 and RECALL_SCALES[0] == 0.96 and RECALL_SCALES[-1] == 1.04
+    np.testing.assert_allclose(recall_scales(np.array([0.98, 1.0, 1.02])), np.linspace(0.98, 1.02, 9))

@@ -95,3 +95,19 @@ def test_accuracy_by_training_frequency_is_the_per_query_mean_per_bin():
     out = accuracy_by_training_frequency(preds, ["m"])
     assert out.loc["0", "m"] == 50.0 and out.loc["1–10", "m"] == 100.0 and out.loc["101–1,000", "queries"] == 2
     assert out.loc["0", "groups"] == 1 and np.isnan(out.loc["11–100", "m"])
+
+
+def test_recall_joins_the_shortlist_after_the_models_own():
+    from eacnn.retrieval.refine import _with_recall
+
+    top = np.array([4, 1, 7])
+    start = np.array([1.0, 0.99, 1.01])
+    recall = np.array([0.9, 0.8, 0.95, -np.inf, 0.7, 0.1, 0.99, 0.2])
+    scale = np.linspace(0.96, 1.03, 8)
+    got, at = _with_recall(top, start, recall, scale, 2)
+    np.testing.assert_array_equal(got, [4, 1, 7, 6, 2])  # 6 and 2: the best two by recall not already in
+    np.testing.assert_allclose(at, [1.0, 0.99, 1.01, scale[6], scale[2]])
+    got, at = _with_recall(top, None, recall, scale, 10)
+    assert list(got) == [4, 1, 7, 6, 2, 0, 5] and at is None  # never a left-out (-inf) candidate
+    got, _ = _with_recall(top, start, None, None, 5)
+    np.testing.assert_array_equal(got, top)

@@ -5,7 +5,8 @@ Conditions (:data:`CONDITIONS`, :func:`condition_queries`): ``clean``; ``iso ±k
 the whole cell scaled: ``iso -2 %`` is a measured cell 2 % smaller than the database's); ``aniso 1.5 %`` (the cell
 strained by a random symmetric strain with principal strains U(±1.5 %) along random axes and simulated again, so
 symmetry-equivalent reflections split); ``texture`` (March–Dollase, r log-uniform 0.6–1.4 along a random reciprocal
-direction, through each merged reflection's first hkl); ``window 20–60°`` and ``low angle 10–45°`` (only those bins
+direction, through each merged reflection's first hkl); ``strong texture`` (the same with platelets only, r 0.5–0.7:
+a flat-packed powder); ``window 20–60°`` and ``low angle 10–45°`` (only those bins
 measured); ``impurity 10 %`` (another structure's reflections at 10 % of the strongest); ``measured``
 (:func:`measured_queries`, the family training draws from); ``second family`` (:func:`perturb_measured` with
 ``family="heldout"``: other functional forms, which training never draws; model selection, the re-ranking grids and
@@ -33,7 +34,8 @@ __all__ = ["CONDITIONS", "condition_queries", "measured_queries", "calibration_q
 SCAN_STEP = 0.02
 
 CONDITIONS = ("clean", "iso -3 %", "iso -2 %", "iso -1 %", "iso +1 %", "iso +2 %", "iso +3 %", "aniso 1.5 %",
-              "texture", "window 20–60°", "low angle 10–45°", "impurity 10 %", "measured", "second family")
+              "texture", "window 20–60°", "low angle 10–45°", "impurity 10 %", "measured", "second family",
+              "strong texture")
 
 
 def strain_cell(lattice: np.ndarray, strain: np.ndarray) -> np.ndarray:
@@ -115,7 +117,7 @@ def _strained(dataset, rows: np.ndarray, rng: np.random.Generator, max_principal
     return out
 
 
-def _textured(dataset, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _textured(dataset, rows: np.ndarray, rng: np.random.Generator, r: tuple | None = None) -> np.ndarray:
     from eacnn.physics.xrd import XRDSimulator
 
     sim = XRDSimulator(dataset.config.xrd)
@@ -127,6 +129,8 @@ def _textured(dataset, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray
         hkl.append(np.array([fam[0]["hkl"][-3:] for fam in p.hkls], dtype=float))
         lattice.append(s.lattice.matrix)
     cfg = dataclasses.replace(MeasurementConfig.off(), p_texture=1.0)
+    if r is not None:  # March r log-uniform in [r[0], r[1]]
+        cfg = dataclasses.replace(cfg, march_r_min=r[0], march_r_max=r[1])
     y, _, _ = perturb_measured(sticks, cfg, rng, hkl=hkl, lattice=lattice, xrd=dataset.config.xrd)
     return y
 
@@ -151,6 +155,8 @@ def condition_queries(dataset, rows: np.ndarray, condition: str, seed: int = 0
         return _normalised(_strained(dataset, rows, rng, 0.015)), None
     if condition == "texture":
         return _textured(dataset, rows, rng), None
+    if condition == "strong texture":
+        return _textured(dataset, rows, rng, (0.5, 0.7)), None
     if condition.startswith("window"):
         return _window(dataset.vectors[rows], 20.0, 60.0, xrd)
     if condition.startswith("low angle"):

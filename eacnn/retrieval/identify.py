@@ -57,7 +57,8 @@ import pandas as pd
 from eacnn.config import SearchConfig, XRDConfig
 from eacnn.datasets.structures import normalize_elements
 from eacnn.errors import EACNNError
-from eacnn.retrieval.query import SCALES, multiscale_similarity, query_embeddings, scale_prior
+from eacnn.retrieval.query import (SCALES, multiscale_best, multiscale_cosine, multiscale_similarity, query_embeddings,
+                                   recall_scales, scale_prior)
 # the refinement's and the verdict's names, read here as before (eacnn.retrieval.identify is the search's front)
 from eacnn.retrieval.refine import (ANISOTROPY_PENALTY, CELL_EVALUATIONS, CELL_FITS, CELL_MAX_STRAIN, CELL_MIN_GAIN,
                                     CELL_WIDTHS, FINE, FIT_FLOOR, REFINE_FINE_STEPS, REFINE_OFFSETS, REFINE_SHIFTS,
@@ -102,7 +103,8 @@ class Identification:
 
 def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, elements: Sequence[str] | None = None,
              rerank: int = RERANK_DEPTH, scales: np.ndarray = SCALES, xrd: XRDConfig | None = None,
-             exclude: np.ndarray | None = None, scan=None, scan_fits: int | None = None) -> Identification:
+             exclude: np.ndarray | None = None, scan=None, scan_fits: int | None = None,
+             cosine_recall: int | None = None) -> Identification:
     """Rank a saved database's candidates for one pattern (see the module docstring).
 
     Args:
@@ -115,6 +117,8 @@ def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, 
         scan: the measurement itself (:class:`eacnn.retrieval.scanfit.Scan`): the best ``scan_fits``
             (:data:`SEARCH` ``.scan_fits`` when None) refined candidates are fitted to it, re-ranked by
             score − ``scan_weight`` ln χ², and the verdict is the scan fit's (step 4 of the module docstring).
+        cosine_recall: how many candidates of best binned cosine join the refined shortlist (:data:`SEARCH`
+            ``.cosine_recall`` when None; step 1 of the module docstring).
     """
     if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
         raise EACNNError(f"top must be a whole number >= 1, got {top!r}")
@@ -148,17 +152,35 @@ def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, 
         best = np.array(order, dtype=np.int64)
         sims = np.array([found[r][0] for r in order])
         best_scales = np.array([found[r][1] for r in order])
+    n_recall = SEARCH.cosine_recall if cosine_recall is None else int(cosine_recall)
+    cosine = cosine_scale = None
+    if rerank and n_recall > 0 and len(best):  # search-match's best join the shortlist (refine_shortlist)
+        cos, cos_at = multiscale_cosine(db.vectors, vector, covered, xrd, recall_scales(scales))
+        if keep is not None:
+            cos = np.where(keep, cos, -np.inf)
+        head = np.argsort(-cos, kind="stable")[: n_recall + len(best)]
+        extra = head[~np.isin(head, best)][:n_recall]
+        extra = extra[np.isfinite(cos[extra])]
+        if len(extra):
+            e_sim, e_scale = multiscale_best(z, np.asarray(db.embeddings[np.sort(extra)]), scales)
+            back = np.argsort(np.argsort(extra))  # db.embeddings read in row order, put back in recall order
+            best = np.concatenate([best, extra])
+            sims, best_scales = np.concatenate([sims, e_sim[back]]), np.concatenate([best_scales, e_scale[back]])
+        cosine, cosine_scale = cos[best], cos_at[best]
     labels = db.labels.iloc[best]
     hits = pd.DataFrame({"id": labels["material_id"].to_numpy(), "formula": labels["formula"].to_numpy(),
                          "spacegroup": labels["spacegroup_symbol"].to_numpy(), "source": labels["source"].to_numpy(),
                          "similarity": sims, "scale": best_scales, "row": best})
+    if cosine is not None:
+        hits["cosine"] = cosine
     cal = db.manifest.get("calibration", {})
     score_name, threshold = "similarity", float(cal.get("similarity", cal.get("threshold", np.inf)))
     if rerank and len(hits):
         _, fits, scores = refine_shortlist(vector, covered, hits["similarity"].to_numpy(), hits["row"].to_numpy(),
                                            db.sticks, xrd, hits["scale"].to_numpy(),
                                            db.reflections if getattr(db, "has_reflections", False) else None,
-                                           depth=rerank)
+                                           depth=rerank, recall=cosine, recall_scale=cosine_scale,
+                                           recall_depth=n_recall)
         hits = hits.merge(fits.assign(score=scores), on="row", how="left")
         order = np.argsort(-hits["score"].fillna(-np.inf).to_numpy(), kind="stable")
         hits = hits.iloc[order].reset_index(drop=True)
@@ -201,7 +223,7 @@ def identify(vector: np.ndarray, covered: np.ndarray | None, db, top: int = 10, 
         verdict = "match" if says else "no confident match"
     differ = ()
     if cal:
-        used = dataclasses.replace(SEARCH, rerank_depth=rerank,
+        used = dataclasses.replace(SEARCH, rerank_depth=rerank, cosine_recall=n_recall if rerank else 0,
                                    cell_fits=min(CELL_FITS, rerank), scale_min=float(np.min(scales)),
                                    scale_max=float(np.max(scales)), scale_steps=len(scales))
         differ = tuple(SearchConfig.from_calibration(cal).differences(used)) if rerank else ()

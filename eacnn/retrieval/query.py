@@ -26,8 +26,8 @@ import numpy as np
 
 from eacnn.config import SearchConfig, XRDConfig
 
-__all__ = ["SCALES", "SCALE_PENALTY", "scale_prior", "rescale", "rescale_many", "multiscale_best", "query_embeddings",
-           "multiscale_similarity"]
+__all__ = ["SCALES", "SCALE_PENALTY", "RECALL_SCALES", "scale_prior", "rescale", "rescale_many", "multiscale_best",
+           "query_embeddings", "multiscale_similarity", "multiscale_cosine", "recall_scales"]
 
 #: Lattice scales s (d-spacings times s) a query is read at: 0.96–1.04 in 1 % steps (:class:`SearchConfig`).
 SCALES = SearchConfig().scales
@@ -36,6 +36,16 @@ SCALES = SearchConfig().scales
 #: look-alike that needs a larger rescaling than the right phase must be that much more similar. A measured cell
 #: is usually within 1–2 % of its database entry; chosen on the validation split (``scripts/select_rerank.py``).
 SCALE_PENALTY = SearchConfig().scale_penalty
+
+#: The scales the cosine recall reads the query at (:func:`multiscale_cosine`): the same range, 4x finer (0.25 %), as
+#: a binned profile's cosine falls off within a bin's width of peak shift where the model's embedding does not.
+RECALL_SCALES = SearchConfig().recall_scales
+
+
+def recall_scales(scales: np.ndarray = SCALES) -> np.ndarray:
+    """[4 (S - 1) + 1] the range of a query's ``scales`` [S], 4x finer: where the cosine recall reads the query."""
+    scales = np.asarray(scales, np.float64)
+    return np.round(np.linspace(scales.min(), scales.max(), 4 * (len(scales) - 1) + 1), 5)
 
 
 def scale_prior(scales: np.ndarray = SCALES, penalty: float | None = None) -> np.ndarray:
@@ -115,3 +125,24 @@ def multiscale_similarity(embeddings: np.ndarray, z: np.ndarray, scales: np.ndar
     """(best similarity [n], its scale [n]) of each candidate embedding [n, d] over the query's scales z [S, d], each
     scale's similarity with its :func:`eacnn.retrieval.query.scale_prior`."""
     return multiscale_best(z, embeddings, scales)
+
+
+def multiscale_cosine(vectors: np.ndarray, vector: np.ndarray, covered: np.ndarray | None, xrd: XRDConfig,
+                      scales: np.ndarray = RECALL_SCALES, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Search-match's score at every lattice scale: (best cosine [n] of each candidate's binned pattern with the
+    query read at each of ``scales`` over the bins that read covers, plus the :func:`scale_prior` of its scale; that
+    scale [n]). ``vectors`` [n, n_bins] (a database's simulated patterns, memory-mapped ones read ``chunk`` rows at
+    a time)."""
+    ys, ms = rescale_many(vector, scales, xrd, covered)  # [S, n_bins] each
+    q = np.where(ms, ys, 0.0).astype(np.float32)
+    qn = np.maximum(np.linalg.norm(q, axis=1), 1e-12)  # [S]
+    m = ms.astype(np.float32).T  # [n_bins, S]
+    prior = scale_prior(scales).astype(np.float32)  # [S]
+    best = np.empty(len(vectors), np.float32)
+    at = np.empty(len(vectors), np.int64)
+    for lo in range(0, len(vectors), chunk):
+        v = np.asarray(vectors[lo: lo + chunk], np.float32)  # [c, n_bins]
+        cos = (v @ q.T) / (np.sqrt(np.maximum((v * v) @ m, 1e-12)) * qn[None]) + prior[None]  # [c, S]
+        j = cos.argmax(axis=1)
+        best[lo: lo + len(v)], at[lo: lo + len(v)] = cos[np.arange(len(v)), j], j
+    return best, np.asarray(scales)[at]

@@ -232,8 +232,9 @@ def texture_cosines(hkl: np.ndarray, metric: np.ndarray, directions: np.ndarray 
 def refine_shortlist(pattern: np.ndarray, mask: np.ndarray | None, similarity: np.ndarray, rows: np.ndarray,
                      sticks: Callable, xrd: XRDConfig, scale: np.ndarray | None = None,
                      reflections: Callable | None = None, depth: int = RERANK_DEPTH, cells: int = CELL_FITS,
-                     rule: tuple[str, float] | None = None, model_prior: bool = True, textures: int | None = None
-                     ) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
+                     rule: tuple[str, float] | None = None, model_prior: bool = True, textures: int | None = None,
+                     recall: np.ndarray | None = None, recall_scale: np.ndarray | None = None,
+                     recall_depth: int | None = None) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
     """The search's second stage for one query, the one sequence every caller runs (``identify``, ``calibrate``,
     the robustness table, the selection grids): the ``depth`` candidates of highest ``similarity`` (the multi-scale
     query's, best first, ties in order), refined (:func:`refine`, the cells of the best ``cells`` fitted), scored
@@ -246,6 +247,10 @@ def refine_shortlist(pattern: np.ndarray, mask: np.ndarray | None, similarity: n
         model_prior: False for search-match: the cells are chosen by the agreement alone and the score takes no
             anisotropy or texture penalty.
         textures: candidates whose preferred orientation is fitted (:func:`refine`; :data:`TEXTURE_FITS` when None).
+        recall, recall_scale: [n] each candidate's binned cosine with the query and its scale
+            (:func:`eacnn.retrieval.query.multiscale_cosine`; -inf: left out): the best ``recall_depth``
+            (:data:`SEARCH` ``.cosine_recall`` when None) of them not already shortlisted join it, after the others,
+            refined from the scale their cosine was found at.
 
     Returns:
         (positions [k] of the shortlisted candidates, best similarity first; their fits (:func:`refine`'s table);
@@ -254,12 +259,34 @@ def refine_shortlist(pattern: np.ndarray, mask: np.ndarray | None, similarity: n
     similarity = np.asarray(similarity, np.float64)
     top = np.argsort(-similarity, kind="stable")[: max(int(depth), 1)]
     top = top[np.isfinite(similarity[top])]
-    fits = refine(pattern, mask, np.asarray(rows)[top], sticks, xrd, None if scale is None else np.asarray(scale)[top],
+    start = None if scale is None else np.asarray(scale, np.float64)[top]
+    top, start = _with_recall(top, start, recall, recall_scale,
+                              SEARCH.cosine_recall if recall_depth is None else recall_depth)
+    fits = refine(pattern, mask, np.asarray(rows)[top], sticks, xrd, start,
                   reflections, similarity=similarity[top] if model_prior else np.zeros(len(top)), cells=cells,
                   textures=textures)
     anisotropy = fits["anisotropy"].to_numpy() if model_prior else 0.0
     texture = fits["texture"].to_numpy() if model_prior else 0.0
     return top, fits, rerank_score(fits["agreement"].to_numpy(), similarity[top], rule, anisotropy, texture)
+
+
+def _with_recall(top: np.ndarray, start: np.ndarray | None, recall: np.ndarray | None, recall_scale,
+                 depth: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(positions [k'], start scales [k'] or None): ``top`` and, after it, the best ``depth`` positions by ``recall``
+    that are not in it (finite only), each starting from its ``recall_scale``."""
+    if recall is None or depth <= 0:
+        return top, start
+    recall = np.asarray(recall, np.float64)
+    order = np.argsort(-recall, kind="stable")
+    head = order[: depth + len(top)]
+    extra = head[~np.isin(head, top)][:depth]
+    extra = extra[np.isfinite(recall[extra])]
+    if not len(extra):
+        return top, start
+    if start is not None:
+        at = np.ones(len(extra)) if recall_scale is None else np.asarray(recall_scale, np.float64)[extra]
+        start = np.concatenate([start, at])
+    return np.concatenate([top, extra]), start
 
 
 def _refine(vector, covered, rows, sticks, xrd, scales, centres=(0.0,)) -> pd.DataFrame:

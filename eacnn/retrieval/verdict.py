@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from eacnn.retrieval.query import SCALE_PENALTY, multiscale_similarity, query_embeddings
+from eacnn.retrieval.query import SCALE_PENALTY, multiscale_cosine, multiscale_similarity, query_embeddings
 from eacnn.retrieval.refine import (ANISOTROPY_PENALTY, CELL_FITS, CELL_MIN_GAIN, RERANK, RERANK_DEPTH, SEARCH,
                                     refine_shortlist)
 
@@ -112,14 +112,17 @@ def calibrate(model, dataset, n_queries: int | None = None, rerank: int = RERANK
     def encode(y, m):
         return model.encode_patterns(y * m, progress=False, masks=m if reads else None).numpy()
 
+    vectors = np.asarray(dataset.vectors[pool_rows], np.float32)  # [n_pool, n_bins] for the cosine recall
     rec = {key: [] for key in ("present", "similarity", "sim_correct", "score", "margin", "correct")}
     for q, m, own in tqdm(list(zip(patterns, masks, chosen)), desc="calibrating the verdict", disable=not progress):
         z = query_embeddings(encode, q, m, xrd)
         sim, scale = multiscale_similarity(pool, z)
+        cos, cos_at = multiscale_cosine(vectors, q, m, xrd) if rerank and SEARCH.cosine_recall else (None, None)
         for present in (True, False):  # absent: every entry of the query's phase left out of the pool
             shown = sim if present else np.where(phase == phase[own], -np.inf, sim)
+            recall = cos if present or cos is None else np.where(phase == phase[own], -np.inf, cos)
             top, _, score = refine_shortlist(q, m, shown, pool_rows, dataset.sticks, xrd, scale, dataset.reflections,
-                                             depth=rerank)
+                                             depth=rerank, recall=recall, recall_scale=cos_at)
             j = int(score.argmax())
             for key, value in (("present", present), ("similarity", sim[top[0]]),
                                ("sim_correct", present and phase[top[0]] == phase[own]), ("score", score[j]),
@@ -144,5 +147,6 @@ def calibrate(model, dataset, n_queries: int | None = None, rerank: int = RERANK
            "top1_present": float(np.mean(r["correct"][pres]))}
     out["threshold"] = out["score"] if rerank else out["similarity"]
     out["search"] = dataclasses.replace(SEARCH, rerank_depth=rerank, cell_fits=min(CELL_FITS, rerank),
+                                        cosine_recall=SEARCH.cosine_recall if rerank else 0,
                                         target_precision=target, calibration_queries=int(len(chosen))).to_dict()
     return out
