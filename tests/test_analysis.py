@@ -593,6 +593,19 @@ def test_the_shipped_depth_is_the_one_the_validation_grid_chose():
     assert _select_rerank().choose_depth(table.loc["mean"]) == f"refine {RERANK_DEPTH} cell {CELL_FITS}"
 
 
+def test_the_shipped_cosine_recall_is_the_one_the_validation_grid_chose(tmp_path):
+    from eacnn.retrieval.refine import SEARCH
+
+    table = analysis.cosine_recall_table()
+    assert list(table.columns) == ["recall 0", "recall 5", "recall 10", "recall 20"]  # by N, not as text
+    assert table.index[-1] == "mean" and "strong texture" in table.index
+    assert _select_rerank().choose_recall(table.loc["mean"]) == SEARCH.cosine_recall
+    choose = _select_rerank().choose_recall
+    assert choose(pd.Series({"recall 0": 86.0, "recall 10": 87.0, "recall 20": 87.05})) == 10  # within the tie
+    assert choose(pd.Series({"recall 0": 86.0, "recall 5": 86.0})) == 0
+    assert analysis.cosine_recall_table(tmp_path / "missing.csv").empty
+
+
 def test_the_shipped_texture_fit_is_the_one_the_validation_grid_chose():
     from eacnn.paths import DATA_DIR
     from eacnn.retrieval.refine import TEXTURE_FITS, TEXTURE_MIN_GAIN, TEXTURE_PENALTY

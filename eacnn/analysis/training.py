@@ -17,7 +17,7 @@ from eacnn.analysis.retrieval import PERTURBATION_LEVELS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["loss_reference_points", "perturbation_settings", "perturbed_examples", "best_epoch", "validation_pool", "training_summary", "ablation_table", "ablation_highlights", "epoch_search_table", "grid_value", "cell_fit_table", "rerank_depth_table", "texture_fit_table", "model_sizes"]
+__all__ = ["loss_reference_points", "perturbation_settings", "perturbed_examples", "best_epoch", "validation_pool", "training_summary", "ablation_table", "ablation_highlights", "epoch_search_table", "grid_value", "cell_fit_table", "rerank_depth_table", "texture_fit_table", "cosine_recall_table", "model_sizes"]
 
 
 # Training (chapter 4)
@@ -177,6 +177,15 @@ def rerank_depth_table(path=None) -> pd.DataFrame:
     ``eacnn/data/rerank_depth.csv``, written by ``scripts/select_rerank.py --depth-grid --out``. Columns in the
     file's order; an empty DataFrame when the file is absent."""
     return _validation_grid(DATA_DIR / "rerank_depth.csv" if path is None else path, name="depth")
+
+
+def cosine_recall_table(path=None) -> pd.DataFrame:
+    """Top-1 (percent) as ``eacnn search`` answers, per validation condition (rows, then their ``mean``), with
+    "recall N": the N candidates of best binned cosine (search-match's) joining the refined shortlist beside the
+    model's: ``eacnn/data/cosine_recall.csv``, written by ``scripts/select_rerank.py --recall-grid --out``. Columns
+    by N; an empty DataFrame when the file is absent."""
+    table = _validation_grid(DATA_DIR / "cosine_recall.csv" if path is None else path, name="cosine recall")
+    return table[sorted(table.columns, key=lambda c: int(str(c).split()[-1]))] if not table.empty else table
 
 
 def model_sizes(models: dict) -> pd.DataFrame:
