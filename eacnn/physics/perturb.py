@@ -59,10 +59,14 @@ def bragg_shift(
 VARIANT_GRID = 0.02
 
 
-@lru_cache(maxsize=16)
-def variant_kernel(xrd: XRDConfig, width: float) -> tuple[float, np.ndarray]:
+@lru_cache(maxsize=32)
+def variant_kernel(xrd: XRDConfig, width: float, dtype=np.float32) -> tuple[float, np.ndarray]:
     """(origin in degrees, [n_fine, n_bins] bin integrals of a unit pseudo-Voigt of FWHM ``width`` at each point of
-    the :data:`VARIANT_GRID`), cached by grid and width."""
+    the :data:`VARIANT_GRID`, as ``dtype``), cached by grid, width and type (a float64 product would otherwise
+    convert the float32 kernel, ~0.5 M entries, on every call: twice the cost of the product)."""
+    if np.dtype(dtype) != np.float32:
+        lo, kernel = variant_kernel(xrd, width)
+        return lo, kernel.astype(dtype)
     return bin_kernel(xrd.two_theta_min, xrd.two_theta_max, xrd.step, width, xrd.eta, VARIANT_GRID,
                       max(1.0, 10 * width))
 
@@ -77,7 +81,7 @@ def binned_variants(two_theta: np.ndarray, area: np.ndarray, strains: np.ndarray
     ``kalpha2``: area ratio of a Cu Kα2 copy of every reflection (its d-spacings read at λ(Kα2), i.e. a strain of
     (1 + ε) λ₁/λ₂ − 1, then the same zero shift).
     """
-    lo, kernel = variant_kernel(xrd, float(width))  # [n_fine, n_bins]
+    lo, kernel = variant_kernel(xrd, float(width), np.dtype(dtype).type)  # [n_fine, n_bins]
     strains, shifts = np.asarray(strains, np.float64).reshape(-1, 1), np.asarray(shifts, np.float64).reshape(-1, 1)
     two_theta, area = np.asarray(two_theta, np.float64), np.asarray(area)
     pos = bragg_shift(two_theta[None, :], strains, shifts, xrd.wavelength)  # [V, p]
