@@ -490,13 +490,14 @@ def test_mixture_summary_counts_phases_and_weight_errors():
     df = pd.DataFrame({
         "kind": ["dara", "dara", "dara", "synthetic 2-phase (train)", "synthetic 2-phase (train)"],
         "pattern": ["a", "a", "b", "s0", "s1"], "elements": ["any", "O V", "any", "any", "any"],
-        "truth": ["V2O5;TiO2", "V2O5;TiO2", "NiO;ZnO;In2O3", "X;Y", "X;Z"],
+        "truth": ["V2O5;TiO2", "V2O5;TiO2", "NiO;ZnO;In2O3", "Ag;Ag2S", "Ag;TmMgHg2"],
+        "truth_ids": [np.nan] * 3 + ["mp-124;mp-610517", "mp-124;mp-865981"],  # MP-20 entries: their space groups
         "truth_weight_fractions": ["0.300;0.700", "0.300;0.700", "0.3;0.3;0.4", "0.5;0.5", "0.2;0.8"],
         "named": [2, 2, 1, 2, 1], "all": [True, True, False, True, False], "spurious": [0, 0, 2, 0, 1],
         "weight_error_max": [0.05, 0.02, np.nan, 0.04, np.nan], "max_cosine": [np.nan] * 3 + [0.1, 0.5],
         "all_by_id": [np.nan] * 3 + [True, False],
-        "found": ["TiO2;V2O5", "TiO2;V2O5", "NiO;Foo;Bar", "X;Y", "X;Q"],
-        "found_spacegroups": ["I4_1/amd;Pmmn"] * 2 + ["Fm-3m;P1;P1", "P1;P1", "P1;P1"],
+        "found": ["TiO2;V2O5", "TiO2;V2O5", "NiO;Foo;Bar", "Ag;Ag2S", "Ag;Q"],
+        "found_spacegroups": ["I4_1/amd;Pmmn"] * 2 + ["Fm-3m;P1;P1", "Fm-3m;P2_1/c", "Fm-3m;P1"],
         "found_weight_fractions": ["0.72;0.28"] * 2 + ["0.5;0.3;0.2", "0.46;0.54", "0.5;0.5"]})
     s = mixture_summary(df).set_index(["set", "search"])
     dara = s.loc[("Dara lab scans", "whole database")]
@@ -504,6 +505,12 @@ def test_mixture_summary_counts_phases_and_weight_errors():
     assert dara["spurious phases per pattern"] == 1.0 and dara["weight error, median (wt %)"] == pytest.approx(5.0)
     synth = s.loc[("synthetic 2-phase (test structures, training measurement family)", "whole database")]
     assert synth["every phase, exact entry (%)"] == 50.0 and synth["judged for weight"] == 1
+    assert synth["every phase named (%)"] == 50.0 and synth["true phases named"] == "3 of 4"
+    # the right formula in another polymorph is not the phase: Ag2S found as P2_1 for the P2_1/c entry
+    polymorph = df.iloc[[3]].assign(found_spacegroups="Fm-3m;P2_1")
+    wrong = mixture_summary(polymorph).iloc[0]
+    assert wrong["every phase named (%)"] == 0.0 and wrong["true phases named"] == "1 of 2"
+    assert wrong["spurious phases per pattern"] == 1.0
     numbers = mixture_numbers(df)
     assert numbers["mix_dara_el_all"] == "100" and numbers["mix_s3_any_all"] == "n/a"
     rows = mixture_rows(df, "dara", search="elements")
