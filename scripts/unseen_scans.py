@@ -56,7 +56,8 @@ def main() -> int:
     from eacnn.measured import read_pattern, to_model_grid
     from eacnn.measured.report import unseen_summary
     from eacnn.paths import atomic_write_bytes
-    from eacnn.physics.scans import measured_scan, pymatgen_sticks, texture_sticks, unseen_structure, write_xy
+    from eacnn.physics.scans import (measured_scan, point_rotations, pymatgen_sticks, texture_sticks,
+                                      unseen_structure, write_xy)
     from eacnn.retrieval.database import default_database
     from eacnn.retrieval.identify import identify
 
@@ -76,7 +77,8 @@ def main() -> int:
                 structure = unseen_structure(row_to_structure(rec), condition, rng)
                 tt, inten, hkl = pymatgen_sticks(structure)
                 if condition.startswith("texture"):
-                    inten = texture_sticks(inten, hkl, structure.lattice.matrix, rng, r=0.6)
+                    rotations = point_rotations(structure) if condition.endswith("averaged") else None
+                    inten = texture_sticks(inten, hkl, structure.lattice.matrix, rng, r=0.6, rotations=rotations)
                 x, y, _ = measured_scan(tt, inten, rng)
                 path = write_xy(Path(tmp) / f"{rec['material_id']}.xy", x, y)
                 pattern = read_pattern(path)

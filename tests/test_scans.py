@@ -127,3 +127,33 @@ def test_the_misses_are_told_apart_as_look_alikes_polymorphs_and_others():
     # answers recorded with the phases they could not tell apart: the right one named among them counts
     sets = ["", "ErSe|Fm-3m;HoAs|Fm-3m", "HoAs|P6_3/mmc;HoAs|Fm-3mX", "", "", "", ""]
     assert unseen_misses(df.assign(ambiguous=sets))["miss_in_set"] == "1"
+
+
+def test_averaged_texture_is_the_mean_over_a_peaks_equivalent_reflections():
+    """A textured powder's peak is the sum of its symmetry-equivalent reflections, each at its own angle to the
+    preferred direction: averaged, the factor no longer depends on which member pymatgen lists first."""
+    from pymatgen.core import Lattice, Structure
+
+    from eacnn.physics.measurement import march_dollase
+    from eacnn.physics.scans import point_rotations, texture_sticks
+
+    fcc = Structure(Lattice.cubic(4.0), ["Cu"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    rotations = point_rotations(fcc)
+    assert len(rotations) == 48
+    one = np.ones(1)
+    for seed in range(12):  # directions drawn alike for both listings of the {200} family
+        a = texture_sticks(one, np.array([[2.0, 0, 0]]), fcc.lattice.matrix, np.random.default_rng(seed), 0.6, rotations)
+        b = texture_sticks(one, np.array([[0, 0, -2.0]]), fcc.lattice.matrix, np.random.default_rng(seed), 0.6,
+                           rotations)
+        assert a == pytest.approx(b)
+    # along [001]* (drawn by seed 0 or not, computed here directly): 4 members at 90°, 2 along it
+    rng = np.random.default_rng(0)
+    choices = np.array([v for v in np.ndindex(3, 3, 3) if any(c != 1 for c in v)], float) - 1.0
+    direction = choices[rng.integers(len(choices))]
+    cos = np.abs(np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], float) @ direction) / np.linalg.norm(direction)
+    want = np.mean(np.repeat(march_dollase(cos, 0.6), 2))
+    got = texture_sticks(one, np.array([[2.0, 0, 0]]), fcc.lattice.matrix, np.random.default_rng(0), 0.6, rotations)
+    assert got[0] == pytest.approx(want)
+    unaveraged = [texture_sticks(one, np.array(h), fcc.lattice.matrix, np.random.default_rng(3), 0.6)[0]
+                  for h in ([[2.0, 0, 0]], [[0, 0, 2.0]])]
+    assert unaveraged[0] != pytest.approx(unaveraged[1])  # the old form: the listed member decides

@@ -31,11 +31,15 @@ from eacnn.physics.conditions import random_strains, strain_cell
 from eacnn.physics.measurement import march_dollase
 from eacnn.physics.wavelengths import CU
 
-__all__ = ["ScanModel", "UNSEEN_CONDITIONS", "pymatgen_sticks", "unseen_structure", "texture_sticks", "measured_scan",
-           "write_xy"]
+__all__ = ["ScanModel", "UNSEEN_CONDITIONS", "pymatgen_sticks", "unseen_structure", "texture_sticks", "point_rotations",
+           "measured_scan", "write_xy"]
 
 #: condition -> what is done to the structure or its sticks before the scan is made
-UNSEEN_CONDITIONS = ("unstrained", "iso -3 %", "iso -2 %", "iso +1 %", "aniso 1.5 %", "texture r=0.6", "field")
+#: (``texture r=0.6`` scales each merged peak by its first Miller index's March factor, as the issue's external check
+#: did; ``texture r=0.6 averaged`` by the mean factor over the symmetry-equivalent reflections of that index, as a
+#: textured powder's peak is: the sum of its equivalents' intensities, each at its own angle to the direction)
+UNSEEN_CONDITIONS = ("unstrained", "iso -3 %", "iso -2 %", "iso +1 %", "aniso 1.5 %", "texture r=0.6", "field",
+                     "texture r=0.6 averaged")
 
 
 @dataclass(frozen=True)
@@ -95,12 +99,30 @@ def _march(hkl: np.ndarray, lattice: np.ndarray, direction: np.ndarray, r: float
 
 
 def texture_sticks(intensity: np.ndarray, hkl: np.ndarray, lattice: np.ndarray, rng: np.random.Generator,
-                   r: float = 0.6) -> np.ndarray:
+                   r: float = 0.6, rotations: np.ndarray | None = None) -> np.ndarray:
     """Intensities [p] under March–Dollase texture of parameter ``r`` along a random low-index reciprocal direction
-    (components in {-1, 0, 1}, not all 0), through each peak's first Miller index (equivalents not averaged)."""
+    (components in {-1, 0, 1}, not all 0), through each peak's first Miller index [p, 3]: that index's factor alone
+    (``rotations`` None: equivalents not averaged), or the mean factor over its symmetry-equivalent indices h·R for
+    the point-group ``rotations`` [k, 3, 3] (fractional, acting on direct coordinates; :func:`point_rotations`)."""
     choices = np.array([v for v in np.ndindex(3, 3, 3) if any(c != 1 for c in v)], float) - 1.0
     direction = choices[rng.integers(len(choices))]
-    return np.asarray(intensity, float) * _march(np.asarray(hkl, float), np.asarray(lattice, float), direction, r)
+    hkl, lattice = np.asarray(hkl, float), np.asarray(lattice, float)
+    if rotations is None:
+        return np.asarray(intensity, float) * _march(hkl, lattice, direction, r)
+    factor = np.empty(len(hkl))
+    for i, h in enumerate(hkl):
+        orbit = np.unique(np.rint(np.einsum("j,kjl->kl", h, np.asarray(rotations, float))), axis=0)  # [m, 3]
+        factor[i] = _march(orbit, lattice, direction, r).mean()
+    return np.asarray(intensity, float) * factor
+
+
+def point_rotations(structure, symprec: float = 0.01) -> np.ndarray:
+    """[k, 3, 3] the rotations of the structure's space group in fractional coordinates (spglib, through pymatgen),
+    for :func:`texture_sticks`'s averaging over symmetry-equivalent reflections."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    ops = SpacegroupAnalyzer(structure, symprec=symprec).get_symmetry_operations(cartesian=False)
+    return np.unique(np.array([np.rint(op.rotation_matrix) for op in ops]), axis=0)
 
 
 def measured_scan(two_theta: np.ndarray, intensity: np.ndarray, rng: np.random.Generator,
