@@ -99,7 +99,9 @@ def test_the_chapter_table_and_phrases_come_from_the_answers():
     words = unseen_numbers(summary)
     assert words["unseen_worst"] == "texture r=0.6" and "misses the ≥ 85 % target by 35.0 points" in words[
         "unseen_worst_phrase"]
-    assert words["unseen_sm_beats"].startswith('"texture r=0.6" (100 against 50 %)')
+    assert words["unseen_sm_beats"] == '"texture r=0.6" (100 against 50 %, within two standard errors)'  # 2 queries
+    many = unseen_numbers(summary.assign(queries=400))  # the same shares over 400 queries each: beyond the noise
+    assert many["unseen_sm_beats"] == '"texture r=0.6" (100 against 50 %)'
 
 
 def test_the_misses_are_told_apart_as_look_alikes_polymorphs_and_others():

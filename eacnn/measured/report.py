@@ -363,6 +363,7 @@ def unseen_numbers(summary: pd.DataFrame, target: float = 85.0) -> dict[str, str
     how that stands against ``target``, the least Top-1 with the elements given, search-match's range and where it
     beats the search, the most confident wrong answers."""
     table = unseen_table(summary)
+    queries = summary.set_index(["condition", "search"])["queries"]
     ours = table["Top-1 %"].drop("unstrained", errors="ignore")
     sm = table["search-match, Top-1 %"].drop("unstrained", errors="ignore")
     beats = [c for c in table.index if table.loc[c, "search-match, Top-1 %"] > table.loc[c, "Top-1 %"]]
@@ -374,9 +375,21 @@ def unseen_numbers(summary: pd.DataFrame, target: float = 85.0) -> dict[str, str
         "unseen_elements_min": f"{table['elements given, Top-1 %'].min():.1f}",
         "unseen_sm_range": f"{sm.min():.0f}–{sm.max():.0f}",
         "unseen_sm_beats": ", ".join(f'"{c}" ({table.loc[c, "search-match, Top-1 %"]:.0f} against '
-                                     f'{table.loc[c, "Top-1 %"]:.0f} %)' for c in beats) or "nowhere",
+                                     f'{table.loc[c, "Top-1 %"]:.0f} %{_noise(table, c, queries)})'
+                                     for c in beats) or "nowhere",
         "unseen_wrong_max": f"{table['confident wrong %'].max():.1f}",
     }
+
+
+def _noise(table: pd.DataFrame, condition: str, queries: pd.Series) -> str:
+    """", within two standard errors" when search-match's Top-1 lead over the search in ``condition`` is smaller
+    than twice the standard error of the difference of two proportions over that many queries (a conservative,
+    unpaired one); "" when it is larger."""
+    a, b = table.loc[condition, "search-match, Top-1 %"] / 100, table.loc[condition, "Top-1 %"] / 100
+    n_a = float(queries.get((condition, "search-match"), np.nan))
+    n_b = float(queries.get((condition, "eacnn search"), np.nan))
+    se = np.sqrt(a * (1 - a) / n_a + b * (1 - b) / n_b)
+    return ", within two standard errors" if a - b < 2 * se else ""
 
 
 def unseen_misses(df: pd.DataFrame, search: str = "eacnn search") -> dict[str, str]:
